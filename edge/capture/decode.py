@@ -1,0 +1,102 @@
+"""Turn image files into RGB arrays, or into a clear failure — never a crash.
+
+Handles EXIF orientation, CMYK, grayscale, palette and alpha PNGs, truncated JPEGs
+(decoded as far as possible and flagged) and huge images (decoded at reduced scale with
+JPEG draft mode, and bounded by ``max_pixels`` for other formats).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+MAX_PIXELS = 80_000_000
+
+
+class ImageDecodeError(Exception):
+    """The file is not a usable image; the message says why in a few words."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB image and what decoding had to do to get it."""
+
+    rgb: np.ndarray
+    source_size: tuple[int, int]
+    truncated: bool = False
+    reduced: bool = False
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise ImageDecodeError("file not found")
+    if path.stat().st_size == 0:
+        raise ImageDecodeError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"not a readable image ({type(exc).__name__})") from exc
+
+
+def _load(image: Image.Image) -> bool:
+    """Load pixels; returns True when the file was truncated and only partly decoded."""
+    try:
+        image.load()
+        return False
+    except OSError as exc:
+        if "truncated" not in str(exc) and "broken data stream" not in str(exc):
+            raise ImageDecodeError(f"cannot decode: {exc}") from exc
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        image.load()
+    except OSError as exc:
+        raise ImageDecodeError(f"truncated beyond recovery: {exc}") from exc
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    return True
+
+
+def decode_image(path: str | Path, max_side: int | None = None) -> DecodedImage:
+    """Decode an image file into (H, W, 3) uint8 RGB, upright per its EXIF orientation.
+
+    Args:
+        path: the file.
+        max_side: if given, JPEGs larger than this are decoded at a reduced DCT scale whose
+            longer side is still at least ``max_side`` (fast and memory-light on a Pi).
+
+    Raises:
+        ImageDecodeError: for missing, empty, non-image or undecodable files.
+    """
+    path = Path(path)
+    image = _open(path)
+    source_size = image.size
+    if image.width * image.height > MAX_PIXELS and image.format != "JPEG":
+        raise ImageDecodeError(f"image too large ({image.width}x{image.height}) and not a JPEG")
+    reduced = False
+    if image.format == "JPEG":
+        target = max_side or (max(image.size) if image.width * image.height <= MAX_PIXELS else 4096)
+        scale = target / max(image.size)
+        if scale < 1:
+            image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
+            reduced = image.size != source_size
+    truncated = _load(image)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a corrupt EXIF block must not cost the picture
+        pass
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return DecodedImage(np.asarray(image), source_size, truncated, reduced)
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Every file under ``root`` with an image suffix, sorted (recursive)."""
+    root = Path(root)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

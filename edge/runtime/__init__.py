@@ -1,0 +1,1 @@
+"""Model bundles and inference on the appliance (no torch)."""

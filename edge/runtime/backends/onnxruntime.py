@@ -1,0 +1,43 @@
+"""ONNX Runtime CPU backend (the default on Raspberry Pi and x86)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+KEY = "onnxruntime"
+
+try:
+    import onnxruntime as ort
+
+    UNAVAILABLE_REASON = ""
+except ImportError as exc:  # pragma: no cover - depends on the device image
+    ort = None
+    UNAVAILABLE_REASON = f"onnxruntime does not import ({exc}); pip install onnxruntime"
+
+
+class Config(BaseModel):
+    """ONNX Runtime settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    threads: int = Field(0, ge=0, title="Intra-op threads (0 = one per core)")
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], title="Execution providers")
+
+
+class Backend:
+    """One ONNX model in an ``InferenceSession``."""
+
+    def __init__(self, path: Path, outputs: list[str], config: Config):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=config.providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.outputs = outputs
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one float32 NCHW batch."""
+        return self.session.run(self.outputs, {self.input_name: batch})

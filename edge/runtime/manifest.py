@@ -1,0 +1,75 @@
+"""The model bundle's manifest: everything the edge needs to run a model it did not train.
+
+The exporter writes it, the edge reads preprocessing, labels and thresholds from it and
+hard-codes none of them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+Precision = Literal["fp32", "int8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileEntry(_Strict):
+    """One file of the bundle and its checksum."""
+
+    path: str = Field(title="File name relative to the bundle directory")
+    sha256: str = Field(title="Hex sha256 of the file's bytes")
+    bytes: int = Field(title="File size in bytes")
+
+
+class InputSpec(_Strict):
+    """How pixels become the model's input tensor."""
+
+    size: tuple[int, int] = Field(title="Input height and width")
+    color: Literal["RGB"] = "RGB"
+    scale: float = Field(title="Pixels are multiplied by this first (1/255 or 1)")
+    mean: tuple[float, float, float] = Field(title="Subtracted after scaling, per channel")
+    std: tuple[float, float, float] = Field(title="Divided by after subtracting the mean")
+    resize: Literal["letterbox", "crop"] = Field(
+        title="letterbox: whole frame, aspect kept, padded; crop: a detection box cut out and resized"
+    )
+    interpolation: Literal["area", "linear", "cubic"] = "linear"
+    pad_value: float = Field(0.0, title="Letterbox padding, in raw pixel units")
+    pad_anchor: Literal["top_left", "center"] = "top_left"
+    crop_margin: float = Field(0.0, title="Crop rule: box grown by this fraction of its size per side")
+    crop_square: bool = Field(True, title="Crop rule: box made square (longer side) before cutting")
+
+
+class ModelSpec(_Strict):
+    """One model of the bundle."""
+
+    task: Literal["detector", "classifier", "embedder"]
+    architecture: str
+    files: dict[Precision, FileEntry]
+    input: InputSpec
+    outputs: list[str] = Field(title="Output tensor names in order")
+    labels: list[str] = Field(default_factory=list, title="Class names, index = class id")
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    decode: dict[str, object] = Field(default_factory=dict, title="Decode parameters (detector)")
+    embedding_dim: int | None = None
+    opset: int
+    quantization: dict[str, object] = Field(default_factory=dict)
+    parity: dict[str, float] = Field(default_factory=dict, title="Figures measured at export")
+
+
+class Manifest(_Strict):
+    """The whole bundle."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    version: str
+    created: str
+    models: dict[Literal["detector", "classifier", "embedder"], ModelSpec]
+    versions: dict[str, str] = Field(default_factory=dict, title="Package versions used to export")
+    calibration: dict[str, object] = Field(default_factory=dict)
+    gates: dict[str, object] = Field(default_factory=dict)

@@ -1,0 +1,123 @@
+"""Detector, classifier and embedder over any backend, configured only by the manifest.
+
+Single-image calls go through the batch path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel
+
+from edge.detections import Detections
+from edge.runtime.backends import create_backend
+from edge.runtime.bundle import Bundle
+from edge.runtime.preprocess import crop, letterbox, resize_whole, to_tensor
+from edge.runtime.yolox import make_grid, postprocess
+
+
+class _BundleModel:
+    task = ""
+
+    def __init__(self, bundle: Bundle, precision: str = "int8", backend: str = "onnxruntime",
+                 backend_config: BaseModel | None = None):
+        self.spec = bundle.spec(self.task)
+        self.precision = precision
+        self.backend = create_backend(backend, bundle.model_path(self.task, precision), self.spec.outputs, backend_config)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.spec.labels
+
+
+class Detector(_BundleModel):
+    """YOLOX detector: letterbox, run, decode and NMS in numpy."""
+
+    task = "detector"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.grid, self.strides = make_grid(self.spec.input.size, list(self.spec.decode["strides"]))
+
+    def preprocess(self, image: np.ndarray):
+        """Letterbox one RGB image as the manifest says."""
+        spec = self.spec.input
+        return letterbox(image, spec.size, spec.pad_value, spec.pad_anchor, spec.interpolation)
+
+    def raw_batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        """Undecoded head output (B, A, 5 + C) and each image's letterbox."""
+        boxed = [self.preprocess(image) for image in images]
+        (raw,) = self.backend.run(to_tensor([canvas for canvas, _ in boxed], self.spec.input))
+        return raw, [box for _, box in boxed]
+
+    def detect_batch(self, images: list[np.ndarray], confidence: float | None = None) -> list[Detections]:
+        """Boxes in source pixels for each image, at ``confidence`` (default: the manifest's)."""
+        if not images:
+            return []
+        threshold = self.spec.thresholds["confidence"] if confidence is None else confidence
+        raw, boxes = self.raw_batch(images)
+        results = []
+        for image, out, box in zip(images, raw, boxes):
+            xyxy, scores, class_ids = postprocess(out, self.grid, self.strides, threshold,
+                                                  self.spec.thresholds["nms_iou"])
+            h, w = image.shape[:2]
+            xyxy = np.clip(box.to_source(xyxy), 0, [w, h, w, h]).astype(np.float32)
+            results.append(Detections(xyxy, scores, class_ids))
+        return results
+
+    def detect(self, image: np.ndarray, confidence: float | None = None) -> Detections:
+        """Boxes of one image."""
+        return self.detect_batch([image], confidence)[0]
+
+
+class _CropModel(_BundleModel):
+    """A model that runs on detection crops (or whole images)."""
+
+    batch_size = 16
+
+    def run_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Model output for already-cut (h, w, 3) crops, in chunks of ``batch_size``."""
+        chunks = [
+            self.backend.run(to_tensor(crops[i : i + self.batch_size], self.spec.input))[0]
+            for i in range(0, len(crops), self.batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.output_dim), np.float32)
+
+    def crops_of(self, image: np.ndarray, detections: Detections) -> list[np.ndarray]:
+        """Each detection cut out as the manifest's crop rule says."""
+        return [crop(image, box, self.spec.input) for box in detections.xyxy]
+
+    def whole(self, image: np.ndarray) -> np.ndarray:
+        """The whole image resized to the input size."""
+        return resize_whole(image, self.spec.input)
+
+
+class Classifier(_CropModel):
+    """Species probabilities per crop (softmax over the manifest's labels)."""
+
+    task = "classifier"
+
+    @property
+    def output_dim(self) -> int:
+        return len(self.spec.labels)
+
+    def classify(self, image: np.ndarray, detections: Detections) -> Detections:
+        """Add ``species_probs`` (N, K) to the detections of one image."""
+        return detections.with_data(species_probs=self.run_crops(self.crops_of(image, detections)))
+
+
+class Embedder(_CropModel):
+    """L2-normalised embedding per crop."""
+
+    task = "embedder"
+
+    @property
+    def output_dim(self) -> int:
+        return int(self.spec.embedding_dim)
+
+    def run_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        vectors = super().run_crops(crops)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+    def embed(self, image: np.ndarray, detections: Detections) -> Detections:
+        """Add ``embedding`` (N, D) to the detections of one image."""
+        return detections.with_data(embedding=self.run_crops(self.crops_of(image, detections)))

@@ -1,0 +1,98 @@
+"""Pixels to model input, exactly as the manifest describes (shared with the exporter)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from edge.runtime.manifest import InputSpec
+
+_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a source image landed inside the letterboxed input.
+
+    ``input = source * ratio + (pad_x, pad_y)``.
+    """
+
+    ratio: float
+    pad_x: int
+    pad_y: int
+
+    def to_source(self, xyxy: np.ndarray) -> np.ndarray:
+        """Map boxes from input pixels back to source pixels."""
+        offset = np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)
+        return (xyxy - offset) / self.ratio
+
+
+def letterbox(
+    image: np.ndarray,
+    size: tuple[int, int],
+    pad_value: float = 0.0,
+    anchor: str = "top_left",
+    interpolation: str = "linear",
+) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio so the image fits ``size`` (h, w), then pad.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        size: target (height, width).
+        pad_value: fill for the padding.
+        anchor: ``top_left`` puts the image at the origin (padding right/bottom, as the YOLOX
+            camera-trap detector was trained); ``center`` pads evenly.
+        interpolation: ``area``, ``linear`` or ``cubic``.
+
+    Returns:
+        The (h, w, 3) uint8 canvas and the ``Letterbox`` that maps boxes back.
+    """
+    out_h, out_w = size
+    src_h, src_w = image.shape[:2]
+    ratio = min(out_h / src_h, out_w / src_w)
+    new_w, new_h = max(1, round(src_w * ratio)), max(1, round(src_h * ratio))
+    resized = image if (new_w, new_h) == (src_w, src_h) else cv2.resize(
+        image, (new_w, new_h), interpolation=_INTERPOLATION[interpolation]
+    )
+    pad_x, pad_y = ((out_w - new_w) // 2, (out_h - new_h) // 2) if anchor == "center" else (0, 0)
+    canvas = np.full((out_h, out_w, 3), pad_value, dtype=np.uint8)
+    canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
+    return canvas, Letterbox(ratio, pad_x, pad_y)
+
+
+def crop_region(xyxy: np.ndarray, image_hw: tuple[int, int], margin: float, square: bool) -> tuple[int, int, int, int]:
+    """Integer region to cut for one box: grown by ``margin`` per side, squared, clamped to the image."""
+    x1, y1, x2, y2 = (float(v) for v in xyxy)
+    w, h = x2 - x1, y2 - y1
+    x1, y1, x2, y2 = x1 - margin * w, y1 - margin * h, x2 + margin * w, y2 + margin * h
+    if square:
+        cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1)
+        x1, y1, x2, y2 = cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
+    img_h, img_w = image_hw
+    left, top = int(np.clip(np.floor(x1), 0, img_w - 1)), int(np.clip(np.floor(y1), 0, img_h - 1))
+    right, bottom = int(np.clip(np.ceil(x2), left + 1, img_w)), int(np.clip(np.ceil(y2), top + 1, img_h))
+    return left, top, right, bottom
+
+
+def crop(image: np.ndarray, xyxy: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Cut one detection out of an RGB image and resize it to the model's input size."""
+    left, top, right, bottom = crop_region(xyxy, image.shape[:2], spec.crop_margin, spec.crop_square)
+    out_h, out_w = spec.size
+    return cv2.resize(image[top:bottom, left:right], (out_w, out_h), interpolation=_INTERPOLATION[spec.interpolation])
+
+
+def resize_whole(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The whole image as one crop (``--crop whole``)."""
+    h, w = image.shape[:2]
+    return crop(image, np.array([0, 0, w, h], np.float32), spec)
+
+
+def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Stack (h, w, 3) uint8 RGB images into a normalised float32 NCHW batch."""
+    batch = np.asarray(images if isinstance(images, np.ndarray) and images.ndim == 4 else np.stack(images))
+    mean = np.asarray(spec.mean, np.float32)
+    inv_std = 1.0 / np.asarray(spec.std, np.float32)
+    tensor = (batch.astype(np.float32) * np.float32(spec.scale) - mean) * inv_std
+    return np.ascontiguousarray(tensor.transpose(0, 3, 1, 2))

@@ -1,0 +1,67 @@
+"""Which real images calibrate the INT8 models and which check them — never the same ones.
+
+Calibration draws from MLWIC CA-01 frames, the Kenyan VOC photos and re-ID crops; the checks
+use the full-size camera-trap frames (ENA24, Animl, Autofocus), the lion *val* crops and
+camtrapR thumbnails. The sets are disjoint by construction and the split is recorded in the
+manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.capture.decode import list_images
+
+
+@dataclass(frozen=True)
+class ExportImages:
+    """Image lists for calibration and checking."""
+
+    detector_calibration: list[Path]
+    crop_calibration: list[Path]
+    check_frames: list[Path]
+    check_crops: list[Path]
+
+    def describe(self, root: Path) -> dict[str, object]:
+        """Counts and a digest of each list, for the manifest."""
+        def digest(paths: list[Path]) -> str:
+            return hashlib.sha256("\n".join(str(p.relative_to(root)) for p in paths).encode()).hexdigest()[:16]
+
+        return {name: {"count": len(paths), "list_sha256": digest(paths)} for name, paths in vars(self).items()}
+
+
+def _every(paths: list[Path], count: int) -> list[Path]:
+    step = max(1, len(paths) // count)
+    return paths[::step][:count]
+
+
+def default_images(data: Path, calibration_count: int = 96) -> ExportImages:
+    """The default split over ``../shared/data``.
+
+    Raises:
+        FileNotFoundError: naming the folder that is missing.
+    """
+    def images(rel: str) -> list[Path]:
+        folder = data / rel
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} not found: export needs the shared data (set DATA=...)")
+        return list_images(folder)
+
+    mlwic = images("species/mlwic_ca01")
+    voc = images("boxes/wbia_voc/JPEGImages")
+    reid_calib = images("reid/leopard_spotid/crops") + images("reid/lion/train")
+    frames = images("frames/ena24_small") + images("frames/animl_samples") + images("frames/autofocus_gallery")
+    check_crops = _every(images("reid/lion/val"), 48) + images("formats/camtrapR_thumbnails/inst/pictures/sample_images_species_dir")
+    split = ExportImages(
+        detector_calibration=_every(mlwic, calibration_count - len(voc)) + voc,
+        crop_calibration=_every(mlwic, calibration_count // 2) + _every(reid_calib, calibration_count // 2),
+        check_frames=frames,
+        check_crops=check_crops,
+    )
+    used = set(split.detector_calibration) | set(split.crop_calibration)
+    leaked = used & (set(split.check_frames) | set(split.check_crops))
+    if leaked:
+        raise AssertionError(f"calibration and check sets overlap: {sorted(leaked)[:3]}")
+    return split

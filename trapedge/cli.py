@@ -1,0 +1,35 @@
+"""The ``trapedge`` command: one entry point, each subcommand imported only when used.
+
+Edge subcommands never import torch; ``export`` needs the ``train`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module with add_arguments/run, one-line help)
+COMMANDS = {
+    "detect": ("edge.cli_detect", "detect animals in every image under a folder (MegaDetector JSON)"),
+    "embed": ("edge.cli_embed", "embed the best detection (or whole image) of every image (JSON lines)"),
+    "export": ("export.cli", "build a model bundle: ONNX fp32 + INT8 with accuracy gates"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="trapedge", description="Edge appliance for wildlife camera traps.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints usage / error and exits
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    command = argparse.ArgumentParser(prog=f"trapedge {argv[0]}", description=COMMANDS[argv[0]][1])
+    module.add_arguments(command)
+    return module.run(command.parse_args(argv[1:]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
