@@ -27,7 +27,8 @@ class ExportImages:
     def describe(self, root: Path) -> dict[str, object]:
         """Counts and a digest of each list, for the manifest."""
         def digest(paths: list[Path]) -> str:
-            return hashlib.sha256("\n".join(str(p.relative_to(root)) for p in paths).encode()).hexdigest()[:16]
+            names = (str(p.relative_to(root)) if p.is_relative_to(root) else p.name for p in paths)
+            return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
         return {name: {"count": len(paths), "list_sha256": digest(paths)} for name, paths in vars(self).items()}
 

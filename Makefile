@@ -1,0 +1,39 @@
+# trapedge — the two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+DATA   ?= ../shared/data
+BUNDLE ?= bundles/default
+# pin torch first: anything else pulls the CUDA build (several GB)
+PINS   := torch==2.13.0 torchvision==0.28.0
+
+.PHONY: setup models export demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[edge,train,dev]' $(PINS)
+	touch $@
+
+models: setup
+	$(BIN)/python -m train.pretrained --dest models
+
+$(BUNDLE)/manifest.json: $(VENV)/.installed
+	$(MAKE) models
+	$(BIN)/trapedge export --data $(DATA) --out $(BUNDLE)
+
+export: models
+	$(BIN)/trapedge export --data $(DATA) --out $(BUNDLE)
+
+demo: $(BUNDLE)/manifest.json
+	$(BIN)/trapedge detect $(DATA)/frames --bundle $(BUNDLE) --output results/demo_megadetector.json
+	$(BIN)/python -m edge.summary results/demo_megadetector.json
+
+test: $(BUNDLE)/manifest.json
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf bundles results .pytest_cache

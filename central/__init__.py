@@ -1,0 +1,1 @@
+"""Central matching: MQTT ingest from many devices, individual gallery, review UI (to come)."""

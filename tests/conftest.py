@@ -1,0 +1,44 @@
+"""Shared fixtures: the real data folder and the default model bundle."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("TRAPEDGE_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data() -> Path:
+    """``../shared/data`` (or $TRAPEDGE_DATA); the suite needs it."""
+    if not DATA.is_dir():
+        pytest.fail(f"real test data not found at {DATA}: check out shared/ beside the project or set TRAPEDGE_DATA")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(data: Path, tmp_path_factory) -> Path:
+    """The default bundle: ``bundles/default`` if `make export` built it, else built now."""
+    built = ROOT / "bundles" / "default"
+    if (built / "manifest.json").is_file():
+        return built
+    from export.build import ExportOptions, build_bundle
+    from export.cli import default_models
+    from train.pretrained import WEIGHTS, fetch
+
+    weights = ROOT / "models"
+    for key in WEIGHTS:
+        fetch(key, weights)
+    out = tmp_path_factory.mktemp("bundles") / "default"
+    build_bundle(default_models(weights), ExportOptions(out=out, data=data))
+    return out
+
+
+@pytest.fixture
+def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the bundle that a test may tamper with."""
+    return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))

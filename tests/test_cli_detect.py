@@ -1,0 +1,84 @@
+"""`trapedge detect` / `trapedge embed` on real frames plus the broken files real uploads contain."""
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from trapedge.cli import main
+
+
+@pytest.fixture
+def mixed_folder(data, tmp_path):
+    """Real frames plus broken copies: truncated, zero-byte, not-an-image, CMYK, grayscale, rotated."""
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    fox = data / "frames" / "autofocus_gallery" / "coyote1.jpg"
+    shutil.copy(fox, folder / "coyote.jpg")
+    shutil.copy(data / "frames" / "ena24_small" / "8831.jpg", folder / "sub" / "bear.jpg")
+    raw = fox.read_bytes()
+    (folder / "truncated.jpg").write_bytes(raw[: len(raw) // 2])
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    image = Image.open(fox)
+    image.convert("CMYK").save(folder / "cmyk.jpg")
+    image.convert("L").save(folder / "gray.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    image.rotate(90, expand=True).save(folder / "rotated.jpg", exif=exif)
+    return folder
+
+
+def test_detect_writes_megadetector_json_with_failures(mixed_folder, bundle_dir, tmp_path):
+    out = tmp_path / "results.json"
+    assert main(["detect", str(mixed_folder), "--bundle", str(bundle_dir), "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["info"]["format_version"] == "1.6"
+    assert doc["detection_categories"] == {"1": "animal"}
+    images = {e["file"]: e for e in doc["images"]}
+    assert set(images) == {"coyote.jpg", "sub/bear.jpg", "truncated.jpg", "zero.jpg", "notes.jpg",
+                           "cmyk.jpg", "gray.png", "rotated.jpg"}
+    assert "0 bytes" in images["zero.jpg"]["failure"] and images["zero.jpg"]["detections"] is None
+    assert "not a readable image" in images["notes.jpg"]["failure"]
+    for name in ("coyote.jpg", "sub/bear.jpg", "cmyk.jpg", "gray.png", "rotated.jpg"):
+        assert images[name].get("failure") is None, name
+        assert len(images[name]["detections"]) >= 1, name
+    coyote, rotated = images["coyote.jpg"]["detections"][0], images["rotated.jpg"]["detections"][0]
+    assert coyote["bbox"] == pytest.approx(rotated["bbox"], abs=0.03)  # EXIF orientation applied
+    x, y, w, h = coyote["bbox"]
+    assert 0 <= x and 0 <= y and x + w <= 1.0001 and y + h <= 1.0001
+    top = coyote["classifications"][0]
+    assert doc["classification_categories"][top[0]] == "wolf_coyote"
+
+
+def test_detect_exits_nonzero_when_nothing_ran(tmp_path, bundle_dir):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"")
+    assert main(["detect", str(folder), "--bundle", str(bundle_dir), "--output", str(tmp_path / "o.json")]) == 1
+    assert main(["detect", str(folder), "--bundle", str(tmp_path / "nope"), "--output", str(tmp_path / "o.json")]) == 2
+
+
+def test_embed_best_and_whole(mixed_folder, bundle_dir, tmp_path):
+    for crop in ("best", "whole"):
+        out = tmp_path / f"{crop}.jsonl"
+        assert main(["embed", str(mixed_folder), "--bundle", str(bundle_dir), "--output", str(out), "--crop", crop]) == 0
+        lines = {json.loads(l)["file"]: json.loads(l) for l in out.read_text().splitlines()}
+        assert len(lines) == 8
+        vec = lines["coyote.jpg"]["embedding"]
+        assert len(vec) == 1280 and sum(v * v for v in vec) == pytest.approx(1.0, abs=1e-3)
+        assert "failure" in lines["zero.jpg"]
+        assert ("bbox_xyxy" in lines["coyote.jpg"]) == (crop == "best")
+
+
+def test_edge_commands_never_import_torch(mixed_folder, bundle_dir, tmp_path):
+    code = (
+        "import sys; from trapedge.cli import main; "
+        f"rc = main(['detect', {str(mixed_folder)!r}, '--bundle', {str(bundle_dir)!r}, '--output', {str(tmp_path / 'r.json')!r}]); "
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,0 +1,83 @@
+"""Export side: weights load exactly, gates compute the right figures and stop bad bundles."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edge.detections import Detections
+from export import gates
+
+
+def _det(boxes, classes=None):
+    boxes = np.array(boxes, np.float32).reshape(-1, 4)
+    return Detections(boxes, np.linspace(0.9, 0.5, len(boxes)), np.zeros(len(boxes)) if classes is None else classes)
+
+
+@pytest.mark.parametrize(
+    ("reference", "candidate", "expected"),
+    [
+        ([[0, 0, 10, 10]], [[0, 0, 10, 10]], (1.0, 1)),
+        ([[0, 0, 10, 10]], [[5, 0, 15, 10]], (0.0, 1)),  # IoU 1/3
+        ([[0, 0, 10, 10], [20, 20, 30, 30]], [[0, 0, 10, 11]], (0.5, 2)),
+        ([[0, 0, 10, 10], [0, 0, 10, 10.5]], [[0, 0, 10, 10]], (0.5, 2)),  # one-to-one matching
+        ([], [[0, 0, 1, 1]], (1.0, 0)),
+    ],
+)
+def test_matched_recall(reference, candidate, expected):
+    assert gates.matched_recall([_det(reference)], [_det(candidate)]) == pytest.approx(expected)
+
+
+def test_recall_requires_same_class():
+    assert gates.matched_recall([_det([[0, 0, 10, 10]], [1])], [_det([[0, 0, 10, 10]], [0])])[0] == 0.0
+
+
+def test_agreement_and_cosine():
+    ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.4, 0.6]])
+    cand = np.array([[0.8, 0.2], [0.6, 0.4], [0.1, 0.9], [0.9, 0.1]])
+    assert gates.top1_agreement(ref, cand, confident=0.7) == (0.5, 2)
+    assert gates.mean_cosine(np.eye(2), np.array([[1.0, 0.0], [1.0, 1.0]])) == pytest.approx((1 + 2 ** -0.5) / 2)
+    failing = gates.Gate("x", 0.9, 0.95)
+    with pytest.raises(gates.GateError, match="FAIL x: 0.9"):
+        gates.enforce([gates.Gate("ok", 1e-5, 1e-3, higher_is_better=False), failing])
+
+
+def test_pretrained_weights_load_exactly():
+    import torch
+
+    from train.models.classifier import create_backbone
+    from train.models.yolox import load_yolox
+    from train.pretrained import WEIGHTS, fetch
+
+    eff = fetch("efficientnet_lite0", __import__("pathlib").Path("models"))
+    backbone = create_backbone(eff)
+    source = torch.load(eff, map_location="cpu", weights_only=True)
+    assert torch.equal(backbone.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(backbone.state_dict()["classifier.bias"], source["_fc.bias"])
+    yolox = load_yolox(fetch("yolox_tiny_camera_trap", __import__("pathlib").Path("models")))
+    assert yolox(torch.zeros(1, 3, 640, 640)).shape == (1, 8400, 6)
+    assert set(WEIGHTS) == {"efficientnet_lite0", "yolox_tiny_camera_trap"}
+
+
+def test_blank_calibration_fails_the_gates_and_writes_nothing(data, tmp_path):
+    """Calibrating the detector on blank frames must be caught, leaving no bundle behind."""
+    from export.build import ExportOptions, build_bundle
+    from export.calibration import default_images
+    from export.cli import default_models
+    from train.pretrained import WEIGHTS, fetch
+
+    weights = tmp_path.parent / "weights"
+    for key in WEIGHTS:
+        fetch(key, weights)
+    blanks = []
+    for i in range(4):
+        blanks.append(tmp_path / f"blank{i}.jpg")
+        Image.new("RGB", (1920, 1080), (i, i, i)).save(blanks[-1])
+    images = default_images(data)
+    images = dataclasses.replace(images, detector_calibration=blanks, crop_calibration=images.crop_calibration[::4])
+    out = tmp_path / "bundles" / "blank"
+    with pytest.raises(gates.GateError, match="detector.int8_recall_of_fp32"):
+        build_bundle(default_models(weights), ExportOptions(out=out, data=data, images=images))
+    assert not out.exists()
+    assert list((tmp_path / "bundles").iterdir()) == []

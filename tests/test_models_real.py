@@ -1,0 +1,81 @@
+"""The bundle's models on real camera-trap images."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edge.capture.decode import decode_image
+from edge.detections import Detections
+from edge.runtime.bundle import load_bundle
+from edge.runtime.models import Classifier, Detector, Embedder
+from export.gates import matched_recall
+
+
+@pytest.fixture(scope="module")
+def models(bundle_dir):
+    bundle = load_bundle(bundle_dir)
+    return {p: (Detector(bundle, p), Classifier(bundle, p), Embedder(bundle, p)) for p in ("int8", "fp32")}
+
+
+def _md_boxes(entry, image_hw):
+    h, w = image_hw
+    boxes = [[x * w, y * h, (x + bw) * w, (y + bh) * h] for x, y, bw, bh in (d["bbox"] for d in entry["detections"])]
+    return Detections(np.array(boxes, np.float32).reshape(-1, 4), [d["conf"] for d in entry["detections"]],
+                      np.zeros(len(boxes), np.int64))
+
+
+def test_detector_finds_the_animals_of_ena24(models, data):
+    """Every ENA24 frame holds one animal; compare with the MegaDetector v5 boxes shipped with them."""
+    folder = data / "frames" / "ena24_small"
+    reference = json.loads((folder / "md_annotations.json").read_text())
+    detector = models["int8"][0]
+    found, md = [], []
+    for entry in reference["images"]:
+        rgb = decode_image(folder / entry["file"], max_side=1280).rgb
+        found.append(detector.detect(rgb))
+        md.append(_md_boxes(entry, rgb.shape[:2]))
+    frames_with_animal = sum(len(d) > 0 for d in found) / len(found)
+    recall_50, n = matched_recall(md, found, iou=0.5)
+    recall_10, _ = matched_recall(md, found, iou=0.1)
+    print(f"\nENA24: frames with a detection {frames_with_animal:.3f}; recall of {n} MDv5 boxes "
+          f"@IoU0.5 {recall_50:.3f}, @IoU0.1 {recall_10:.3f}")
+    assert len(found) == 21
+    assert frames_with_animal >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("rel", "expected"),
+    [
+        ("frames/ena24_small/8831.jpg", "bear"),
+        ("frames/autofocus_gallery/coyote1.jpg", "wolf_coyote"),
+        ("frames/autofocus_gallery/buck.jpeg", "deer_antelope"),
+        ("frames/ena24_small/4383.jpg", "fox"),
+        ("frames/ena24_small/7951.jpg", "bird"),
+    ],
+)
+def test_imagenet_classifier_names_the_family(models, data, rel, expected):
+    detector, classifier, _ = models["int8"]
+    rgb = decode_image(data / rel, max_side=1280).rgb
+    detections = detector.detect(rgb)
+    assert len(detections) >= 1
+    best = classifier.classify(rgb, detections[int(detections.confidence.argmax())])
+    assert classifier.labels[int(best.data["species_probs"][0].argmax())] == expected
+
+
+def test_embeddings_are_unit_vectors_and_separate_individuals(models, data):
+    _, _, embedder = models["fp32"]
+    crops = sorted((data / "reid" / "leopard_spotid" / "crops").iterdir())
+    vectors = {folder.name: embedder.run_crops([embedder.whole(decode_image(p).rgb) for p in sorted(folder.iterdir())[:4]])
+               for folder in crops[:2]}
+    for v in vectors.values():
+        np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)
+    a, b = vectors.values()
+    assert a.shape[1] == embedder.output_dim
+    assert np.isfinite(a).all() and not np.allclose(a[0], b[0])
+
+
+def test_int8_and_fp32_agree_on_a_real_frame(models, data):
+    rgb = decode_image(data / "frames" / "ena24_small" / "8831.jpg", max_side=1280).rgb
+    det8, det32 = models["int8"][0].detect(rgb), models["fp32"][0].detect(rgb)
+    assert matched_recall([det32], [det8])[0] == 1.0
