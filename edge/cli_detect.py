@@ -13,13 +13,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edge.capture.decode import ImageDecodeError, decode_image, list_images
+from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image, list_images
 from edge.megadetector import ImageResult, batch_output
 from edge.runtime.backends import BackendUnavailable
 from edge.runtime.bundle import BundleError, load_bundle
 from edge.runtime.models import Classifier, Detector
 
-DECODE_MAX_SIDE = 1280
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +35,7 @@ def process(path: Path, root: Path, detector: Detector, classifier: Classifier |
     """Detect (and classify) one image; decoding problems become a failure result."""
     rel = path.relative_to(root).as_posix()
     try:
-        image = decode_image(path, max_side=DECODE_MAX_SIDE)
+        image = decode_image(path, max_side=DEFAULT_MAX_SIDE)
     except ImageDecodeError as exc:
         return ImageResult(rel, failure=f"image unreadable: {exc}")
     detections = detector.detect(image.rgb, threshold)

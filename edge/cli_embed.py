@@ -13,12 +13,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from edge.capture.decode import ImageDecodeError, decode_image, list_images
+from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image, list_images
 from edge.runtime.backends import BackendUnavailable
 from edge.runtime.bundle import BundleError, load_bundle
 from edge.runtime.models import Detector, Embedder
 
-DECODE_MAX_SIDE = 1280
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +33,7 @@ def embed_one(path: Path, root: Path, embedder: Embedder, detector: Detector | N
     """The output line for one image: its embedding (and box) or a failure."""
     line: dict = {"file": path.relative_to(root).as_posix()}
     try:
-        rgb = decode_image(path, max_side=DECODE_MAX_SIDE).rgb
+        rgb = decode_image(path, max_side=DEFAULT_MAX_SIDE).rgb
     except ImageDecodeError as exc:
         return {**line, "failure": f"image unreadable: {exc}"}
     if detector is None:

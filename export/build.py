@@ -6,7 +6,6 @@ is removed on any error.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,14 +18,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge.capture.decode import decode_image
+from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image
 from edge.detections import Detections
 from edge.runtime.bundle import load_bundle, sha256_file
 from edge.runtime.manifest import MANIFEST_NAME, FileEntry, InputSpec, Manifest, ModelSpec
 from edge.runtime.models import Classifier, Detector, Embedder
-from edge.runtime.preprocess import letterbox, resize_whole, to_tensor
+from edge.runtime.preprocess import resize_whole, to_tensor
 from export import gates
-from export.calibration import ExportImages, default_images
+from export.calibration import ExportImages, calibration_samples, default_images
 from export.onnx_export import OPSET, export_onnx, torch_vs_onnx
 from export.quantize import quantize_int8
 
@@ -37,7 +36,6 @@ CROP_INPUT = InputSpec(size=(224, 224), scale=1 / 255, mean=(0.5, 0.5, 0.5), std
 # per-task calibration: min-max keeps the detector's recall; 99.999th percentile ranges work
 # better for EfficientNet-Lite's long-tailed activations
 DEFAULT_CALIBRATION = {"detector": "minmax", "classifier": "percentile", "embedder": "percentile"}
-DECODE_MAX_SIDE = 1280  # frames are decoded at >= this size: plenty for a 640 letterbox and crops
 
 
 @dataclass
@@ -67,18 +65,11 @@ class ExportOptions:
 
 def _frames(paths: list[Path]) -> Iterator[np.ndarray]:
     for path in paths:
-        yield decode_image(path, max_side=DECODE_MAX_SIDE).rgb
+        yield decode_image(path, max_side=DEFAULT_MAX_SIDE).rgb
 
 
-def _detector_batches(paths: list[Path]) -> Iterator[np.ndarray]:
-    for rgb in tqdm(_frames(paths), total=len(paths), desc="calibrate detector", leave=False, disable=None):
-        yield to_tensor([letterbox(rgb, DETECTOR_INPUT.size, 0.0, "top_left", DETECTOR_INPUT.interpolation)[0]], DETECTOR_INPUT)
-
-
-def _crop_batches(paths: list[Path], desc: str, batch: int = 8) -> Iterator[np.ndarray]:
-    crops = [resize_whole(rgb, CROP_INPUT) for rgb in _frames(paths)]
-    for i in tqdm(range(0, len(crops), batch), desc=desc, leave=False, disable=None):
-        yield to_tensor(crops[i : i + batch], CROP_INPUT)
+def _calibration(paths: list[Path], spec: InputSpec, desc: str) -> Iterator[np.ndarray]:
+    return tqdm(calibration_samples(paths, spec), total=len(paths), desc=desc, leave=False, disable=None)
 
 
 def _file_entry(root: Path, name: str) -> FileEntry:
@@ -118,8 +109,8 @@ class BundleBuilder:
 
     def export_all(self) -> None:
         """fp32 ONNX of each model, checked against torch on real inputs, then INT8."""
-        det_check = next(_detector_batches(self.images.check_frames[:1]))
-        crop_check = next(_crop_batches(self.images.check_crops[:8], "parity"))
+        det_check = next(calibration_samples(self.images.check_frames[:1], DETECTOR_INPUT))
+        crop_check = np.concatenate(list(calibration_samples(self.images.check_crops[:8], CROP_INPUT)))
         for task, module, example, output in (
             ("detector", self.models.detector, det_check, "raw"),
             ("classifier", self.models.classifier, crop_check, "probs"),
@@ -127,8 +118,8 @@ class BundleBuilder:
         ):
             fp32 = export_onnx(module, torch.from_numpy(example), self.work / f"{task}.fp32.onnx", output)
             self.parity[task]["torch_onnx_max_abs"] = torch_vs_onnx(module, fp32, example)
-            batches = (_detector_batches(self.images.detector_calibration) if task == "detector"
-                       else _crop_batches(self.images.crop_calibration, f"calibrate {task}"))
+            batches = (_calibration(self.images.detector_calibration, DETECTOR_INPUT, "calibrate detector")
+                       if task == "detector" else _calibration(self.images.crop_calibration, CROP_INPUT, f"calibrate {task}"))
             self.quantization[task] = quantize_int8(fp32, self.work / f"{task}.int8.onnx", task, batches,
                                                    self.options.calibration[task])
 

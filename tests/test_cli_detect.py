@@ -1,6 +1,5 @@
 """`trapedge detect` / `trapedge embed` on real frames plus the broken files real uploads contain."""
 
-import io
 import json
 import shutil
 import subprocess

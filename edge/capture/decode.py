@@ -16,6 +16,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 MAX_PIXELS = 80_000_000
+# frames are decoded with the longer side >= this: plenty for a 640 letterbox and crops, and
+# JPEG draft mode makes 5 MP frames several times cheaper to decode
+DEFAULT_MAX_SIDE = 1280
 
 
 class ImageDecodeError(Exception):

@@ -22,7 +22,9 @@ class _BundleModel:
                  backend_config: BaseModel | None = None):
         self.spec = bundle.spec(self.task)
         self.precision = precision
-        self.backend = create_backend(backend, bundle.model_path(self.task, precision), self.spec.outputs, backend_config)
+        # TensorRT engines are built from the fp32 ONNX (the engine's own precision is its config)
+        source = "fp32" if backend == "tensorrt" else precision
+        self.backend = create_backend(backend, bundle.model_path(self.task, source), self.spec.outputs, backend_config)
 
     @property
     def labels(self) -> list[str]:

@@ -1,6 +1,6 @@
 """TensorRT backend for Jetson: runs engines built from the bundle's ONNX files.
 
-Engines are built by ``trapedge export tensorrt`` (``export/tensorrt.py``) on the device
+Engines are built by ``trapedge export-tensorrt`` (``export/tensorrt.py``) on the device
 itself and cached under a key of device name + TensorRT version + ONNX sha256, so a new
 bundle, a JetPack upgrade or a different module never reuses a stale engine.
 
@@ -78,7 +78,7 @@ class Backend:
         if not engine_file.is_file():
             raise FileNotFoundError(
                 f"no TensorRT engine for {path.name} ({config.precision}, {device}, TensorRT {trt.__version__}) "
-                f"in {config.engine_cache}: build it with `trapedge export tensorrt --bundle {path.parent}`"
+                f"in {config.engine_cache}: build it with `trapedge export-tensorrt --bundle {path.parent}`"
             )
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(engine_file.read_bytes())
