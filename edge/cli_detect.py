@@ -16,17 +16,16 @@ from tqdm import tqdm
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image, list_images
 from edge.megadetector import ImageResult, batch_output
 from edge.runtime.backends import BackendUnavailable
-from edge.runtime.bundle import BundleError, load_bundle
+from edge.cli_models import add_model_arguments, open_models
+from edge.runtime.bundle import BundleError
 from edge.runtime.models import Classifier, Detector
 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
-    parser.add_argument("--bundle", type=Path, default=Path("bundles/default"), help="model bundle directory")
     parser.add_argument("--output", type=Path, required=True, help="MegaDetector JSON to write")
-    parser.add_argument("--precision", choices=["int8", "fp32"], default="int8")
-    parser.add_argument("--backend", default="onnxruntime", help="inference backend (onnxruntime, tensorrt)")
+    add_model_arguments(parser)
     parser.add_argument("--threshold", type=float, help="lowest confidence written (default: manifest's)")
     parser.add_argument("--no-classify", action="store_true", help="skip the species classifier")
 
@@ -49,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"trapedge detect: {args.folder} is not a folder", file=sys.stderr)
         return 2
     try:
-        bundle = load_bundle(args.bundle)
-        detector = Detector(bundle, args.precision, args.backend)
-        classifier = None if args.no_classify else Classifier(bundle, args.precision, args.backend)
+        bundle, (detector, *rest) = open_models(args, Detector, *([] if args.no_classify else [Classifier]))
+        classifier = rest[0] if rest else None
     except (BundleError, BackendUnavailable, FileNotFoundError) as exc:
         print(f"trapedge detect: {exc}", file=sys.stderr)
         return 2

@@ -15,18 +15,17 @@ from tqdm import tqdm
 
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image, list_images
 from edge.runtime.backends import BackendUnavailable
-from edge.runtime.bundle import BundleError, load_bundle
+from edge.cli_models import add_model_arguments, open_models
+from edge.runtime.bundle import BundleError
 from edge.runtime.models import Detector, Embedder
 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
-    parser.add_argument("--bundle", type=Path, default=Path("bundles/default"), help="model bundle directory")
     parser.add_argument("--output", type=Path, required=True, help="JSON lines file to write")
     parser.add_argument("--crop", choices=["best", "whole"], default="best")
-    parser.add_argument("--precision", choices=["int8", "fp32"], default="int8")
-    parser.add_argument("--backend", default="onnxruntime")
+    add_model_arguments(parser)
 
 
 def embed_one(path: Path, root: Path, embedder: Embedder, detector: Detector | None) -> dict:
@@ -55,9 +54,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"trapedge embed: {args.folder} is not a folder", file=sys.stderr)
         return 2
     try:
-        bundle = load_bundle(args.bundle)
-        embedder = Embedder(bundle, args.precision, args.backend)
-        detector = Detector(bundle, args.precision, args.backend) if args.crop == "best" else None
+        bundle, (embedder, *rest) = open_models(args, Embedder, *([Detector] if args.crop == "best" else []))
+        detector = rest[0] if rest else None
     except (BundleError, BackendUnavailable, FileNotFoundError) as exc:
         print(f"trapedge embed: {exc}", file=sys.stderr)
         return 2

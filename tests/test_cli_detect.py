@@ -81,3 +81,16 @@ def test_edge_commands_never_import_torch(mixed_folder, bundle_dir, tmp_path):
         "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch imported'; sys.exit(rc)"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_thread_count_reaches_onnxruntime(bundle_dir):
+    import argparse
+
+    from edge.cli_models import add_model_arguments, open_models
+    from edge.runtime.models import Detector
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    _, (detector,) = open_models(parser.parse_args(["--bundle", str(bundle_dir), "--threads", "1"]), Detector)
+    assert detector.backend.session.get_session_options().intra_op_num_threads == 1
+    assert detector.precision == "int8"
