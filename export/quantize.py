@@ -40,7 +40,7 @@ def fp32_nodes(model_path: Path, task: str) -> list[str]:
 
 
 def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarray],
-                  method: str = "minmax", op_types: list[str] | None = None) -> dict[str, object]:
+                  method: str = "minmax") -> dict[str, object]:
     """Write the INT8 QDQ model calibrated on ``batches``; returns what was done, for the manifest."""
     prepared = int8.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
@@ -52,7 +52,6 @@ def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarra
         weight_type=QuantType.QInt8,
         per_channel=True,
         nodes_to_exclude=excluded,
-        op_types_to_quantize=op_types,
         calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method],
         extra_options={"CalibPercentile": 99.999} if method == "percentile" else {},
     )
