@@ -1,0 +1,49 @@
+"""The one value every capture source yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+TimeSource = Literal["exif", "mtime", "clock"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One picture from one source, or the record of why it could not be read.
+
+    Attributes:
+        source_id: the configured id of the source (``sd``, ``usb0``…).
+        key: identity of the picture within its source, stable across restarts (a folder source
+            uses the relative path, size and mtime), so nothing is processed twice.
+        time: capture time (naive local camera time): EXIF DateTimeOriginal, else file mtime,
+            else the clock when it was grabbed.
+        time_source: which of those ``time`` came from.
+        rgb: (H, W, 3) uint8 pixels, or None when the frame failed.
+        path: the file, for file-based sources.
+        failure: why the frame could not be decoded (then ``rgb`` is None).
+        flags: decoding notes, e.g. ``truncated``, ``reduced`` (huge image decoded smaller).
+    """
+
+    source_id: str
+    key: str
+    time: datetime
+    time_source: TimeSource
+    rgb: np.ndarray | None = None
+    path: Path | None = None
+    failure: str | None = None
+    flags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if (self.rgb is None) == (self.failure is None):
+            raise ValueError("a Frame has either pixels or a failure, not both or neither")
+        if self.rgb is not None and (self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8):
+            raise ValueError(f"rgb must be (H, W, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
