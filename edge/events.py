@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.detections import Detections
+
+_EVENT_NAMESPACE = uuid.UUID("5d1f5e2a-4c1b-4b8e-9a57-7f2c1a7e0b01")
 
 
 @dataclass(frozen=True)
@@ -32,3 +40,68 @@ class Event:
     probs: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     closed: bool = False
+
+
+class BurstConfig(BaseModel):
+    """How frames group into events and how an event's label is decided."""
+
+    model_config = ConfigDict(extra="forbid")
+    gap_seconds: float = Field(10.0, gt=0, title="Frames of one source closer than this belong to one event")
+    min_crop_confidence: float = Field(0.3, ge=0, le=1, title="Detector score a crop needs to vote on the label")
+    top_k: int = Field(3, ge=1, title="Label probabilities kept per event")
+
+
+@dataclass
+class BurstState:
+    """The running sums of one open event (what survives a restart, via the store)."""
+
+    id: str
+    source_id: str
+    start: datetime
+    end: datetime
+    frames: int = 0
+    crops: int = 0
+    probs_sum: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def event_id(device_id: str, source_id: str, first_frame_key: str) -> str:
+    """Stable id of the event that starts with a given frame (same after any restart)."""
+    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{device_id}/{source_id}/{first_frame_key}"))
+
+
+def confident_probs(detections: Detections, config: BurstConfig) -> np.ndarray:
+    """Species probabilities (M, K) of the crops confident enough to vote."""
+    probs = detections.data.get("species_probs")
+    if probs is None or not len(detections):
+        return np.zeros((0, 0), np.float32)
+    return probs[detections.confidence >= config.min_crop_confidence]
+
+
+def add_frame(state: BurstState, time: datetime, probs: np.ndarray, labels: list[str]) -> BurstState:
+    """The burst with one more frame: sums of probabilities and per-label crop counts (pure)."""
+    sums, counts = dict(state.probs_sum), dict(state.counts)
+    if len(probs):
+        for label, total in zip(labels, probs.sum(axis=0)):
+            sums[label] = sums.get(label, 0.0) + float(total)
+        winners, per_frame = np.unique(probs.argmax(axis=1), return_counts=True)
+        for k, n in zip(winners, per_frame):
+            counts[labels[k]] = max(counts.get(labels[k], 0), int(n))
+    return BurstState(state.id, state.source_id, min(state.start, time), max(state.end, time),
+                      state.frames + 1, state.crops + len(probs), sums, counts)
+
+
+def aggregate_burst(state: BurstState, config: BurstConfig, closed: bool = False) -> Event:
+    """The event as it stands: mean class probabilities over the burst's confident crops."""
+    if state.crops == 0:
+        return Event(state.id, state.source_id, state.start, state.end, state.frames, None, 0.0, {}, {}, closed)
+    means = sorted(((label, total / state.crops) for label, total in state.probs_sum.items()), key=lambda kv: -kv[1])
+    label, score = means[0]
+    probs = {lbl: round(p, 4) for lbl, p in means[: config.top_k]}
+    return Event(state.id, state.source_id, state.start, state.end, state.frames, label, round(score, 4),
+                 probs, dict(state.counts), closed)
+
+
+def joins(state: BurstState | None, time: datetime, config: BurstConfig) -> bool:
+    """Whether a frame taken at ``time`` belongs to the open burst ``state``."""
+    return state is not None and abs((time - state.end).total_seconds()) <= config.gap_seconds

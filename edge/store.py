@@ -40,9 +40,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE events (
         id TEXT PRIMARY KEY, source_id TEXT NOT NULL, start TEXT NOT NULL, end TEXT NOT NULL,
-        frames INTEGER NOT NULL, label TEXT, score REAL, counts TEXT NOT NULL DEFAULT '{}',
+        frames INTEGER NOT NULL, label TEXT, score REAL, probs TEXT NOT NULL DEFAULT '{}',
+        counts TEXT NOT NULL DEFAULT '{}', crops INTEGER NOT NULL DEFAULT 0, probs_sum TEXT NOT NULL DEFAULT '{}',
+        thumbnail BLOB, thumbnail_score REAL NOT NULL DEFAULT 0,
         closed INTEGER NOT NULL DEFAULT 0, alerted INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL
     );
+    CREATE INDEX events_open ON events (closed);
     CREATE TABLE failures (
         id INTEGER PRIMARY KEY, source_id TEXT NOT NULL, key TEXT NOT NULL, path TEXT, reason TEXT NOT NULL,
         at TEXT NOT NULL, UNIQUE (source_id, key)

@@ -42,3 +42,29 @@ def bundle_dir(data: Path, tmp_path_factory) -> Path:
 def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the bundle that a test may tamper with."""
     return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path):
+    """Start brokers (``users=``, ``persistence=`` as in ``tests/mosquitto.py``); all end at teardown."""
+    from mosquitto import BrokerMissing, Mosquitto
+
+    brokers: list[Mosquitto] = []
+
+    def start(**options) -> Mosquitto:
+        try:
+            broker = Mosquitto(tmp_path / f"mosquitto{len(brokers)}", **options)
+        except BrokerMissing as err:
+            pytest.fail(str(err))
+        brokers.append(broker)
+        return broker.start()
+
+    yield start
+    for broker in brokers:
+        broker.stop(timeout=5)
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory):
+    """A running anonymous Mosquitto on 127.0.0.1 and a free port (``.host``, ``.port``)."""
+    return mosquitto_factory()

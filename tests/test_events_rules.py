@@ -1,0 +1,86 @@
+from datetime import datetime, timedelta
+
+import numpy as np
+import pytest
+
+from edge.detections import Detections
+from edge.events import BurstConfig, BurstState, Event, add_frame, aggregate_burst, confident_probs, event_id, joins
+from edge.rules import RulesConfig, WatchRule, decide_alert, thresholds_for
+
+LABELS = ["cat", "rat", "other"]
+T0 = datetime(2026, 5, 1, 21, 0, 0)
+
+
+def _burst(*frames):
+    state = BurstState("e1", "sd", T0, T0)
+    for i, probs in enumerate(frames):
+        state = add_frame(state, T0 + timedelta(seconds=i), np.array(probs, np.float32).reshape(-1, 3), LABELS)
+    return state
+
+
+def test_aggregate_is_mean_over_confident_crops():
+    state = _burst([[0.8, 0.1, 0.1]], [[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]], [])
+    event = aggregate_burst(state, BurstConfig(top_k=2))
+    assert event.frames == 3 and event.start == T0 and event.end == T0 + timedelta(seconds=2)
+    assert event.label == "cat" and event.score == pytest.approx((0.8 + 0.6 + 0.2) / 3, abs=1e-4)
+    assert list(event.probs) == ["cat", "rat"]
+    assert event.counts == {"cat": 1, "rat": 1}
+
+
+def test_counts_take_the_busiest_frame():
+    state = _burst([[0.9, 0.05, 0.05]], [[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1]])
+    assert aggregate_burst(state, BurstConfig()).counts == {"cat": 2, "rat": 1}
+
+
+def test_empty_burst_has_no_label():
+    event = aggregate_burst(_burst([], []), BurstConfig())
+    assert event.label is None and event.score == 0.0 and event.frames == 2
+
+
+def test_confident_probs_filters_by_detector_score():
+    det = Detections(np.zeros((2, 4)), [0.9, 0.1], [0, 0], {"species_probs": np.eye(2, 3)})
+    assert confident_probs(det, BurstConfig(min_crop_confidence=0.5)).tolist() == [[1, 0, 0]]
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [(0, True), (10, True), (10.5, False), (-3, True)])
+def test_gap_joins(seconds, expected):
+    state = BurstState("e", "sd", T0, T0)
+    assert joins(state, T0 + timedelta(seconds=seconds), BurstConfig(gap_seconds=10)) is expected
+    assert joins(None, T0, BurstConfig()) is False
+
+
+def test_event_id_is_stable_and_distinct():
+    assert event_id("cam1", "sd", "a.jpg") == event_id("cam1", "sd", "a.jpg")
+    assert len({event_id("cam1", "sd", "a.jpg"), event_id("cam2", "sd", "a.jpg"), event_id("cam1", "sd", "b.jpg")}) == 3
+
+
+RULES = RulesConfig(watch=[WatchRule(label="cat", threshold=0.6), WatchRule(label="rat", threshold=0.3, min_count=2)],
+                    sites={"north": {"cat": 0.4}, "south": {"cat": None}})
+
+
+def _event(probs, counts):
+    return Event("e", "sd", T0, T0, 1, max(probs, key=probs.get), max(probs.values()), probs, counts)
+
+
+@pytest.mark.parametrize(
+    ("probs", "counts", "site", "alerted", "expected"),
+    [
+        ({"cat": 0.7}, {"cat": 1}, None, False, "cat"),
+        ({"cat": 0.5}, {"cat": 1}, None, False, None),
+        ({"cat": 0.5}, {"cat": 1}, "north", False, "cat"),
+        ({"cat": 0.9}, {"cat": 1}, "south", False, None),
+        ({"cat": 0.9}, {"cat": 1}, None, True, None),
+        ({"rat": 0.5}, {"rat": 1}, None, False, None),
+        ({"rat": 0.5}, {"rat": 2}, None, False, "rat"),
+        ({"cat": 0.65, "rat": 0.9}, {"cat": 1, "rat": 3}, None, False, "rat"),
+        ({"other": 0.99}, {"other": 1}, None, False, None),
+    ],
+)
+def test_decide_alert(probs, counts, site, alerted, expected):
+    decision = decide_alert(_event(probs, counts), RULES, site, alerted)
+    assert (decision.label if decision else None) == expected
+
+
+def test_site_thresholds():
+    assert thresholds_for(RULES, "north") == {"cat": (0.4, 1), "rat": (0.3, 2)}
+    assert thresholds_for(RULES, "south") == {"rat": (0.3, 2)}
