@@ -29,8 +29,7 @@ export: models
 	$(BIN)/trapedge export --data $(DATA) --out $(BUNDLE)
 
 demo: $(BUNDLE)/manifest.json
-	$(BIN)/trapedge detect $(DATA)/frames --bundle $(BUNDLE) --output results/demo_megadetector.json
-	$(BIN)/python -m edge.summary results/demo_megadetector.json
+	$(BIN)/python -m edge.demo --frames $(DATA)/frames --bundle $(BUNDLE) --workdir results/demo
 
 test: $(BUNDLE)/manifest.json
 	$(BIN)/pytest -q

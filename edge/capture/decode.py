@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from edge.capture.frame import Frame
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 MAX_PIXELS = 80_000_000
@@ -103,3 +106,50 @@ def list_images(root: str | Path) -> list[Path]:
     """Every file under ``root`` with an image suffix, sorted (recursive)."""
     root = Path(root)
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 36867
+_DATETIME = 306
+
+
+def exif_time(image: Image.Image) -> datetime | None:
+    """EXIF DateTimeOriginal (else DateTime) as a naive datetime, or None if absent or garbage."""
+    try:
+        exif = image.getexif()
+        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
+        if isinstance(raw, bytes):
+            raw = raw.decode("ascii", "replace")
+        return datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S") if raw else None
+    except (ValueError, TypeError, OSError, SyntaxError):
+        return None
+
+
+def capture_time(path: Path, image: Image.Image | None = None) -> tuple[datetime, str]:
+    """When the picture was taken: EXIF DateTimeOriginal, else the file's mtime (local time)."""
+    if image is None:
+        try:
+            with Image.open(path) as opened:
+                taken = exif_time(opened)
+        except (OSError, UnidentifiedImageError, ValueError):
+            taken = None
+    else:
+        taken = exif_time(image)
+    if taken is not None:
+        return taken, "exif"
+    return datetime.fromtimestamp(Path(path).stat().st_mtime), "mtime"
+
+
+def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None = DEFAULT_MAX_SIDE) -> Frame:
+    """A ``Frame`` from an image file: pixels and flags, or a failure — never an exception."""
+    path = Path(path)
+    try:
+        time_taken, time_source = capture_time(path)
+    except OSError:
+        time_taken, time_source = datetime.now(), "clock"
+    try:
+        decoded = decode_image(path, max_side=max_side)
+    except (ImageDecodeError, OSError, ValueError, SyntaxError, MemoryError) as exc:
+        return Frame(source_id, key, time_taken, time_source, path=path, failure=str(exc) or type(exc).__name__)
+    flags = tuple(name for name, on in (("truncated", decoded.truncated), ("reduced", decoded.reduced)) if on)
+    return Frame(source_id, key, time_taken, time_source, rgb=decoded.rgb, path=path, flags=flags)

@@ -1,4 +1,4 @@
-"""A real Mosquitto broker on a free loopback port, for the MQTT tests.
+"""A local Mosquitto broker on a free loopback port: for the demo, single-machine setups and tests.
 
 ``Mosquitto(workdir).start()`` writes a config into ``workdir`` and runs Debian's
 ``/usr/sbin/mosquitto``; ``stop()`` / ``start()`` restart it on the same port, ``kill()``

@@ -1,0 +1,232 @@
+"""Analyses become rows and outbox messages, one transaction per frame.
+
+Keeps the open burst of each source (persisted in the ``events`` table, so a restart carries on
+with the same event), raises at most one alert per event and queues event, alert and embedding
+messages in the outbox in the same transaction as the rows they describe.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge import messages
+from edge.capture.frame import Frame
+from edge.events import BurstConfig, BurstState, Event, add_frame, aggregate_burst, confident_probs, event_id, joins
+from edge.megadetector import normalised_xywh
+from edge.pipeline import FrameAnalysis, PrivacyConfig
+from edge.rules import RulesConfig, decide_alert
+from edge.store import Store, utc_now
+from edge.thumbnails import thumbnail_jpeg
+
+
+class AlertConfig(BaseModel):
+    """Alert thumbnails."""
+
+    model_config = ConfigDict(extra="forbid")
+    thumbnail_max_side: int = Field(320, ge=32, title="Longer side of the alert thumbnail, pixels")
+    thumbnail_max_bytes: int = Field(40_000, ge=2_000, title="Largest alert thumbnail, bytes")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is publishing: the device, its site, the topic prefix and the models' names."""
+
+    device_id: str
+    site: str | None
+    prefix: str
+    embedder_model: str
+    bundle_version: str
+
+
+@dataclass
+class _OpenBurst:
+    state: BurstState
+    alerted: bool
+    thumbnail: bytes | None
+    thumbnail_size: tuple[int, int] | None
+    thumbnail_score: float
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording one frame did."""
+
+    frame_id: int | None
+    event_id: str | None
+    alert: str | None
+    messages: int
+
+
+class Recorder:
+    """Writes frames, detections, embeddings and events; queues their messages."""
+
+    def __init__(self, store: Store, identity: Identity, bursts: BurstConfig, rules: RulesConfig,
+                 alerts: AlertConfig, privacy: PrivacyConfig, labels: list[str]):
+        self.store, self.identity, self.bursts, self.rules = store, identity, bursts, rules
+        self.alerts, self.privacy, self.labels = alerts, privacy, labels
+        self.open: dict[str, _OpenBurst] = self._load_open()
+
+    # --- bursts -------------------------------------------------------------------------------
+    def _load_open(self) -> dict[str, _OpenBurst]:
+        rows = self.store.conn.execute(
+            "SELECT id, source_id, start, end, frames, crops, probs_sum, counts, alerted, thumbnail, "
+            "thumbnail_score FROM events WHERE closed = 0").fetchall()
+        result = {}
+        for eid, source, start, end, frames, crops, sums, counts, alerted, thumb, score in rows:
+            state = BurstState(eid, source, datetime.fromisoformat(start), datetime.fromisoformat(end), frames, crops,
+                               json.loads(sums), json.loads(counts))
+            size = Image.open(io.BytesIO(thumb)).size if thumb else None
+            result[source] = _OpenBurst(state, bool(alerted), thumb, size, score)
+        return result
+
+    def _queue(self, kind: str, payload: dict) -> None:
+        self.store.outbox.add(messages.topic(self.identity.prefix, self.identity.device_id, kind), payload)
+
+    def _close(self, source_id: str) -> int:
+        burst = self.open.pop(source_id)
+        event = aggregate_burst(burst.state, self.bursts, closed=True)
+        self._save_event(event, burst)
+        self._queue("event", messages.event_payload(self.identity.device_id, self.identity.site, event,
+                                                     alerted=burst.alerted))
+        return 1
+
+    def close_idle(self, idle_seconds: float | None = None) -> int:
+        """Close bursts that have seen no frame for the burst gap (wall clock); returns messages queued."""
+        idle = self.bursts.gap_seconds if idle_seconds is None else idle_seconds
+        now = datetime.now(timezone.utc)
+        queued = 0
+        with self.store.transaction() as conn:
+            for source_id in list(self.open):
+                updated = conn.execute("SELECT updated_at FROM events WHERE id = ?",
+                                       (self.open[source_id].state.id,)).fetchone()
+                if updated is None or (now - datetime.fromisoformat(updated[0])).total_seconds() >= idle:
+                    queued += self._close(source_id)
+        return queued
+
+    def _save_event(self, event: Event, burst: _OpenBurst) -> None:
+        s = burst.state
+        self.store.conn.execute(
+            "INSERT INTO events (id, source_id, start, end, frames, label, score, probs, counts, crops, probs_sum, "
+            "thumbnail, thumbnail_score, closed, alerted, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (id) DO UPDATE SET end=excluded.end, start=excluded.start, frames=excluded.frames, "
+            "label=excluded.label, score=excluded.score, probs=excluded.probs, counts=excluded.counts, "
+            "crops=excluded.crops, probs_sum=excluded.probs_sum, thumbnail=excluded.thumbnail, "
+            "thumbnail_score=excluded.thumbnail_score, closed=excluded.closed, alerted=excluded.alerted, "
+            "updated_at=excluded.updated_at",
+            (event.id, event.source_id, s.start.isoformat(), s.end.isoformat(), event.frames, event.label,
+             event.score, json.dumps(event.probs), json.dumps(event.counts), s.crops, json.dumps(s.probs_sum),
+             burst.thumbnail, burst.thumbnail_score, int(event.closed), int(burst.alerted), utc_now()),
+        )
+
+    # --- frames -------------------------------------------------------------------------------
+    def record_failure(self, frame: Frame) -> Recorded:
+        """A frame that could not be read: a failure row, nothing else."""
+        with self.store.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO failures (source_id, key, path, reason, at) VALUES (?,?,?,?,?)",
+                         (frame.source_id, frame.key, str(frame.path or ""), frame.failure, utc_now()))
+        return Recorded(None, None, None, 0)
+
+    def record(self, analysis: FrameAnalysis) -> Recorded:
+        """Store one analysed frame and queue what it causes, atomically."""
+        before = len(self.store.outbox)
+        with self.store.transaction():
+            burst = self._assign(analysis)
+            frame_id = self._insert_frame(analysis, burst.state.id if burst else None)
+            detection_ids = self._insert_detections(frame_id, analysis)
+            alert = None
+            if burst is not None:
+                self._update_thumbnail(burst, analysis)
+                alert = self._maybe_alert(burst)
+                self._save_event(aggregate_burst(burst.state, self.bursts), burst)
+                self._insert_embeddings(analysis, detection_ids, burst.state.id)
+        return Recorded(frame_id, burst.state.id if burst else None, alert, len(self.store.outbox) - before)
+
+    def _assign(self, analysis: FrameAnalysis) -> _OpenBurst | None:
+        frame = analysis.frame
+        burst = self.open.get(frame.source_id)
+        if burst is not None and not joins(burst.state, frame.time, self.bursts):
+            self._close(frame.source_id)
+            burst = None
+        probs = confident_probs(analysis.detections, self.bursts)
+        if burst is None:
+            if not len(probs) and not (analysis.detections.confidence >= self.bursts.min_crop_confidence).any():
+                return None
+            state = BurstState(event_id(self.identity.device_id, frame.source_id, frame.key), frame.source_id,
+                               frame.time, frame.time)
+            burst = self.open[frame.source_id] = _OpenBurst(state, False, None, None, 0.0)
+        burst.state = add_frame(burst.state, frame.time, probs, self.labels)
+        return burst
+
+    def _update_thumbnail(self, burst: _OpenBurst, analysis: FrameAnalysis) -> None:
+        det = analysis.detections
+        if not len(det) or float(det.confidence.max()) <= burst.thumbnail_score:
+            return
+        best = int(det.confidence.argmax())
+        blurred = analysis.labels[best] in set(self.privacy.blur_labels)
+        burst.thumbnail, burst.thumbnail_size = thumbnail_jpeg(
+            analysis.frame.rgb, det.xyxy[best], self.alerts.thumbnail_max_side, self.alerts.thumbnail_max_bytes, blurred)
+        burst.thumbnail_score = float(det.confidence[best])
+
+    def _maybe_alert(self, burst: _OpenBurst) -> str | None:
+        event = aggregate_burst(burst.state, self.bursts)
+        decision = decide_alert(event, self.rules, self.identity.site, burst.alerted)
+        if decision is None:
+            return None
+        burst.alerted = True
+        self._queue("alert", messages.alert_payload(self.identity.device_id, self.identity.site, event,
+                                                     thumbnail_jpeg=burst.thumbnail,
+                                                     thumbnail_size=burst.thumbnail_size))
+        return decision.label
+
+    def _insert_frame(self, analysis: FrameAnalysis, event: str | None) -> int:
+        f = analysis.frame
+        h, w = f.rgb.shape[:2]
+        cursor = self.store.conn.execute(
+            "INSERT INTO frames (source_id, key, time, time_source, path, width, height, night, brightness, motion, "
+            "gated, flags, event_id, processed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (f.source_id, f.key, f.time.isoformat(), f.time_source, str(f.path or ""), w, h, int(analysis.night),
+             analysis.brightness, analysis.motion, int(analysis.gated), ",".join(f.flags), event, utc_now()),
+        )
+        return cursor.lastrowid
+
+    def _insert_detections(self, frame_id: int, analysis: FrameAnalysis) -> list[int]:
+        det = analysis.detections
+        probs = det.data.get("species_probs")
+        ids = []
+        for i in range(len(det)):
+            label_score = float(probs[i].max()) if probs is not None else None
+            cursor = self.store.conn.execute(
+                "INSERT INTO detections (frame_id, idx, x1, y1, x2, y2, confidence, class_id, label, label_score, probs) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (frame_id, i, *map(float, det.xyxy[i]), float(det.confidence[i]), int(det.class_id[i]),
+                 analysis.labels[i], label_score,
+                 json.dumps(np.round(probs[i], 4).tolist()) if probs is not None else None),
+            )
+            ids.append(cursor.lastrowid)
+        return ids
+
+    def _insert_embeddings(self, analysis: FrameAnalysis, detection_ids: list[int], event: str) -> None:
+        det, frame = analysis.detections, analysis.frame
+        if "embedding" not in det.data:
+            return
+        boxes = normalised_xywh(det.xyxy, frame.rgb.shape[:2])
+        probs = det.data.get("species_probs")
+        for i in np.flatnonzero(analysis.embedded):
+            vector = det.data["embedding"][i]
+            self.store.conn.execute(
+                "INSERT INTO embeddings (detection_id, event_id, model, model_version, dim, vector) VALUES (?,?,?,?,?,?)",
+                (detection_ids[i], event, self.identity.embedder_model, self.identity.bundle_version, len(vector),
+                 vector.astype(np.float32).tobytes()),
+            )
+            self._queue("embedding", messages.embedding_payload(
+                self.identity.device_id, event_id=event, source_id=frame.source_id, frame_time=frame.time,
+                bbox=boxes[i], confidence=float(det.confidence[i]), label=analysis.labels[i],
+                label_score=float(probs[i].max()) if probs is not None else None, vector=vector,
+                model=self.identity.embedder_model, model_version=self.identity.bundle_version))

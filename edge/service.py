@@ -1,0 +1,192 @@
+"""``trapedge run``: the appliance's main loop under systemd.
+
+Start-up is a short list of named steps; each frame goes capture → analyse → record → publish.
+SIGTERM stops it cleanly; READY and WATCHDOG go to systemd when it runs under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from edge import systemd
+from edge.capture import create_source
+from edge.capture.frame import Frame
+from edge.config import EdgeConfig
+from edge.gate import MotionGate
+from edge.mqtt import Publisher
+from edge.pipeline import Analyzer
+from edge.recorder import Identity, Recorder
+from edge.runtime.backends import config_class
+from edge.runtime.bundle import Bundle, load_bundle
+from edge.runtime.models import Classifier, Detector, Embedder
+from edge.store import Store
+
+log = logging.getLogger("trapedge")
+
+
+@dataclass
+class Counters:
+    """What the service did since it started (for status messages and the demo)."""
+
+    frames: int = 0
+    failures: int = 0
+    gated: int = 0
+    detections: int = 0
+    alerts: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_error: str | None = None
+
+
+class Service:
+    """One appliance: sources, models, store, publisher."""
+
+    def __init__(self, config: EdgeConfig):
+        self.config = config
+        self.stop_requested = threading.Event()
+        self.counters = Counters()
+        self.bundle: Bundle | None = None
+        self.publisher: Publisher | None = None
+
+    # --- start-up -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the store, load the models, open the sources, connect the broker."""
+        self.store = Store(self.config.store.path)
+        self.bundle = load_bundle(self.config.bundle.path)
+        self.analyzer = self._build_analyzer()
+        self.recorder = self._build_recorder()
+        self.sources = [create_source(cfg, self.store.is_done) for cfg in self.config.sources]
+        self.publisher = self._build_publisher()
+        log.info("trapedge %s: bundle %s, %d source(s), broker %s", self.config.device_id,
+                 self.bundle.manifest.version, len(self.sources), "on" if self.publisher else "off (outbox only)")
+
+    def _build_analyzer(self) -> Analyzer:
+        cfg = self.config.bundle
+        backend_cfg = config_class(cfg.backend)(threads=cfg.threads) if cfg.backend == "onnxruntime" else None
+
+        def model(cls):
+            return cls(self.bundle, cfg.precision, cfg.backend, backend_cfg)
+
+        det = self.config.detection
+        return Analyzer(model(Detector), model(Classifier) if det.classify else None,
+                        model(Embedder) if det.embed else None, MotionGate(self.config.gate), self.config.preprocess,
+                        det, self.config.privacy, self.config.bursts.min_crop_confidence)
+
+    def _build_recorder(self) -> Recorder:
+        manifest = self.bundle.manifest
+        identity = Identity(self.config.device_id, self.config.site,
+                            self.config.mqtt.prefix if self.config.mqtt else "trapedge",
+                            manifest.models["embedder"].architecture, manifest.version)
+        labels = manifest.models["classifier"].labels
+        return Recorder(self.store, identity, self.config.bursts, self.config.rules, self.config.alerts,
+                        self.config.privacy, labels)
+
+    def _build_publisher(self) -> Publisher | None:
+        mqtt = self.config.mqtt
+        if mqtt is None or not mqtt.enabled:
+            return None
+        publisher = Publisher(mqtt, self.config.device_id, self.store.outbox, self.health)
+        publisher.start()
+        return publisher
+
+    # --- the loop -----------------------------------------------------------------------------
+    def health(self) -> dict:
+        """Figures for status messages."""
+        c = self.counters
+        return {"uptime_s": round(time.monotonic() - c.started, 1), "frames": c.frames, "failures": c.failures,
+                "gated": c.gated, "detections": c.detections, "alerts": c.alerts,
+                "queue_depth": len(self.store.outbox), "bundle_version": self.bundle.manifest.version,
+                "last_error": c.last_error}
+
+    def process(self, frame: Frame) -> None:
+        """One frame, start to finish."""
+        if not frame.ok:
+            self.recorder.record_failure(frame)
+            self.counters.failures += 1
+            log.warning("frame %s/%s failed: %s", frame.source_id, frame.key, frame.failure)
+            return
+        analysis = self.analyzer.analyse(frame)
+        recorded = self.recorder.record(analysis)
+        self.counters.frames += 1
+        self.counters.gated += int(analysis.gated)
+        self.counters.detections += len(analysis.detections)
+        if recorded.alert:
+            self.counters.alerts += 1
+            log.info("ALERT %s in event %s (%s)", recorded.alert, recorded.event_id, frame.key)
+        if recorded.messages and self.publisher:
+            self.publisher.kick()
+
+    def poll_once(self) -> int:
+        """Process every frame the sources have now; returns how many."""
+        count = 0
+        for source in self.sources:
+            for frame in source.poll():
+                if self.stop_requested.is_set():
+                    return count
+                try:
+                    self.process(frame)
+                except Exception as exc:  # one bad frame must not stop the appliance
+                    self.counters.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("processing %s/%s failed", frame.source_id, frame.key)
+                count += 1
+        return count
+
+    def run(self, once: bool = False) -> None:
+        """Loop until SIGTERM (or, with ``once``, until the sources are drained and bursts closed)."""
+        watchdog = systemd.Watchdog()
+        systemd.ready()
+        next_retention = next_status = time.monotonic()
+        while not self.stop_requested.is_set():
+            handled = self.poll_once()
+            watchdog.tick()
+            if once and handled == 0:
+                self.recorder.close_idle(idle_seconds=0)
+                break
+            if self.recorder.close_idle() and self.publisher:
+                self.publisher.kick()
+            now = time.monotonic()
+            if now >= next_retention:
+                self.store.apply_retention(self.config.store)
+                next_retention = now + self.config.retention_interval_s
+            if now >= next_status and self.publisher:
+                self.publisher.publish_status()
+                next_status = now + self.config.status_interval_s
+            if handled == 0:
+                self.stop_requested.wait(self.config.idle_sleep_s)
+
+    def stop(self, drain_seconds: float = 5.0) -> None:
+        """Close sources, flush the outbox if connected, close the store."""
+        systemd.stopping()
+        for source in getattr(self, "sources", []):
+            source.close()
+        if self.publisher:
+            self.publisher.stop(timeout=drain_seconds)
+        if hasattr(self, "store"):
+            self.store.close()
+
+
+def install_signal_handlers(service: Service) -> None:
+    """SIGTERM and SIGINT request a clean stop."""
+    def handler(signum, _frame):
+        log.info("signal %d: stopping", signum)
+        service.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(config: EdgeConfig, once: bool = False) -> int:
+    """Start, run, stop."""
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = Service(config)
+    install_signal_handlers(service)
+    try:
+        service.start()
+        service.run(once=once)
+    finally:
+        service.stop()
+    return 0
+

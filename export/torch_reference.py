@@ -1,0 +1,47 @@
+"""The torch eager reference for ``trapedge bench``: the edge pipeline with torch models swapped in.
+
+Everything but the inference backend is the edge's own code, so the ratio measures the models.
+``python -m export.torch_reference FOLDER --bundle B --frames N`` prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge import bench
+from export.cli import default_models
+
+
+class TorchBackend:
+    """Runs a torch module where the edge expects an inference backend."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module.eval()
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [self.module(torch.from_numpy(batch)).numpy()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench.add_arguments(parser)
+    parser.add_argument("--weights", type=Path, default=Path("models"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modules = default_models(args.weights)
+    backends = {"detector": TorchBackend(modules.detector), "classifier": TorchBackend(modules.classifier),
+                "embedder": TorchBackend(modules.embedder)}
+    args.worker = "fp32"
+    print(json.dumps(bench.run_worker(args, backends)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
