@@ -145,3 +145,134 @@ def test_validate_config_reports_key_and_line(tmp_path, bundle_dir):
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert f"edge.yaml:{line}: bursts.gap_seconds" in result.stderr
+
+
+def _all_frames(data: Path) -> list[str]:
+    return [p.relative_to(data / "frames").as_posix() for p in sorted((data / "frames").rglob("*"))
+            if p.suffix.lower() in {".jpg", ".jpeg"}]
+
+
+def test_broker_outage_loses_and_duplicates_nothing(tmp_path, data, bundle_dir, mosquitto_factory):
+    """The broker goes away for OUTAGE_S seconds mid-stream; everything queued arrives once, in order."""
+    broker = mosquitto_factory(persistence=True)
+    subscriber = Subscriber(broker)
+    config = write_config(tmp_path, bundle_dir, broker, bursts={"gap_seconds": 1})
+    process = start_service(config, tmp_path / "service.log")
+    db = tmp_path / "state" / "trapedge.db"
+    frames = _all_frames(data)
+    try:
+        half = len(frames) // 2
+        for i, rel in enumerate(frames[:half]):
+            drop(data, tmp_path / "incoming", rel, f"a{i:02d}.jpg")
+        wait_for(lambda: db.exists() and db_rows(db, "SELECT COUNT(*) FROM frames")[0][0] == half, 120, "first half")
+        broker.stop()
+        for i, rel in enumerate(frames[half:]):
+            drop(data, tmp_path / "incoming", rel, f"b{i:02d}.jpg")
+        wait_for(lambda: db_rows(db, "SELECT COUNT(*) FROM frames")[0][0] == len(frames), 120, "second half")
+        queued_during_outage = db_rows(db, "SELECT COUNT(*) FROM outbox")[0][0]
+        time.sleep(max(0.0, OUTAGE_S - 5))
+        broker.start()
+        wait_for(lambda: db_rows(db, "SELECT COUNT(*) FROM outbox")[0][0] == 0
+                 and db_rows(db, "SELECT COUNT(*) FROM events WHERE closed = 0")[0][0] == 0, 120, "outbox drained")
+        wait_for(lambda: len(set(subscriber.ids())) >= expected_messages(db), 30, "all messages at the subscriber")
+    finally:
+        assert stop_service(process) == 0
+        subscriber.close()
+    ids = subscriber.ids()
+    print(f"\noutage {OUTAGE_S:.0f}s: {queued_during_outage} queued while down, {len(ids)} received, "
+          f"{expected_messages(db)} expected")
+    assert queued_during_outage > 0
+    assert len(ids) == len(set(ids)) == expected_messages(db)
+
+
+def test_kill_9_resumes_without_loss_or_repeat(tmp_path, data, bundle_dir, mosquitto):
+    """SIGKILL mid-run, restart: each file recorded exactly once, database intact, all messages sent once."""
+    subscriber = Subscriber(mosquitto)
+    config = write_config(tmp_path, bundle_dir, mosquitto, bursts={"gap_seconds": 1})
+    db = tmp_path / "state" / "trapedge.db"
+    frames = _all_frames(data)
+    for i, rel in enumerate(frames):
+        drop(data, tmp_path / "incoming", rel, f"f{i:02d}.jpg")
+    (tmp_path / "incoming" / "empty.jpg").write_bytes(b"")
+    log = tmp_path / "service.log"
+    kills = 0
+    for _ in range(3):
+        process = start_service(config, log)
+        target = min(len(frames), (kills + 1) * len(frames) // 4)
+        wait_for(lambda: db.exists() and db_rows(db, "SELECT COUNT(*) FROM frames")[0][0] >= target, 120, "progress")
+        process.kill()
+        process.wait(10)
+        kills += 1
+    process = start_service(config, log)
+    try:
+        wait_for(lambda: db_rows(db, "SELECT COUNT(*) FROM frames")[0][0] == len(frames), 120, "all frames")
+        wait_for(lambda: db_rows(db, "SELECT COUNT(*) FROM outbox")[0][0] == 0
+                 and db_rows(db, "SELECT COUNT(*) FROM events WHERE closed = 0")[0][0] == 0, 60, "outbox drained")
+        wait_for(lambda: len(set(subscriber.ids())) >= expected_messages(db), 30, "all messages")
+    finally:
+        assert stop_service(process) == 0
+        subscriber.close()
+    assert db_rows(db, "PRAGMA integrity_check")[0][0] == "ok"
+    keys = [k for (k,) in db_rows(db, "SELECT key FROM frames")]
+    assert len(keys) == len(set(keys)) == len(frames)
+    assert db_rows(db, "SELECT COUNT(*) FROM failures")[0][0] == 1
+    ids = subscriber.ids()
+    duplicates = len(ids) - len(set(ids))
+    print(f"\n{kills} kill -9: {len(frames)} frames once each, {len(set(ids))} distinct messages "
+          f"({duplicates} re-sent), {expected_messages(db)} expected")
+    assert len(set(ids)) == expected_messages(db)
+    # QoS 1 is at-least-once: a kill between PUBACK and deleting the row re-sends that message
+    # (same id, so receivers drop it); never more than the in-flight window per kill.
+    assert duplicates <= kills * 20
+
+
+def _broken_inputs(data: Path, folder: Path) -> dict[str, str | None]:
+    """Broken copies of a real frame, as real uploads look; name -> expected failure word (None = processed)."""
+    from PIL import Image
+
+    source = data / "frames" / "autofocus_gallery" / "coyote1.jpg"
+    raw = source.read_bytes()
+    image = Image.open(source)
+    (folder / "truncated.jpg").write_bytes(raw[: int(len(raw) * 0.6)])
+    (folder / "zero.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is not an image")
+    (folder / "readme.txt").write_text("dropped by mistake")
+    image.convert("CMYK").save(folder / "cmyk.jpg")
+    image.convert("L").save(folder / "gray.jpg")
+    image.convert("RGBA").save(folder / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.rotate(90, expand=True).save(folder / "rotated.jpg", exif=exif)
+    image.resize((9000, 6000)).save(folder / "huge.jpg", quality=70)
+    return {"truncated.jpg": None, "zero.jpg": "0 bytes", "notes.jpg": "not a readable image",
+            "readme.txt": "not a readable image", "cmyk.jpg": None, "gray.jpg": None, "alpha.png": None,
+            "rotated.jpg": None, "huge.jpg": None}
+
+
+def test_every_broken_input_is_a_record_and_the_service_stays_up(tmp_path, data, bundle_dir):
+    from edge.config import EdgeConfig
+    from edge.config_loader import load_config
+    from edge.service import Service
+
+    # the copies show one scene: without motion the gate would rightly skip all but the first
+    config = write_config(tmp_path, bundle_dir, None, gate={"enabled": False})
+    expected = _broken_inputs(data, tmp_path / "incoming")
+    service = Service(load_config(config, EdgeConfig))
+    service.start()
+    try:
+        service.run(once=True)
+        frames = {Path(p).name: flags for p, flags in service.store.conn.execute("SELECT path, flags FROM frames")}
+        failures = {Path(p).name: reason for p, reason in service.store.conn.execute("SELECT path, reason FROM failures")}
+        detections = dict(service.store.conn.execute(
+            "SELECT f.path, COUNT(d.id) FROM frames f LEFT JOIN detections d ON d.frame_id = f.id GROUP BY f.id"))
+    finally:
+        service.stop()
+    for name, failure in expected.items():
+        if failure is None:
+            assert name in frames, name
+        else:
+            assert failure in failures[name], (name, failures.get(name))
+    assert "truncated" in frames["truncated.jpg"] and "reduced" in frames["huge.jpg"]
+    for name in ("cmyk.jpg", "gray.jpg", "alpha.png", "rotated.jpg", "huge.jpg"):
+        assert detections[str(tmp_path / "incoming" / name)] >= 1, name
+    assert len(frames) + len(failures) == len(expected)

@@ -1,0 +1,121 @@
+"""Store migrations and retention; privacy handling of people and vehicles."""
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from edge.capture.decode import decode_image
+from edge.capture.frame import Frame
+from edge.detections import Detections
+from edge.events import BurstConfig
+from edge.gate import MotionGate, MotionGateConfig
+from edge.pipeline import Analyzer, DetectionConfig, FrameAnalysis, PreprocessConfig, PrivacyConfig
+from edge.recorder import AlertConfig, Identity, Recorder
+from edge.rules import RulesConfig, WatchRule
+from edge.store import SCHEMA_VERSION, Store, StoreConfig, migrate
+from edge.thumbnails import blur, thumbnail_jpeg
+
+
+def test_migrations_are_versioned_and_idempotent(tmp_path):
+    store = Store(tmp_path / "a.db")
+    assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert migrate(store.conn) == SCHEMA_VERSION  # nothing to do twice
+    tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"frames", "detections", "events", "embeddings", "failures", "outbox"} <= tables
+    store.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer"):
+        migrate(store.conn)
+
+
+def _old_frame(store, key, days_old):
+    when = (datetime.now(timezone.utc) - timedelta(days=days_old)).isoformat()
+    store.conn.execute("INSERT INTO frames (source_id, key, time, time_source, processed_at, flags) "
+                       "VALUES ('sd', ?, ?, 'mtime', ?, '')", (key, when, when))
+
+
+def test_retention_never_touches_the_outbox(tmp_path):
+    store = Store(tmp_path / "r.db")
+    for i in range(5):
+        _old_frame(store, f"old{i}", days_old=40)
+        _old_frame(store, f"new{i}", days_old=1)
+        store.outbox.add("trapedge/cam/event", {"n": i, "pad": "x" * 20_000})
+    assert store.apply_retention(StoreConfig(path=store.path, retention_days=30)) == 5
+    assert [k for (k,) in store.conn.execute("SELECT key FROM frames ORDER BY key")] == [f"new{i}" for i in range(5)]
+    assert len(store.outbox) == 5
+    store.apply_retention(StoreConfig(path=store.path, retention_days=30, max_mb=0.001))
+    assert store.conn.execute("SELECT COUNT(*) FROM frames").fetchone()[0] == 0
+    assert len(store.outbox) == 5  # still over the size budget, but unsent messages stay
+    assert store.integrity_check() == "ok"
+
+
+class FixedClassifier:
+    """Stands in for the classifier: every crop gets the given label."""
+
+    def __init__(self, labels, label):
+        self.labels, self.k = labels, labels.index(label)
+
+    def classify(self, rgb, detections):
+        probs = np.zeros((len(detections), len(self.labels)), np.float32)
+        probs[:, self.k] = 0.9
+        return detections.with_data(species_probs=probs)
+
+
+class CountingEmbedder:
+    output_dim = 4
+
+    def __init__(self):
+        self.calls = 0
+
+    def crops_of(self, rgb, detections):
+        return [rgb] * len(detections)
+
+    def run_crops(self, crops):
+        self.calls += len(crops)
+        return np.ones((len(crops), 4), np.float32) / 2
+
+
+class FixedDetector:
+    def detect(self, rgb, confidence=None):
+        h, w = rgb.shape[:2]
+        return Detections([[w * 0.25, h * 0.25, w * 0.75, h * 0.75]], [0.9], [0])
+
+
+@pytest.mark.parametrize(("label", "embedded"), [("person", False), ("vehicle", True), ("fox", True)])
+def test_people_are_never_embedded(data, label, embedded):
+    labels = ["fox", "person", "vehicle"]
+    embedder = CountingEmbedder()
+    analyzer = Analyzer(FixedDetector(), FixedClassifier(labels, label), embedder, MotionGate(MotionGateConfig()),
+                        PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
+    analysis = analyzer.analyse(Frame("sd", "k", datetime(2026, 1, 1), "exif", rgb=rgb))
+    assert analysis.labels == [label]
+    assert bool(analysis.embedded[0]) is embedded and embedder.calls == int(embedded)
+
+
+def test_person_thumbnails_are_blurred_in_store_and_alert(tmp_path, data):
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
+    box = np.array([100, 100, 400, 300], np.float32)
+    sharp, _ = thumbnail_jpeg(rgb, box, blurred=False)
+    soft, _ = thumbnail_jpeg(rgb, box, blurred=True)
+    assert len(soft) < len(sharp) / 2  # blurred JPEGs carry far less detail
+    patch = rgb[100:300, 100:400]
+    assert np.abs(np.diff(blur(patch).astype(int), axis=1)).mean() < np.abs(np.diff(patch.astype(int), axis=1)).mean() / 3
+
+    store = Store(tmp_path / "p.db")
+    labels = ["fox", "person", "vehicle"]
+    recorder = Recorder(store, Identity("cam", None, "trapedge", "emb", "v1"), BurstConfig(),
+                        RulesConfig(watch=[WatchRule(label="person", threshold=0.5)]), AlertConfig(),
+                        PrivacyConfig(), labels)
+    probs = np.zeros((1, 3), np.float32)
+    probs[0, 1] = 0.9
+    det = Detections([box], [0.9], [0], {"species_probs": probs})
+    frame = Frame("sd", "k1", datetime(2026, 1, 1), "exif", rgb=rgb)
+    result = recorder.record(FrameAnalysis(frame, det, ["person"], np.zeros(1, bool), False, 0.5, 1.0, False, (0, 0)))
+    assert result.alert == "person"
+    (stored,) = store.conn.execute("SELECT thumbnail FROM events").fetchone()
+    assert len(stored) < len(sharp) / 2
+    assert store.conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 0
+    topics = [m.topic for m in store.outbox.pending()]
+    assert topics == ["trapedge/cam/alert"]
