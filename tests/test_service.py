@@ -129,6 +129,8 @@ def test_watch_listed_bear_raises_one_alert(tmp_path, data, bundle_dir, mosquitt
         wait_for(lambda: len(subscriber.of_kind("embedding")) >= 3, 30, "embeddings")
         embedding = subscriber.of_kind("embedding")[0]
         assert embedding["event_id"] == alert["event_id"] and len(embedding["vector"]) == embedding["dim"]
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libtorch" not in maps and "torch/lib" not in maps  # the appliance never loads torch
     finally:
         assert stop_service(process) == 0
         subscriber.close()
@@ -276,3 +278,12 @@ def test_every_broken_input_is_a_record_and_the_service_stays_up(tmp_path, data,
     for name in ("cmyk.jpg", "gray.jpg", "alpha.png", "rotated.jpg", "huge.jpg"):
         assert detections[str(tmp_path / "incoming" / name)] >= 1, name
     assert len(frames) + len(failures) == len(expected)
+
+
+def test_example_config_validates():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "trapedge.cli", "run", "--config",
+                             str(root / "deploy" / "edge.example.yaml"), "--validate-config"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "config OK" in result.stdout

@@ -92,7 +92,10 @@ def resize_whole(image: np.ndarray, spec: InputSpec) -> np.ndarray:
 def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
     """Stack (h, w, 3) uint8 RGB images into a normalised float32 NCHW batch."""
     batch = np.asarray(images if isinstance(images, np.ndarray) and images.ndim == 4 else np.stack(images))
-    mean = np.asarray(spec.mean, np.float32)
-    inv_std = 1.0 / np.asarray(spec.std, np.float32)
-    tensor = (batch.astype(np.float32) * np.float32(spec.scale) - mean) * inv_std
-    return np.ascontiguousarray(tensor.transpose(0, 3, 1, 2))
+    tensor = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+    scale = np.float32(spec.scale) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
+    shift = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
+    if not (np.all(scale == 1) and np.all(shift == 0)):  # the detector takes raw pixels: nothing to do
+        tensor *= scale
+        tensor -= shift
+    return tensor

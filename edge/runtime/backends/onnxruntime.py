@@ -24,6 +24,8 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     threads: int = Field(0, ge=0, title="Intra-op threads (0 = one per core)")
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], title="Execution providers")
+    memory_arena: bool = Field(False, title="Keep ORT's memory arena (faster large batches, far more RSS)")
+    spin: bool = Field(False, title="Let idle worker threads spin (steals the cores from the other models' sessions)")
 
 
 class Backend:
@@ -34,6 +36,12 @@ class Backend:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # without the arena a session returns its activations after each run: measured 128 MB
+        # instead of 160-950 MB for the three models, at the same speed for batches of 1-4
+        options.enable_cpu_mem_arena = config.memory_arena
+        options.enable_mem_pattern = config.memory_arena
+        # three sessions share two cores: spinning pools starve each other (detector 74 -> 35 ms)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
         self.session = ort.InferenceSession(str(path), options, providers=config.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = outputs
