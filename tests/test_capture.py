@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from edge.capture import SourceUnavailable, available, create_source
-from edge.capture.decode import capture_time, read_frame
+from edge.capture.decode import read_frame
 from edge.capture.folder import Config as FolderConfig
 from edge.capture.opencv import Config as OpenCVConfig
 from edge.capture.picamera2 import Config as PiConfig
@@ -28,10 +28,10 @@ def test_exif_time_else_mtime(tmp_path, coyote):
     Image.open(coyote).save(tmp_path / "dated.jpg", exif=exif)
     shutil.copy(coyote, tmp_path / "plain.jpg")
     os.utime(tmp_path / "plain.jpg", (1_700_000_000, 1_700_000_000))
-    assert capture_time(tmp_path / "dated.jpg") == (datetime(2024, 6, 1, 3, 14, 15), "exif")
-    assert capture_time(tmp_path / "plain.jpg") == (datetime.fromtimestamp(1_700_000_000), "mtime")
-    frame = read_frame(tmp_path / "dated.jpg", "sd", "k")
-    assert frame.ok and frame.time == datetime(2024, 6, 1, 3, 14, 15) and frame.rgb.shape[2] == 3
+    dated, plain = read_frame(tmp_path / "dated.jpg", "sd", "a"), read_frame(tmp_path / "plain.jpg", "sd", "b")
+    assert (dated.time, dated.time_source) == (datetime(2024, 6, 1, 3, 14, 15), "exif")
+    assert (plain.time, plain.time_source) == (datetime.fromtimestamp(1_700_000_000), "mtime")
+    assert dated.ok and dated.rgb.shape[2] == 3
 
 
 @pytest.mark.parametrize(

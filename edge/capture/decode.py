@@ -37,6 +37,7 @@ class DecodedImage:
     source_size: tuple[int, int]
     truncated: bool = False
     reduced: bool = False
+    exif_time: datetime | None = None
 
 
 def _open(path: Path) -> Image.Image:
@@ -85,6 +86,7 @@ def decode_image(path: str | Path, max_side: int | None = None) -> DecodedImage:
     path = Path(path)
     image = _open(path)
     source_size = image.size
+    taken = exif_time(image)
     if image.width * image.height > MAX_PIXELS and image.format != "JPEG":
         raise ImageDecodeError(f"image too large ({image.width}x{image.height}) and not a JPEG")
     reduced = False
@@ -101,7 +103,7 @@ def decode_image(path: str | Path, max_side: int | None = None) -> DecodedImage:
         pass
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return DecodedImage(np.asarray(image), source_size, truncated, reduced)
+    return DecodedImage(np.asarray(image), source_size, truncated, reduced, taken)
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -127,31 +129,21 @@ def exif_time(image: Image.Image) -> datetime | None:
         return None
 
 
-def capture_time(path: Path, image: Image.Image | None = None) -> tuple[datetime, str]:
-    """When the picture was taken: EXIF DateTimeOriginal, else the file's mtime (local time)."""
-    if image is None:
-        try:
-            with Image.open(path) as opened:
-                taken = exif_time(opened)
-        except (OSError, UnidentifiedImageError, ValueError):
-            taken = None
-    else:
-        taken = exif_time(image)
-    if taken is not None:
-        return taken, "exif"
-    return datetime.fromtimestamp(Path(path).stat().st_mtime), "mtime"
+def file_time(path: Path) -> tuple[datetime, str]:
+    """The file's mtime (local time), or the clock when the file is gone."""
+    try:
+        return datetime.fromtimestamp(Path(path).stat().st_mtime), "mtime"
+    except OSError:
+        return datetime.now(), "clock"
 
 
 def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None = DEFAULT_MAX_SIDE) -> Frame:
     """A ``Frame`` from an image file: pixels and flags, or a failure — never an exception."""
     path = Path(path)
     try:
-        time_taken, time_source = capture_time(path)
-    except OSError:
-        time_taken, time_source = datetime.now(), "clock"
-    try:
         decoded = decode_image(path, max_side=max_side)
     except (ImageDecodeError, OSError, ValueError, SyntaxError, MemoryError) as exc:
-        return Frame(source_id, key, time_taken, time_source, path=path, failure=str(exc) or type(exc).__name__)
+        return Frame(source_id, key, *file_time(path), path=path, failure=str(exc) or type(exc).__name__)
+    time_taken, time_source = (decoded.exif_time, "exif") if decoded.exif_time else file_time(path)
     flags = tuple(name for name, on in (("truncated", decoded.truncated), ("reduced", decoded.reduced)) if on)
     return Frame(source_id, key, time_taken, time_source, rgb=decoded.rgb, path=path, flags=flags)
