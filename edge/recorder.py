@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
@@ -52,6 +52,7 @@ class _OpenBurst:
     thumbnail: bytes | None
     thumbnail_size: tuple[int, int] | None
     thumbnail_score: float
+    updated: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,13 @@ class Recorder:
     def _load_open(self) -> dict[str, _OpenBurst]:
         rows = self.store.conn.execute(
             "SELECT id, source_id, start, end, frames, crops, probs_sum, counts, alerted, thumbnail, "
-            "thumbnail_score FROM events WHERE closed = 0").fetchall()
+            "thumbnail_score, updated_at FROM events WHERE closed = 0").fetchall()
         result = {}
-        for eid, source, start, end, frames, crops, sums, counts, alerted, thumb, score in rows:
+        for eid, source, start, end, frames, crops, sums, counts, alerted, thumb, score, updated in rows:
             state = BurstState(eid, source, datetime.fromisoformat(start), datetime.fromisoformat(end), frames, crops,
                                json.loads(sums), json.loads(counts))
             size = Image.open(io.BytesIO(thumb)).size if thumb else None
-            result[source] = _OpenBurst(state, bool(alerted), thumb, size, score)
+            result[source] = _OpenBurst(state, bool(alerted), thumb, size, score, datetime.fromisoformat(updated))
         return result
 
     def _queue(self, kind: str, payload: dict) -> None:
@@ -101,14 +102,11 @@ class Recorder:
         """Close bursts that have seen no frame for the burst gap (wall clock); returns messages queued."""
         idle = self.bursts.gap_seconds if idle_seconds is None else idle_seconds
         now = datetime.now(timezone.utc)
-        queued = 0
-        with self.store.transaction() as conn:
-            for source_id in list(self.open):
-                updated = conn.execute("SELECT updated_at FROM events WHERE id = ?",
-                                       (self.open[source_id].state.id,)).fetchone()
-                if updated is None or (now - datetime.fromisoformat(updated[0])).total_seconds() >= idle:
-                    queued += self._close(source_id)
-        return queued
+        idle_sources = [s for s, burst in self.open.items() if (now - burst.updated).total_seconds() >= idle]
+        if not idle_sources:
+            return 0
+        with self.store.transaction():
+            return sum(self._close(source_id) for source_id in idle_sources)
 
     def _save_event(self, event: Event, burst: _OpenBurst) -> None:
         s = burst.state
@@ -162,6 +160,7 @@ class Recorder:
                                frame.time, frame.time)
             burst = self.open[frame.source_id] = _OpenBurst(state, False, None, None, 0.0)
         burst.state = add_frame(burst.state, frame.time, probs, self.labels)
+        burst.updated = datetime.now(timezone.utc)
         return burst
 
     def _update_thumbnail(self, burst: _OpenBurst, analysis: FrameAnalysis) -> None:
