@@ -64,7 +64,7 @@ def _folder_source(path, done, **kw):
 
 def _poll_all(source):
     time.sleep(0.02)
-    return source.poll()
+    return list(source.poll())
 
 
 def test_folder_exactly_once_across_restarts(tmp_path, data):

@@ -7,7 +7,7 @@ source class and ``UNAVAILABLE_REASON``; a vendor import that fails disables onl
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from pydantic import BaseModel
 
@@ -30,7 +30,7 @@ class FrameSource(Protocol):
 
     id: str
 
-    def poll(self) -> list[Frame]: ...
+    def poll(self) -> Iterable[Frame]: ...
 
     def close(self) -> None: ...
 

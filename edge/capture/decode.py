@@ -8,9 +8,12 @@ JPEG draft mode, and bounded by ``max_pixels`` for other formats).
 from __future__ import annotations
 
 import warnings
+from collections import deque
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -147,3 +150,16 @@ def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None 
     time_taken, time_source = (decoded.exif_time, "exif") if decoded.exif_time else file_time(path)
     flags = tuple(name for name, on in (("truncated", decoded.truncated), ("reduced", decoded.reduced)) if on)
     return Frame(source_id, key, time_taken, time_source, rgb=decoded.rgb, path=path, flags=flags)
+
+
+def read_ahead(pool: Executor, jobs: Iterable[tuple[Path, str, str]], max_side: int | None = DEFAULT_MAX_SIDE,
+               prefetch: int = 1) -> Iterator[Frame]:
+    """``read_frame`` for each (path, source id, key), decoding ``prefetch`` files ahead in ``pool``
+    so the next JPEG decodes while the caller runs the models on this one."""
+    pending: deque[Future] = deque()
+    for path, source_id, key in jobs:
+        pending.append(pool.submit(read_frame, path, source_id, key, max_side))
+        if len(pending) > prefetch:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()

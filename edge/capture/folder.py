@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.capture.decode import DEFAULT_MAX_SIDE, read_frame
+from edge.capture.decode import DEFAULT_MAX_SIDE, read_ahead
 from edge.capture.frame import Frame
 
 KEY = "folder"
@@ -35,6 +37,7 @@ class Config(BaseModel):
     poll_seconds: float = Field(1.0, gt=0, title="Seconds between scans")
     max_side: int = Field(DEFAULT_MAX_SIDE, ge=64, title="JPEGs are decoded at reduced scale down to this size")
     batch: int = Field(32, ge=1, title="Most files returned by one poll")
+    prefetch: int = Field(1, ge=0, title="Files decoded ahead while the models run")
 
 
 def _ignored(name: str) -> bool:
@@ -49,6 +52,7 @@ class Source:
         self.root = Path(config.path)
         self.seen: set[str] = set()
         self.next_scan = 0.0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{self.id}")
 
     def _scan(self) -> list[tuple[float, str, Path, os.stat_result]]:
         found = []
@@ -80,28 +84,30 @@ class Source:
         """Unchanged for ``settle_seconds``: a file being copied keeps a fresh mtime."""
         return time.time() - stat.st_mtime >= self.config.settle_seconds
 
-    def poll(self) -> list[Frame]:
-        """New settled files (at most ``batch``), decoded, oldest first."""
+    def _new_files(self) -> list[tuple[Path, str]]:
+        """Settled files not yet recorded nor handed out (at most ``batch``), oldest first."""
         now = time.monotonic()
         if now < self.next_scan:
             return []
         self.next_scan = now + self.config.poll_seconds
-        frames = []
+        todo = []
         for _, _, path, stat in self._scan():
             key = self.key_of(path, stat)
             if key in self.seen or not self._settled(stat):
                 continue
-            if self.is_done(self.id, key):
-                self.seen.add(key)
-                continue
-            if not path.exists():
-                continue
             self.seen.add(key)
-            frames.append(read_frame(path, self.id, key, self.config.max_side))
-            if len(frames) >= self.config.batch:
+            if not self.is_done(self.id, key):
+                todo.append((path, key))
+            if len(todo) >= self.config.batch:
                 self.next_scan = 0.0
                 break
-        return frames
+        return todo
+
+    def poll(self) -> Iterator[Frame]:
+        """New settled files, decoded (one file ahead, in a worker thread), oldest first."""
+        jobs = ((path, self.id, key) for path, key in self._new_files())
+        return read_ahead(self.pool, jobs, self.config.max_side, self.config.prefetch)
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Stop the decoding thread."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
