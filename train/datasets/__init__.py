@@ -1,0 +1,19 @@
+"""Dataset readers (one module per format), each returning an `Inventory` of `Record`s, and a summary.
+
+No torch here: plain stdlib, so inventories can be built and checked anywhere.
+"""
+
+from train.datasets.camtrap_dp import read_camtrap_dp
+from train.datasets.coco import read_coco_camera_traps
+from train.datasets.csv_table import read_csv
+from train.datasets.folders import SPOTID_FILENAME, read_folders
+from train.datasets.inventory import DatasetError, Inventory, Problem
+from train.datasets.megadetector import read_megadetector
+from train.datasets.summary import Summary, format_summary, save_summary, summarise
+from train.datasets.voc import read_voc
+
+__all__ = [
+    "DatasetError", "Inventory", "Problem", "SPOTID_FILENAME", "Summary", "format_summary", "read_camtrap_dp",
+    "read_coco_camera_traps", "read_csv", "read_folders", "read_megadetector", "read_voc", "save_summary",
+    "summarise",
+]

@@ -1,0 +1,141 @@
+"""Camtrap DP 1.0 packages: ``datapackage.json`` + deployments, media and observations CSVs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+
+from train.datasets.inventory import DatasetError, Inventory, check_bbox, parse_time
+from train.records import Record
+
+#: observationType → label for the types that carry no scientificName.
+TYPE_LABELS = {"blank": "empty", "human": "human", "vehicle": "vehicle"}
+#: observationTypes that name no class: reported, not read.
+UNCLASSIFIED = {"unknown", "unclassified"}
+BBOX_COLUMNS = ("bboxX", "bboxY", "bboxWidth", "bboxHeight")
+
+
+def read_camtrap_dp(package_dir: Path | str) -> Inventory:
+    """Read a Camtrap DP package into records.
+
+    Media-level observations with a box give one record per box; those without a box and
+    event-level observations (matched to the deployment's media inside ``eventStart``..``eventEnd``)
+    merge into one image-level record per media file. ``location`` is the deployment's
+    ``locationID`` (the ``deploymentID`` when absent), ``event`` the ``eventID``. Remote (URL) and
+    non-image media, and unclassified observations, are reported.
+
+    Raises:
+        DatasetError: missing package file or column, unknown media/deployment id, bad box or time.
+    """
+    package_dir = Path(package_dir)
+    tables = _tables(package_dir)
+    locations = {row["deploymentID"]: row.get("locationID") or row["deploymentID"] for _, row in tables["deployments"]}
+    media = {row["mediaID"]: (line, row) for line, row in tables["media"]}
+    obs_file = package_dir / _resource_paths(package_dir)["observations"]
+    image_level: dict[str, tuple[list[str], dict]] = {}
+    inventory = Inventory()
+    for line, obs in tables["observations"]:
+        where = f"line {line} ({obs.get('observationID', '?')})"
+        label = _label(obs)
+        if label is None:
+            inventory.report("unlabelled", obs_file, where, f"observationType {obs.get('observationType')!r}")
+            continue
+        if obs.get("deploymentID") not in locations:
+            raise DatasetError(obs_file, where, f"unknown deploymentID {obs.get('deploymentID')!r}")
+        if not obs.get("mediaID"):
+            _event_level(inventory, obs_file, where, obs, label, tables["media"], image_level)
+        elif obs["mediaID"] not in media:
+            raise DatasetError(obs_file, where, f"unknown mediaID {obs['mediaID']!r}")
+        elif _has_box(obs):
+            box = check_bbox(tuple(float(obs[k]) for k in BBOX_COLUMNS), obs_file, where)
+            _emit(inventory, package_dir, media[obs["mediaID"]], [label], obs, locations, box)
+        else:
+            _collect(image_level, obs["mediaID"], label, obs)
+    for media_id, (labels, obs) in image_level.items():
+        _emit(inventory, package_dir, media[media_id], labels, obs, locations, None)
+    return inventory
+
+
+def _resource_paths(package_dir: Path) -> dict[str, str]:
+    descriptor = package_dir / "datapackage.json"
+    if not descriptor.is_file():
+        raise DatasetError(descriptor, "file", "not found: not a Camtrap DP package")
+    try:
+        resources = json.loads(descriptor.read_text(encoding="utf-8")).get("resources", [])
+    except json.JSONDecodeError as err:
+        raise DatasetError(descriptor, f"line {err.lineno}", f"not JSON: {err.msg}") from None
+    paths = {r.get("name"): r.get("path") for r in resources if isinstance(r.get("path"), str)}
+    return {name: paths.get(name, f"{name}.csv") for name in ("deployments", "media", "observations")}
+
+
+def _tables(package_dir: Path) -> dict[str, list[tuple[int, dict]]]:
+    needed = {"deployments": ["deploymentID"], "media": ["mediaID", "deploymentID", "timestamp", "filePath"],
+              "observations": ["deploymentID", "mediaID", "eventID", "observationType", "scientificName"]}
+    tables = {}
+    for name, relative in _resource_paths(package_dir).items():
+        path = package_dir / relative
+        if not path.is_file():
+            raise DatasetError(path, "file", f"{name} table not found")
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            absent = [c for c in needed[name] if c not in (reader.fieldnames or [])]
+            if absent:
+                raise DatasetError(path, "line 1", f"no column(s) {absent}")
+            tables[name] = list(enumerate(reader, start=2))
+    return tables
+
+
+def _label(obs: dict) -> str | None:
+    kind = (obs.get("observationType") or "").strip()
+    if kind in UNCLASSIFIED:
+        return None
+    if kind == "animal":
+        return (obs.get("scientificName") or "").strip() or None
+    return (obs.get("scientificName") or "").strip() or TYPE_LABELS.get(kind) or kind or None
+
+
+def _has_box(obs: dict) -> bool:
+    return all((obs.get(k) or "").strip() for k in BBOX_COLUMNS)
+
+
+def _collect(image_level: dict, media_id: str, label: str, obs: dict) -> None:
+    labels, _ = image_level.setdefault(media_id, ([], obs))
+    if label not in labels:
+        labels.append(label)
+
+
+def _event_level(inventory: Inventory, obs_file: Path, where: str, obs: dict, label: str, media_rows: list,
+                 image_level: dict) -> None:
+    start = parse_time(obs.get("eventStart"), obs_file, where)
+    end = parse_time(obs.get("eventEnd"), obs_file, where)
+    matched = [row["mediaID"] for _, row in media_rows
+               if row["deploymentID"] == obs["deploymentID"] and _within(row["timestamp"], start, end)]
+    if not matched:
+        inventory.report("unmatched", obs_file, where, f"event {obs.get('eventID')!r}: no media in {start}..{end}")
+    for media_id in matched:
+        _collect(image_level, media_id, label, obs)
+
+
+def _within(timestamp: str, start: datetime | None, end: datetime | None) -> bool:
+    moment = parse_time(timestamp, Path("media.csv"), "timestamp")
+    return start is not None and end is not None and moment is not None and start <= moment <= end
+
+
+def _emit(inventory: Inventory, package_dir: Path, media_entry: tuple[int, dict], labels: list[str], obs: dict,
+          locations: dict, box) -> None:
+    line, media = media_entry
+    media_file, where = package_dir / "media.csv", f"line {line} ({media['mediaID']})"
+    file_path = media["filePath"].strip()
+    if "://" in file_path:
+        inventory.report("remote", media_file, where, file_path)
+        return
+    if not (media.get("fileMediatype") or "image/").startswith("image/"):
+        inventory.report("not_image", media_file, where, f"{file_path} ({media['fileMediatype']})")
+        return
+    record = Record(package_dir / file_path, tuple(labels), bbox=box, individual=obs.get("individualID") or None,
+                    location=locations.get(media["deploymentID"]), event=obs.get("eventID") or None,
+                    time=parse_time(media.get("timestamp"), media_file, where), source="camtrap_dp",
+                    extra={"observation": obs.get("observationID"), "deployment": media["deploymentID"]})
+    inventory.add(record, media_file, where)

@@ -1,0 +1,102 @@
+"""What every reader returns: the records it could use and the entries it could not."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from train.records import Record
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class DatasetError(ValueError):
+    """Input that cannot be read as the format it claims to be; names the file and the entry."""
+
+    def __init__(self, file: Path | str, entry: str, message: str):
+        self.file = Path(file)
+        self.entry = entry
+        super().__init__(f"{file}: {entry}: {message}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One entry a reader could not turn into a record (the batch goes on).
+
+    Attributes:
+        kind: ``missing`` (image file absent), ``failure`` (the source says it failed),
+            ``remote`` (a URL, not fetched), ``not_image``, ``unannotated``, ``unlabelled``,
+            ``unparsed`` (kept, but the filename did not match the pattern), ``unmatched``.
+        source: the annotation file (or folder) the entry came from.
+        entry: where in it (``line 7``, ``images[3]``, ``obs6``).
+        detail: the image path or the message.
+    """
+
+    kind: str
+    source: Path
+    entry: str
+    detail: str = ""
+
+
+@dataclass
+class Inventory:
+    """Records read from one source plus every problem met on the way."""
+
+    records: list[Record] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Record:
+        return self.records[index]
+
+    @property
+    def missing(self) -> list[Problem]:
+        """Problems whose image file does not exist."""
+        return [p for p in self.problems if p.kind == "missing"]
+
+    def problem_counts(self) -> dict[str, int]:
+        """Number of problems per kind."""
+        return dict(Counter(p.kind for p in self.problems))
+
+    def report(self, kind: str, source: Path, entry: str, detail: str = "") -> None:
+        """Note one entry that yields no (or an incomplete) record."""
+        self.problems.append(Problem(kind, Path(source), entry, detail))
+
+    def add(self, record: Record, source: Path, entry: str) -> bool:
+        """Keep ``record`` if its image exists, else report it missing; True when kept."""
+        if not record.path.is_file():
+            self.report("missing", source, entry, str(record.path))
+            return False
+        self.records.append(record)
+        return True
+
+
+def parse_time(text: str | None, file: Path, entry: str) -> datetime | None:
+    """ISO-8601 (``Z`` allowed, space or ``T`` separator) or the COCO-CT ``YYYY:MM:DD`` EXIF form."""
+    if text is None or not str(text).strip():
+        return None
+    value = str(text).strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    if len(value) >= 10 and value[4] == ":" and value[7] == ":":
+        value = value[:4] + "-" + value[5:7] + "-" + value[8:]
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise DatasetError(file, entry, f"bad date/time {text!r}") from None
+
+
+def check_bbox(box: tuple[float, float, float, float], file: Path, entry: str, tolerance: float = 1e-3):
+    """A normalised ``[x, y, w, h]`` inside the image (within ``tolerance``), else DatasetError."""
+    x, y, w, h = box
+    if w <= 0 or h <= 0 or x < -tolerance or y < -tolerance or x + w > 1 + tolerance or y + h > 1 + tolerance:
+        raise DatasetError(file, entry, f"box {list(box)} is not a normalised [x, y, w, h] inside the image")
+    return tuple(float(v) for v in box)
