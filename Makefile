@@ -7,7 +7,8 @@ BUNDLE ?= bundles/default
 # pin torch first: anything else pulls the CUDA build (several GB)
 PINS   := torch==2.13.0 torchvision==0.28.0
 
-.PHONY: setup models export demo test clean
+RUN    ?= runs/trained
+.PHONY: setup models export train demo test clean
 
 setup: $(VENV)/.installed
 
@@ -25,8 +26,14 @@ $(BUNDLE)/manifest.json: $(VENV)/.installed
 	$(MAKE) models
 	$(BIN)/trapedge export --data $(DATA) --out $(BUNDLE)
 
+# the default bundle from the pretrained weights; the trained one too when `make train` ran
 export: models
 	$(BIN)/trapedge export --data $(DATA) --out $(BUNDLE)
+	if [ -f $(RUN)/classifier.pt ]; then $(BIN)/trapedge export --data $(DATA) --trained $(RUN) --out bundles/trained; fi
+
+# species classifier + re-ID embedder on DATA (override DATA=/your/photos; QUICK=1 for the fast profile)
+train: models
+	$(BIN)/trapedge train --data $(DATA) --out $(RUN) $(if $(QUICK),--quick,)
 
 demo: $(BUNDLE)/manifest.json
 	$(BIN)/python -m edge.demo --frames $(DATA)/frames --bundle $(BUNDLE) --workdir results/demo

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from export.build import ExportOptions, TorchModels, build_bundle, manifest_summary
 from export.gates import GateError
 
@@ -30,11 +32,28 @@ def default_models(weights: Path) -> TorchModels:
     )
 
 
+def trained_models(run_dir: Path, weights: Path) -> TorchModels:
+    """Models from ``trapedge train``: its classifier and embedder, the pretrained detector."""
+    from train.models.classifier import freeze_same_padding
+    from export.build import CROP_INPUT
+
+    models = default_models(weights)
+    classifier = torch.load(run_dir / "classifier.pt", map_location="cpu", weights_only=False).eval()
+    embedder = torch.load(run_dir / "embedder.pt", map_location="cpu", weights_only=False).eval()
+    for model in (classifier, embedder):
+        freeze_same_padding(model.backbone, CROP_INPUT.size)
+    models.classifier, models.embedder, models.species_labels = classifier, embedder, list(classifier.labels)
+    models.architectures.update(classifier=f"{type(classifier).__name__}({run_dir.name})",
+                                embedder=f"{type(embedder).__name__}({run_dir.name})")
+    return models
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bundles/default"), help="bundle directory to write")
     parser.add_argument("--weights", type=Path, default=Path("models"), help="where `make models` put the weights")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="real images for calibration and checks")
     parser.add_argument("--threshold", type=float, default=0.25, help="detector confidence threshold for the manifest")
+    parser.add_argument("--trained", type=Path, help="a `trapedge train` output folder to export instead of the pretrained models")
     parser.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
                         help="calibration method for all three models (default: per model, see export.build)")
 
@@ -44,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if args.calibration:
         options.calibration = dict.fromkeys(options.calibration, args.calibration)
     try:
-        manifest = build_bundle(default_models(args.weights), options)
+        models = trained_models(args.trained, args.weights) if args.trained else default_models(args.weights)
+        manifest = build_bundle(models, options)
     except (GateError, FileNotFoundError) as exc:
         print(f"export failed, no bundle written: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 FP32_NODES = {
     "detector": [r"^/head/(cls|reg|obj)_preds", r"^/head/[A-Z]"],
     "classifier": [r"^/[A-Z]", r"/classifier/"],
-    "embedder": [r"^/[A-Z]"],
+    "embedder": [r"^/[A-Z]", r"^/(neck|bn)/"],  # projection (trained embedder), norm and L2 stay fp32
 }
 
 

@@ -15,6 +15,7 @@ COMMANDS = {
     "detect": ("edge.cli_detect", "detect animals in every image under a folder (MegaDetector JSON)"),
     "embed": ("edge.cli_embed", "embed the best detection (or whole image) of every image (JSON lines)"),
     "bench": ("edge.bench", "benchmark the edge pipeline on real frames (INT8, fp32, torch eager)"),
+    "train": ("train.cli", "train the species classifier and the re-ID embedder; write the report"),
     "export": ("export.cli", "build a model bundle: ONNX fp32 + INT8 with accuracy gates"),
     "export-tensorrt": ("export.tensorrt", "build TensorRT FP16/INT8 engines from a bundle (Jetson)"),
 }

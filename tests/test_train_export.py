@@ -1,0 +1,34 @@
+"""`trapedge train --quick` then `trapedge export --trained`: a gated bundle the edge runs unchanged."""
+
+import json
+
+from edge.runtime.bundle import load_bundle
+from trapedge.cli import main
+
+
+def test_quick_train_then_export_then_detect_and_embed(tmp_path, data):
+    run = tmp_path / "run"
+    assert main(["train", "--quick", "--data", str(data), "--out", str(run)]) == 0
+    figures = json.loads((run / "figures.json").read_text())
+    assert figures["species"]["n"] > 100 and 0 < figures["species"]["top1"] <= 1
+    assert set(figures["reid"]) == {"lion val (held-out individuals)", "leopards (never trained on)"}
+    report = (run / "report" / "report.md").read_text()
+    assert "## Species classifier" in report and "## Re-identification" in report
+    assert (run / "report" / "confusion.png").stat().st_size > 5000
+    assert (run / "splits" / "species.csv").is_file() and (run / "dataset_summary.csv").is_file()
+
+    bundle = tmp_path / "bundles" / "trained"
+    assert main(["export", "--data", str(data), "--trained", str(run), "--out", str(bundle)]) == 0
+    manifest = load_bundle(bundle).manifest
+    labels = manifest.models["classifier"].labels
+    assert "Empty" in labels and "Cattle" in labels and all(g["passed"] for g in manifest.gates.values())
+
+    out = tmp_path / "md.json"
+    assert main(["detect", str(data / "frames" / "ena24_small"), "--bundle", str(bundle), "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert list(doc["classification_categories"].values()) == labels
+    emb = tmp_path / "emb.jsonl"
+    assert main(["embed", str(data / "reid" / "leopard_spotid" / "crops"), "--bundle", str(bundle),
+                 "--crop", "whole", "--output", str(emb)]) == 0
+    lines = [json.loads(line) for line in emb.read_text().splitlines()]
+    assert len(lines) == 44 and len(lines[0]["embedding"]) == manifest.models["embedder"].embedding_dim
