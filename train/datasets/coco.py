@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from train.datasets.inventory import DatasetError, Inventory, check_bbox, parse_time
+from train.datasets.inventory import DatasetError, Inventory, check_bbox, parse_time, read_json
 from train.records import Record
 
 
@@ -39,12 +38,7 @@ def read_coco_camera_traps(json_path: Path | str, image_root: Path | str | None 
 
 
 def _load(json_path: Path) -> dict:
-    if not json_path.is_file():
-        raise DatasetError(json_path, "file", "not found")
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DatasetError(json_path, f"line {err.lineno}", f"not JSON: {err.msg}") from None
+    data = read_json(json_path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DatasetError(json_path, key, "missing or not a list")

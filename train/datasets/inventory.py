@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,3 +102,16 @@ def check_bbox(box: tuple[float, float, float, float], file: Path, entry: str, t
     if w <= 0 or h <= 0 or x < -tolerance or y < -tolerance or x + w > 1 + tolerance or y + h > 1 + tolerance:
         raise DatasetError(file, entry, f"box {list(box)} is not a normalised [x, y, w, h] inside the image")
     return tuple(float(v) for v in box)
+
+
+def read_json(json_path: Path) -> dict:
+    """A JSON file's top-level object, or a ``DatasetError`` naming the file and the line."""
+    if not json_path.is_file():
+        raise DatasetError(json_path, "file", "not found")
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DatasetError(json_path, f"line {err.lineno}", f"not JSON: {err.msg}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(json_path, "top level", "not a JSON object")
+    return data

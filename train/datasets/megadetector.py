@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from train.datasets.inventory import DatasetError, Inventory, check_bbox
+from train.datasets.inventory import DatasetError, Inventory, check_bbox, read_json
 from train.records import Record
 
 
@@ -41,12 +40,7 @@ def read_megadetector(json_path: Path | str, image_root: Path | str | None = Non
 
 
 def _load(json_path: Path) -> dict:
-    if not json_path.is_file():
-        raise DatasetError(json_path, "file", "not found")
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DatasetError(json_path, f"line {err.lineno}", f"not JSON: {err.msg}") from None
+    data = read_json(json_path)
     if not isinstance(data.get("images"), list) or not isinstance(data.get("detection_categories"), dict):
         raise DatasetError(json_path, "top level", "needs 'images' (list) and 'detection_categories' (dict)")
     return data
