@@ -120,15 +120,23 @@ _DATETIME_ORIGINAL = 36867
 _DATETIME = 306
 
 
+def _exif_datetime(raw: object) -> datetime | None:
+    """``YYYY:MM:DD HH:MM:SS`` (str or bytes, NUL-padded) as a datetime; None for anything else."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("ascii", "replace")
+    try:
+        return datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S") if raw else None
+    except ValueError:  # "0000:00:00 00:00:00", blanks, other layouts
+        return None
+
+
 def exif_time(image: Image.Image) -> datetime | None:
-    """EXIF DateTimeOriginal (else DateTime) as a naive datetime, or None if absent or garbage."""
+    """EXIF DateTimeOriginal, else DateTime, as a naive datetime; None if both are absent or garbage."""
     try:
         exif = image.getexif()
-        raw = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL) or exif.get(_DATETIME)
-        if isinstance(raw, bytes):
-            raw = raw.decode("ascii", "replace")
-        return datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S") if raw else None
-    except (ValueError, TypeError, OSError, SyntaxError):
+        original = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL)
+        return _exif_datetime(original) or _exif_datetime(exif.get(_DATETIME))
+    except Exception:  # a corrupt EXIF block (struct, Unicode or TIFF errors) must not cost the picture
         return None
 
 

@@ -1,8 +1,8 @@
 """Folder source: a drop directory (SD-card import, FTP upload from a cellular trap).
 
 Each file is processed exactly once, across restarts: its key is the relative path, size and
-mtime, and the appliance's store says which keys are recorded. A file is taken only once its
-mtime is ``settle_seconds`` old (a file still being copied keeps a fresh mtime). Files
+mtime, and the appliance's store says which keys are recorded. A file is taken only once it has
+been unchanged for ``settle_seconds`` (a file still being copied keeps a fresh mtime). Files
 that are not images are not skipped: they become failure frames, so nothing goes unnoticed.
 """
 
@@ -51,6 +51,7 @@ class Source:
         self.id, self.config, self.is_done = config.id, config, is_done
         self.root = Path(config.path)
         self.seen: set[str] = set()
+        self.unchanged_since: dict[str, float] = {}  # key -> when a scan first saw that size and mtime
         self.next_scan = 0.0
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{self.id}")
 
@@ -80,9 +81,14 @@ class Source:
         """Identity of a file version: relative path, size and mtime."""
         return f"{path.relative_to(self.root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}"
 
-    def _settled(self, stat: os.stat_result) -> bool:
-        """Unchanged for ``settle_seconds``: a file being copied keeps a fresh mtime."""
-        return time.time() - stat.st_mtime >= self.config.settle_seconds
+    def _settled(self, key: str, stat: os.stat_result, now: float) -> bool:
+        """Unchanged for ``settle_seconds``: by its mtime age, or by how long the scans have seen
+        the same size and mtime. The second matters when the mtime lies in the future (a camera
+        clock set ahead, a FAT card whose local times are read as UTC): such files would
+        otherwise wait until the clock caught up."""
+        if time.time() - stat.st_mtime >= self.config.settle_seconds:
+            return True
+        return now - self.unchanged_since.setdefault(key, now) >= self.config.settle_seconds
 
     def _new_files(self) -> list[tuple[Path, str]]:
         """Settled files not yet recorded nor handed out (at most ``batch``), oldest first."""
@@ -91,10 +97,13 @@ class Source:
             return []
         self.next_scan = now + self.config.poll_seconds
         todo = []
-        for _, _, path, stat in self._scan():
-            key = self.key_of(path, stat)
-            if key in self.seen or not self._settled(stat):
+        scan = [(path, self.key_of(path, stat), stat) for _, _, path, stat in self._scan()]
+        present = {key for _, key, _ in scan}
+        self.unchanged_since = {k: t for k, t in self.unchanged_since.items() if k in present}
+        for path, key, stat in scan:
+            if key in self.seen or not self._settled(key, stat, now):
                 continue
+            self.unchanged_since.pop(key, None)
             self.seen.add(key)
             if not self.is_done(self.id, key):
                 todo.append((path, key))
