@@ -21,20 +21,24 @@ def data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def bundle_dir(data: Path, tmp_path_factory) -> Path:
+def pretrained() -> dict[str, Path]:
+    """The pretrained weights in ``models/`` (fetched and sha256-checked like `make models`)."""
+    from train.pretrained import WEIGHTS, fetch
+
+    return {key: fetch(key, ROOT / "models") for key in WEIGHTS}
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(data: Path, pretrained: dict[str, Path], tmp_path_factory) -> Path:
     """The default bundle: ``bundles/default`` if `make export` built it, else built now."""
     built = ROOT / "bundles" / "default"
     if (built / "manifest.json").is_file():
         return built
     from export.build import ExportOptions, build_bundle
     from export.cli import default_models
-    from train.pretrained import WEIGHTS, fetch
 
-    weights = ROOT / "models"
-    for key in WEIGHTS:
-        fetch(key, weights)
     out = tmp_path_factory.mktemp("bundles") / "default"
-    build_bundle(default_models(weights), ExportOptions(out=out, data=data))
+    build_bundle(default_models(ROOT / "models"), ExportOptions(out=out, data=data))
     return out
 
 

@@ -21,7 +21,7 @@ from train.metrics import auc, classification_report, confusion_matrix, roc_curv
 from train.splits import FRAME_NUMBER, split_records
 
 ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "models" / "efficientnet_lite0.pth"
+WEIGHTS = ROOT / "models" / "efficientnet_lite0.pth"  # where the `pretrained` fixture puts it
 
 
 # ---------------------------------------------------------------- metrics
@@ -107,9 +107,7 @@ def mlwic(data: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def quick_run(mlwic: dict, tmp_path_factory) -> dict:
-    if not WEIGHTS.is_file():
-        pytest.fail(f"{WEIGHTS} missing: run `make models`")
+def quick_run(mlwic: dict, pretrained, tmp_path_factory) -> dict:
     cache = tmp_path_factory.mktemp("features")
     config = TrainConfig.quick(progress=False)
     model, history = train_classifier(mlwic["train"], mlwic["val"], mlwic["labels"], WEIGHTS, config, cache)
@@ -181,7 +179,7 @@ def test_train_config(overrides, raises):
         TrainConfig(**overrides)
 
 
-def test_unknown_label_is_refused(mlwic):
+def test_unknown_label_is_refused(mlwic, pretrained):
     with pytest.raises(ValueError, match="outside"):
         train_classifier(mlwic["train"][:5], mlwic["val"][:5], ["Empty"], WEIGHTS, TrainConfig.quick(progress=False))
 

@@ -17,8 +17,6 @@ from train.models.classifier import PooledEmbedder, create_backbone
 from train.reid_metrics import retrieval_metrics
 from train.splits import verify_disjoint_individuals
 
-ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS = ROOT / "models" / "efficientnet_lite0.pth"
 
 
 def _unit(degrees: list[float]) -> np.ndarray:
@@ -121,10 +119,8 @@ def test_edge_map_path(path, expected, expectation):
 
 
 @pytest.fixture(scope="module")
-def weights() -> Path:
-    if not WEIGHTS.is_file():
-        pytest.fail(f"{WEIGHTS} missing: run `python -m train.pretrained --dest models`")
-    return WEIGHTS
+def weights(pretrained) -> Path:
+    return pretrained["efficientnet_lite0"]
 
 
 @pytest.fixture(scope="module")

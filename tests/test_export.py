@@ -43,33 +43,28 @@ def test_agreement_and_cosine():
         gates.enforce([gates.Gate("ok", 1e-5, 1e-3, higher_is_better=False), failing])
 
 
-def test_pretrained_weights_load_exactly():
+def test_pretrained_weights_load_exactly(pretrained):
     import torch
 
     from train.models.classifier import create_backbone
     from train.models.yolox import load_yolox
-    from train.pretrained import WEIGHTS, fetch
 
-    eff = fetch("efficientnet_lite0", __import__("pathlib").Path("models"))
+    eff = pretrained["efficientnet_lite0"]
     backbone = create_backbone(eff)
     source = torch.load(eff, map_location="cpu", weights_only=True)
     assert torch.equal(backbone.state_dict()["conv_stem.weight"], source["_conv_stem.weight"])
     assert torch.equal(backbone.state_dict()["classifier.bias"], source["_fc.bias"])
-    yolox = load_yolox(fetch("yolox_tiny_camera_trap", __import__("pathlib").Path("models")))
+    yolox = load_yolox(pretrained["yolox_tiny_camera_trap"])
     assert yolox(torch.zeros(1, 3, 640, 640)).shape == (1, 8400, 6)
-    assert set(WEIGHTS) == {"efficientnet_lite0", "yolox_tiny_camera_trap"}
+    assert set(pretrained) == {"efficientnet_lite0", "yolox_tiny_camera_trap"}
 
 
-def test_blank_calibration_fails_the_gates_and_writes_nothing(data, tmp_path):
+def test_blank_calibration_fails_the_gates_and_writes_nothing(data, pretrained, tmp_path):
     """Calibrating the detector on blank frames must be caught, leaving no bundle behind."""
     from export.build import ExportOptions, build_bundle
     from export.calibration import default_images
     from export.cli import default_models
-    from train.pretrained import WEIGHTS, fetch
 
-    weights = tmp_path.parent / "weights"
-    for key in WEIGHTS:
-        fetch(key, weights)
     blanks = []
     for i in range(4):
         blanks.append(tmp_path / f"blank{i}.jpg")
@@ -78,6 +73,6 @@ def test_blank_calibration_fails_the_gates_and_writes_nothing(data, tmp_path):
     images = dataclasses.replace(images, detector_calibration=blanks, crop_calibration=images.crop_calibration[::4])
     out = tmp_path / "bundles" / "blank"
     with pytest.raises(gates.GateError, match="detector.int8_recall_of_fp32"):
-        build_bundle(default_models(weights), ExportOptions(out=out, data=data, images=images))
+        build_bundle(default_models(pretrained["efficientnet_lite0"].parent), ExportOptions(out=out, data=data, images=images))
     assert not out.exists()
     assert list((tmp_path / "bundles").iterdir()) == []
