@@ -39,7 +39,7 @@ class MotionGate:
     def _thumbnail(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
         size = (self.config.size, max(1, round(h * self.config.size / w)))
-        step = max(1, w // (4 * self.config.size))  # stride first: area-averaging 5 MP is the cost
+        step = max(1, w // (2 * self.config.size))  # stride first: area-averaging megapixels is the cost
         small = cv2.resize(np.ascontiguousarray(rgb[::step, ::step]), size, interpolation=cv2.INTER_AREA)
         grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         return grey.astype(np.float32)

@@ -104,7 +104,11 @@ class Analyzer:
         if self.classifier is None or not len(detections):
             return detections, [None] * len(detections)
         start = time.perf_counter()
-        detections = self.classifier.classify(rgb, detections)
+        outputs = self.classifier.run_all(self.classifier.crops_of(rgb, detections))
+        detections = detections.with_data(species_probs=self.classifier.result_of(outputs))
+        if self.embedder is not None and self.embedder.shares_run_with(self.classifier):
+            # one graph for both: the embeddings came with the probabilities
+            detections = detections.with_data(embedding=self.embedder.result_of(outputs))
         labels = [self.classifier.labels[k] for k in detections.data["species_probs"].argmax(axis=1)]
         timings["classify"] = time.perf_counter() - start
         return detections, labels
@@ -119,9 +123,14 @@ class Analyzer:
                timings: dict[str, float]) -> tuple[Detections, np.ndarray]:
         eligible = self.eligible_for_embedding(detections, labels)
         if self.embedder is None or not eligible.any():
+            if "embedding" in detections.data:  # came with the classifier: none may leave this function
+                detections = detections.with_data(embedding=np.zeros_like(detections.data["embedding"]))
             return detections, np.zeros(len(detections), bool)
         start = time.perf_counter()
         vectors = np.zeros((len(detections), self.embedder.output_dim), np.float32)
-        vectors[eligible] = self.embedder.run_crops(self.embedder.crops_of(rgb, detections[eligible]))
+        if "embedding" in detections.data:  # computed with the classifier
+            vectors[eligible] = detections.data["embedding"][eligible]
+        else:
+            vectors[eligible] = self.embedder.run_crops(self.embedder.crops_of(rgb, detections[eligible]))
         timings["embed"] = time.perf_counter() - start
         return detections.with_data(embedding=vectors), eligible

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from export.build import ExportOptions, TorchModels, build_bundle, manifest_summary
+from export.build import DETECTOR_SIZE, ExportOptions, TorchModels, build_bundle, detector_input, manifest_summary
 from export.gates import GateError
 
 
@@ -48,18 +48,30 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     return models
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        detector_input((h, w))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HxW in multiples of 32, e.g. 480x640 ({exc})") from None
+    return h, w
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bundles/default"), help="bundle directory to write")
     parser.add_argument("--weights", type=Path, default=Path("models"), help="where `make models` put the weights")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="real images for calibration and checks")
     parser.add_argument("--threshold", type=float, default=0.25, help="detector confidence threshold for the manifest")
+    parser.add_argument("--detector-size", type=_size, default=DETECTOR_SIZE, metavar="HxW",
+                        help="detector input (default 480x640: 4:3 frames without padding rows; 640x640 is native)")
     parser.add_argument("--trained", type=Path, help="a `trapedge train` output folder to export instead of the pretrained models")
     parser.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
                         help="calibration method for all three models (default: per model, see export.build)")
 
 
 def run(args: argparse.Namespace) -> int:
-    options = ExportOptions(out=args.out, data=args.data, name=args.out.name, detector_threshold=args.threshold)
+    options = ExportOptions(out=args.out, data=args.data, name=args.out.name, detector_threshold=args.threshold,
+                            detector_size=args.detector_size)
     if args.calibration:
         options.calibration = dict.fromkeys(options.calibration, args.calibration)
     try:

@@ -12,6 +12,10 @@ from edge.runtime.yolox import box_iou
 # The thresholds an export must meet (issue: foundation bundle).
 TORCH_ONNX_MAX_ABS = 1e-3
 DETECTOR_RECALL_MIN = 0.95
+# a reference box counts as found by a candidate box scoring at most this much below the threshold:
+# boxes right at the threshold (0.250 in fp32) otherwise flip with any rounding
+DETECTOR_SCORE_TOLERANCE = 0.1
+DETECTOR_BOX_IOU_MIN = 0.9
 CLASSIFIER_AGREEMENT_MIN = 0.97
 CLASSIFIER_CONFIDENT = 0.5
 EMBEDDER_COSINE_MIN = 0.98
@@ -66,6 +70,30 @@ def matched_recall(reference: list[Detections], candidate: list[Detections], iou
                 matched += 1
                 free[best] = False
     return (matched / total if total else 1.0), total
+
+
+def recall_within_tolerance(reference: list[Detections], candidate: list[Detections], threshold: float,
+                            tolerance: float = DETECTOR_SCORE_TOLERANCE, iou: float = 0.5) -> tuple[float, int]:
+    """``matched_recall`` of the reference boxes scoring >= ``threshold`` among the candidate boxes
+    scoring >= ``threshold - tolerance`` (run both detectors at the lower threshold)."""
+    return matched_recall([r[r.confidence >= threshold] for r in reference],
+                          [c[c.confidence >= threshold - tolerance] for c in candidate], iou)
+
+
+def mean_box_iou(reference: list[Detections], candidate: list[Detections], threshold: float,
+                 tolerance: float = DETECTOR_SCORE_TOLERANCE, iou: float = 0.5) -> float:
+    """Mean IoU of each found reference box (as in ``recall_within_tolerance``) with its best
+    same-class candidate: how tight the boxes stay. 1.0 when none is found."""
+    ious = []
+    for ref, cand in zip(reference, candidate, strict=True):
+        cand = cand[cand.confidence >= threshold - tolerance]
+        for k in np.flatnonzero(ref.confidence >= threshold):
+            same = cand.class_id == ref.class_id[k]
+            if same.any():
+                best = float(box_iou(ref.xyxy[k], cand.xyxy[same]).max())
+                if best >= iou:
+                    ious.append(best)
+    return float(np.mean(ious)) if ious else 1.0
 
 
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray, confident: float = CLASSIFIER_CONFIDENT) -> tuple[float, int]:

@@ -13,29 +13,31 @@ import torch
 OPSET = 17
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, output_name: str) -> Path:
-    """Write ``model`` as ONNX with input ``images`` (dynamic batch) and one output.
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, output_names: str | list[str]) -> Path:
+    """Write ``model`` as ONNX with input ``images`` (dynamic batch) and the named outputs.
 
     Uses the TorchScript exporter: its node names (``/head/cls_preds.0/Conv``) are what
     ``export.quantize`` uses to keep heads in fp32.
     """
+    names = [output_names] if isinstance(output_names, str) else list(output_names)
     model.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (example,), str(path),
-            input_names=["images"], output_names=[output_name],
-            dynamic_axes={"images": {0: "batch"}, output_name: {0: "batch"}},
+            input_names=["images"], output_names=names,
+            dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in names}},
             opset_version=OPSET, dynamo=False,
         )
     onnx.checker.check_model(onnx.load(str(path)))
     return path
 
 
-def torch_vs_onnx(model: torch.nn.Module, path: Path, batch: np.ndarray) -> float:
-    """Max absolute difference between torch eager and ONNX Runtime fp32 on one real batch."""
+def torch_vs_onnx(model: torch.nn.Module, path: Path, batch: np.ndarray) -> list[float]:
+    """Max absolute difference between torch eager and ONNX Runtime fp32 on one real batch, per output."""
     with torch.no_grad():
-        expected = model(torch.from_numpy(batch)).numpy()
+        expected = model(torch.from_numpy(batch))
+    expected = expected if isinstance(expected, tuple) else (expected,)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (actual,) = session.run(None, {"images": batch})
-    return float(np.abs(expected - actual).max())
+    actual = session.run(None, {"images": batch})
+    return [float(np.abs(e.numpy() - a).max()) for e, a in zip(expected, actual, strict=True)]

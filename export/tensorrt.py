@@ -97,11 +97,14 @@ def plan_builds(bundle: Bundle, cache: Path, device: str, trt_version: str,
         One ``EngineBuild`` per model and precision, in manifest order. An engine is cached
         when both its engine file and its sidecar exist.
     """
-    builds = []
+    builds, seen = [], set()
     for task, spec in bundle.manifest.models.items():
         onnx_sha256 = spec.files["fp32"].sha256
         for precision in precisions:
             key = engine_key(device, trt_version, onnx_sha256, precision)
+            if key in seen:  # classifier and embedder exported as one graph: one engine
+                continue
+            seen.add(key)
             engine, sidecar = engine_paths(cache, key)
             cached = engine.is_file() and sidecar.is_file()
             builds.append(EngineBuild(task, precision, bundle.model_path(task, "fp32"), onnx_sha256, device,

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from edge import bench
+from edge.runtime.bundle import load_bundle
 from export.cli import default_models
+from train.models.classifier import SharedCropModel
 
 
 class TorchBackend:
@@ -25,7 +27,8 @@ class TorchBackend:
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         with torch.inference_mode():
-            return [self.module(torch.from_numpy(batch)).numpy()]
+            out = self.module(torch.from_numpy(batch))
+        return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     modules = default_models(args.weights)
-    backends = {"detector": TorchBackend(modules.detector), "classifier": TorchBackend(modules.classifier),
-                "embedder": TorchBackend(modules.embedder)}
+    backends = {"detector": TorchBackend(modules.detector)}
+    if load_bundle(args.bundle).spec("classifier").result:  # the bundle runs both on one backbone pass: so does torch
+        backends["classifier"] = backends["embedder"] = TorchBackend(SharedCropModel(modules.classifier, modules.embedder))
+    else:
+        backends.update(classifier=TorchBackend(modules.classifier), embedder=TorchBackend(modules.embedder))
     args.worker = "fp32"
     print(json.dumps(bench.run_worker(args, backends)))
     return 0

@@ -29,6 +29,37 @@ def test_matched_recall(reference, candidate, expected):
     assert gates.matched_recall([_det(reference)], [_det(candidate)]) == pytest.approx(expected)
 
 
+def test_recall_tolerates_scores_just_under_the_threshold():
+    box = [[0, 0, 10, 10]]
+
+    def scored(score):
+        return [Detections(np.array(box, np.float32), [score], [0])]
+
+    assert gates.recall_within_tolerance(scored(0.26), scored(0.24), 0.25) == (1.0, 1)
+    assert gates.recall_within_tolerance(scored(0.26), scored(0.24), 0.25, tolerance=0.0) == (0.0, 1)
+    assert gates.recall_within_tolerance(scored(0.26), scored(0.10), 0.25) == (0.0, 1)
+    assert gates.recall_within_tolerance(scored(0.20), scored(0.0), 0.25) == (1.0, 0)  # not a reference box
+
+
+def test_mean_box_iou_of_found_boxes():
+    ref = [Detections(np.array([[0, 0, 10, 10], [50, 50, 60, 60]], np.float32), [0.9, 0.8], [0, 0])]
+    cand = [Detections(np.array([[0, 0, 10, 8], [100, 100, 110, 110]], np.float32), [0.9, 0.9], [0, 0])]
+    assert gates.mean_box_iou(ref, cand, 0.25) == pytest.approx(0.8)  # the unmatched box does not count
+    assert gates.mean_box_iou(ref, [Detections.empty()], 0.25) == 1.0
+
+
+def test_detector_size_must_fit_the_strides():
+    import argparse
+
+    from export.build import detector_input
+    from export.cli import _size
+
+    assert _size("480x640") == (480, 640) and detector_input((480, 640)).size == (480, 640)
+    for bad in ("500x640", "640", "axb"):
+        with pytest.raises(argparse.ArgumentTypeError, match="multiples of 32"):
+            _size(bad)
+
+
 def test_recall_requires_same_class():
     assert gates.matched_recall([_det([[0, 0, 10, 10]], [1])], [_det([[0, 0, 10, 10]], [0])])[0] == 0.0
 

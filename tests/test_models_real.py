@@ -79,3 +79,33 @@ def test_int8_and_fp32_agree_on_a_real_frame(models, data):
     rgb = decode_image(data / "frames" / "ena24_small" / "8831.jpg", max_side=1280).rgb
     det8, det32 = models["int8"][0].detect(rgb), models["fp32"][0].detect(rgb)
     assert matched_recall([det32], [det8])[0] == 1.0
+
+
+def test_classifier_and_embedder_of_one_graph_share_a_session_and_one_run(bundle_dir, data):
+    """The pretrained bundle exports them as one graph: one session, one run per crop batch."""
+    from datetime import datetime
+
+    from edge.capture.frame import Frame
+    from edge.gate import MotionGate, MotionGateConfig
+    from edge.pipeline import Analyzer, DetectionConfig, PreprocessConfig, PrivacyConfig
+
+    bundle = load_bundle(bundle_dir)
+    detector, classifier, embedder = Detector(bundle), Classifier(bundle), Embedder(bundle)
+    assert classifier.backend is embedder.backend and embedder.shares_run_with(classifier)
+
+    runs = []
+    real_run = classifier.backend.run
+    classifier.backend.run = lambda batch: runs.append(len(batch)) or real_run(batch)
+    try:
+        rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=960).rgb
+        analysis = Analyzer(detector, classifier, embedder, MotionGate(MotionGateConfig(enabled=False)), PreprocessConfig(),
+                            DetectionConfig(), PrivacyConfig(), 0.3).analyse(Frame("cam", "k", datetime(2026, 1, 1), "exif", rgb=rgb))
+    finally:
+        del classifier.backend.run
+    n = len(analysis.detections)
+    assert n >= 1 and analysis.embedded.any()
+    assert sum(runs) == n  # every crop went through the shared graph once, not once per model
+    separate = embedder.run_crops(embedder.crops_of(rgb, analysis.detections))
+    vectors = analysis.detections.data["embedding"]
+    assert np.allclose(vectors[analysis.embedded], separate[analysis.embedded], atol=1e-5)
+    assert np.allclose(np.linalg.norm(vectors[analysis.embedded], axis=1), 1.0, atol=1e-4)

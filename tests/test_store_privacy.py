@@ -51,22 +51,28 @@ def test_retention_never_touches_the_outbox(tmp_path):
 
 
 class FixedClassifier:
-    """Stands in for the classifier: every crop gets the given label."""
+    """Stands in for the classifier: every crop gets the given label (and an embedding, when shared)."""
 
     def __init__(self, labels, label):
         self.labels, self.k = labels, labels.index(label)
 
-    def classify(self, rgb, detections):
-        probs = np.zeros((len(detections), len(self.labels)), np.float32)
+    def crops_of(self, rgb, detections):
+        return [rgb] * len(detections)
+
+    def run_all(self, crops):
+        probs = np.zeros((len(crops), len(self.labels)), np.float32)
         probs[:, self.k] = 0.9
-        return detections.with_data(species_probs=probs)
+        return [probs, np.ones((len(crops), 4), np.float32) / 2]
+
+    def result_of(self, outputs):
+        return outputs[0]
 
 
 class CountingEmbedder:
     output_dim = 4
 
-    def __init__(self):
-        self.calls = 0
+    def __init__(self, shared=False):
+        self.calls, self.shared = 0, shared
 
     def crops_of(self, rgb, detections):
         return [rgb] * len(detections)
@@ -75,6 +81,12 @@ class CountingEmbedder:
         self.calls += len(crops)
         return np.ones((len(crops), 4), np.float32) / 2
 
+    def shares_run_with(self, other):
+        return self.shared
+
+    def result_of(self, outputs):
+        return outputs[1]
+
 
 class FixedDetector:
     def detect(self, rgb, confidence=None):
@@ -82,16 +94,20 @@ class FixedDetector:
         return Detections([[w * 0.25, h * 0.25, w * 0.75, h * 0.75]], [0.9], [0])
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["two-graphs", "one-graph"])
 @pytest.mark.parametrize(("label", "embedded"), [("person", False), ("vehicle", True), ("fox", True)])
-def test_people_are_never_embedded(data, label, embedded):
+def test_people_are_never_embedded(data, label, embedded, shared):
     labels = ["fox", "person", "vehicle"]
-    embedder = CountingEmbedder()
+    embedder = CountingEmbedder(shared)
     analyzer = Analyzer(FixedDetector(), FixedClassifier(labels, label), embedder, MotionGate(MotionGateConfig()),
                         PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
     rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
     analysis = analyzer.analyse(Frame("sd", "k", datetime(2026, 1, 1), "exif", rgb=rgb))
     assert analysis.labels == [label]
-    assert bool(analysis.embedded[0]) is embedded and embedder.calls == int(embedded)
+    assert bool(analysis.embedded[0]) is embedded and embedder.calls == int(embedded and not shared)
+    # a person's vector never leaves the analysis, even when the shared graph computed it
+    vectors = analysis.detections.data.get("embedding", np.zeros((1, 4)))
+    assert bool(np.any(vectors[0])) is embedded
 
 
 def test_person_thumbnails_are_blurred_in_store_and_alert(tmp_path, data):

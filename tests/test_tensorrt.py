@@ -447,3 +447,9 @@ def test_calibration_error_fails_the_build(bundle, tmp_path, fake_builder):
         export_trt.build_engine(build, bundle, 64, tmp_path / "missing")
     assert isinstance(info.value.__cause__, FileNotFoundError)
     assert not build.engine.exists() and not build.calibration_cache.exists()
+
+
+def test_one_engine_for_a_graph_the_classifier_and_embedder_share(bundle_dir, tmp_path):
+    plan = export_trt.plan_builds(load_bundle(bundle_dir), tmp_path, DEVICE, TRT_VERSION, ["int8"])
+    assert [b.task for b in plan] == ["detector", "classifier"]
+    assert plan[1].onnx.name == "crops.fp32.onnx"

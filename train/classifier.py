@@ -84,6 +84,10 @@ class SpeciesClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.backbone(x), dim=1)
 
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Probabilities from the backbone's pooled features."""
+        return torch.softmax(self.backbone.classifier(pooled), dim=1)
+
 
 @dataclass
 class EpochStats:

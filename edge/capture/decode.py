@@ -7,6 +7,7 @@ JPEG draft mode, and bounded by ``max_pixels`` for other formats).
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import deque
 from concurrent.futures import Executor, Future
@@ -97,7 +98,8 @@ def decode_image(path: str | Path, max_side: int | None = None) -> DecodedImage:
         target = max_side or (max(image.size) if image.width * image.height <= MAX_PIXELS else 4096)
         scale = target / max(image.size)
         if scale < 1:
-            image.draft("RGB", (int(image.width * scale) + 1, int(image.height * scale) + 1))
+            # draft picks the smallest DCT scale whose size is >= the request in both axes
+            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             reduced = image.size != source_size
     truncated = _load(image)
     try:

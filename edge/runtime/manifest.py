@@ -53,6 +53,8 @@ class ModelSpec(_Strict):
     files: dict[Precision, FileEntry]
     input: InputSpec
     outputs: list[str] = Field(title="Output tensor names in order")
+    result: str | None = Field(None, title="Which output is this model's result (default: the first); "
+                               "classifier and embedder may share one file with two outputs")
     labels: list[str] = Field(default_factory=list, title="Class names, index = class id")
     thresholds: dict[str, float] = Field(default_factory=dict)
     decode: dict[str, object] = Field(default_factory=dict, title="Decode parameters (detector)")

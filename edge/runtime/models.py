@@ -1,9 +1,13 @@
 """Detector, classifier and embedder over any backend, configured only by the manifest.
 
-Single-image calls go through the batch path.
+Single-image calls go through the batch path. Models whose manifest entries name the same file
+(a classifier and an embedder exported as one graph) share one backend session.
 """
 
 from __future__ import annotations
+
+import weakref
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
@@ -15,6 +19,19 @@ from edge.runtime.preprocess import crop, letterbox, resize_whole, to_tensor
 from edge.runtime.yolox import make_grid, postprocess
 
 
+_BACKENDS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def shared_backend(key: str, path: Path, outputs: list[str], config: BaseModel | None):
+    """The live backend for this file, outputs and settings, or a new one."""
+    cache_key = (key, str(Path(path).resolve()), tuple(outputs), config.model_dump_json() if config is not None else "")
+    backend = _BACKENDS.get(cache_key)
+    if backend is None:
+        backend = create_backend(key, path, outputs, config)
+        _BACKENDS[cache_key] = backend
+    return backend
+
+
 class _BundleModel:
     task = ""
 
@@ -24,7 +41,8 @@ class _BundleModel:
         self.precision = precision
         # TensorRT engines are built from the fp32 ONNX (the engine's own precision is its config)
         source = "fp32" if backend == "tensorrt" else precision
-        self.backend = create_backend(backend, bundle.model_path(self.task, source), self.spec.outputs, backend_config)
+        self.backend = shared_backend(backend, bundle.model_path(self.task, source), self.spec.outputs, backend_config)
+        self.output_index = self.spec.outputs.index(self.spec.result) if self.spec.result else 0
 
     @property
     def labels(self) -> list[str]:
@@ -76,13 +94,25 @@ class _CropModel(_BundleModel):
 
     batch_size = 2  # crops per run: larger batches are barely faster per crop on a CPU and cost RSS
 
+    def run_all(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        """Every output of the model file for already-cut (h, w, 3) crops, in chunks of ``batch_size``."""
+        chunks = [self.backend.run(to_tensor(crops[i : i + self.batch_size], self.spec.input))
+                  for i in range(0, len(crops), self.batch_size)]
+        if not chunks:
+            return [np.zeros((0, self.output_dim), np.float32) for _ in self.spec.outputs]
+        return [np.concatenate([chunk[k] for chunk in chunks]) for k in range(len(chunks[0]))]
+
+    def result_of(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """This model's result among the outputs of ``run_all``."""
+        return outputs[self.output_index]
+
     def run_crops(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Model output for already-cut (h, w, 3) crops, in chunks of ``batch_size``."""
-        chunks = [
-            self.backend.run(to_tensor(crops[i : i + self.batch_size], self.spec.input))[0]
-            for i in range(0, len(crops), self.batch_size)
-        ]
-        return np.concatenate(chunks) if chunks else np.zeros((0, self.output_dim), np.float32)
+        """This model's output for already-cut (h, w, 3) crops."""
+        return self.result_of(self.run_all(crops))
+
+    def shares_run_with(self, other: "_CropModel | None") -> bool:
+        """True when one run of ``other`` also gives this model's result (one graph, one session)."""
+        return other is not None and other.backend is self.backend and other.spec.input == self.spec.input
 
     def crops_of(self, image: np.ndarray, detections: Detections) -> list[np.ndarray]:
         """Each detection cut out as the manifest's crop rule says."""
@@ -116,8 +146,8 @@ class Embedder(_CropModel):
     def output_dim(self) -> int:
         return int(self.spec.embedding_dim)
 
-    def run_crops(self, crops: list[np.ndarray]) -> np.ndarray:
-        vectors = super().run_crops(crops)
+    def result_of(self, outputs: list[np.ndarray]) -> np.ndarray:
+        vectors = outputs[self.output_index]
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def embed(self, image: np.ndarray, detections: Detections) -> Detections:

@@ -12,6 +12,23 @@ from edge.runtime.manifest import InputSpec
 _INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC}
 
 
+def resize(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+    """Resize to ``size`` (w, h).
+
+    ``linear`` first shrinks by the whole part of the factor (pixel averaging, OpenCV's fast
+    integer path), then interpolates the remaining < 2x: bilinear alone aliases when shrinking
+    more than 2x.
+    """
+    new_w, new_h = size
+    h, w = image.shape[:2]
+    if (w, h) == (new_w, new_h):
+        return image
+    factor = int(min(w / new_w, h / new_h)) if interpolation == "linear" else 0
+    if factor >= 2:
+        image = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (new_w, new_h), interpolation=_INTERPOLATION[interpolation])
+
+
 @dataclass(frozen=True)
 class Letterbox:
     """Where a source image landed inside the letterboxed input.
@@ -53,9 +70,7 @@ def letterbox(
     src_h, src_w = image.shape[:2]
     ratio = min(out_h / src_h, out_w / src_w)
     new_w, new_h = max(1, round(src_w * ratio)), max(1, round(src_h * ratio))
-    resized = image if (new_w, new_h) == (src_w, src_h) else cv2.resize(
-        image, (new_w, new_h), interpolation=_INTERPOLATION[interpolation]
-    )
+    resized = resize(image, (new_w, new_h), interpolation)
     pad_x, pad_y = ((out_w - new_w) // 2, (out_h - new_h) // 2) if anchor == "center" else (0, 0)
     canvas = np.full((out_h, out_w, 3), pad_value, dtype=np.uint8)
     canvas[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
@@ -80,7 +95,7 @@ def crop(image: np.ndarray, xyxy: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Cut one detection out of an RGB image and resize it to the model's input size."""
     left, top, right, bottom = crop_region(xyxy, image.shape[:2], spec.crop_margin, spec.crop_square)
     out_h, out_w = spec.size
-    return cv2.resize(image[top:bottom, left:right], (out_w, out_h), interpolation=_INTERPOLATION[spec.interpolation])
+    return resize(image[top:bottom, left:right], (out_w, out_h), spec.interpolation)
 
 
 def resize_whole(image: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -87,7 +87,11 @@ class ImageNetGroupClassifier(nn.Module):
         self.labels = list(DEFAULT_LABELS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.backbone(x), dim=1) @ self.groups
+        return self.from_pooled(pooled_features(self.backbone, x))
+
+    def from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Label probabilities from the backbone's pooled features."""
+        return torch.softmax(self.backbone.classifier(pooled), dim=1) @ self.groups
 
 
 class PooledEmbedder(nn.Module):
@@ -99,5 +103,39 @@ class PooledEmbedder(nn.Module):
         self.dim = backbone.num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+        return self.project(pooled_features(self.backbone, x))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The embedding of the backbone's pooled features."""
         return nn.functional.normalize(pooled, dim=1)
+
+
+def pooled_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A timm backbone's globally pooled features (before its classifier)."""
+    return backbone.forward_head(backbone.forward_features(x), pre_logits=True)
+
+
+def shares_backbone(classifier: nn.Module, embedder: nn.Module) -> bool:
+    """True when both models run the very same backbone on the same input (one graph can serve both)."""
+    return (getattr(classifier, "backbone", None) is not None and classifier.backbone is getattr(embedder, "backbone", None)
+            and hasattr(classifier, "from_pooled") and hasattr(embedder, "project")
+            and not getattr(embedder, "edge_map", False))
+
+
+class SharedCropModel(nn.Module):
+    """Classifier and embedder on one backbone pass: outputs (probs, embedding).
+
+    Exported as one ONNX graph, it halves the crop work on the edge. Submodules are named so the
+    exporter's node names stay ``/backbone/...`` for the shared part.
+    """
+
+    def __init__(self, classifier: nn.Module, embedder: nn.Module):
+        super().__init__()
+        if not shares_backbone(classifier, embedder):
+            raise ValueError("classifier and embedder do not share one backbone")
+        self.backbone = classifier.backbone
+        self.heads = nn.ModuleDict({"classifier": classifier, "embedder": embedder})
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = pooled_features(self.backbone, x)
+        return self.heads["classifier"].from_pooled(pooled), self.heads["embedder"].project(pooled)
