@@ -109,9 +109,17 @@ class Analyzer:
         if self.embedder is not None and self.embedder.shares_run_with(self.classifier):
             # one graph for both: the embeddings came with the probabilities
             detections = detections.with_data(embedding=self.embedder.result_of(outputs))
-        labels = [self.classifier.labels[k] for k in detections.data["species_probs"].argmax(axis=1)]
+        labels = [self._detector_label(c) or self.classifier.labels[k]
+                  for c, k in zip(detections.class_id, detections.data["species_probs"].argmax(axis=1))]
         timings["classify"] = time.perf_counter() - start
         return detections, labels
+
+    def _detector_label(self, class_id: int) -> str | None:
+        """A detector class other than ``animal`` (``person``, ``vehicle``) is the box's label: the
+        species classifier only names animals, as with MegaDetector."""
+        names = getattr(self.detector, "labels", None) or []
+        name = names[int(class_id)] if 0 <= int(class_id) < len(names) else None
+        return name if name not in (None, "animal") else None
 
     def eligible_for_embedding(self, detections: Detections, labels: list[str | None]) -> np.ndarray:
         """Confident crops whose label may be embedded (never people, by default)."""

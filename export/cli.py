@@ -33,7 +33,8 @@ def default_models(weights: Path) -> TorchModels:
 
 
 def trained_models(run_dir: Path, weights: Path) -> TorchModels:
-    """Models from ``trapedge train``: its classifier and embedder, the pretrained detector."""
+    """Models from ``trapedge train``: its classifier and embedder, and its detector when it kept a
+    fine-tuned one (``detector.pt``), else the pretrained detector."""
     from train.models.classifier import freeze_same_padding
     from export.build import CROP_INPUT
 
@@ -45,6 +46,11 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     models.classifier, models.embedder, models.species_labels = classifier, embedder, list(classifier.labels)
     models.architectures.update(classifier=f"{type(classifier).__name__}({run_dir.name})",
                                 embedder=f"{type(embedder).__name__}({run_dir.name})")
+    if (run_dir / "detector.pt").is_file():
+        saved = torch.load(run_dir / "detector.pt", map_location="cpu", weights_only=False)
+        models.detector, models.detector_labels = saved["model"].eval(), list(saved["classes"])
+        kind = "fine-tuned" if saved.get("fine_tuned") else "pretrained"
+        models.architectures["detector"] = f"yolox_tiny({kind}, {run_dir.name})"
     return models
 
 

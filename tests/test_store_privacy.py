@@ -135,3 +135,22 @@ def test_person_thumbnails_are_blurred_in_store_and_alert(tmp_path, data):
     assert store.conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 0
     topics = [m.topic for m in store.outbox.pending()]
     assert topics == ["trapedge/cam/alert"]
+
+
+class PersonDetector(FixedDetector):
+    """A three-class detector (as a fine-tuned bundle has) that sees a person."""
+
+    labels = ["animal", "person", "vehicle"]
+
+    def detect(self, rgb, confidence=None):
+        found = super().detect(rgb, confidence)
+        return Detections(found.xyxy, found.confidence, [1])
+
+
+def test_a_detector_person_is_a_person_whatever_the_species_classifier_says(data):
+    embedder = CountingEmbedder()
+    analyzer = Analyzer(PersonDetector(), FixedClassifier(["fox", "person"], "fox"), embedder,
+                        MotionGate(MotionGateConfig()), PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
+    analysis = analyzer.analyse(Frame("sd", "k", datetime(2026, 1, 1), "exif", rgb=rgb))
+    assert analysis.labels == ["person"] and not analysis.embedded.any() and embedder.calls == 0

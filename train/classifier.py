@@ -35,7 +35,7 @@ from train.metrics import auc, classification_report, roc_curve
 from train.models.classifier import create_backbone, freeze_same_padding
 from train.records import Record
 
-CACHE_VERSION = 1  # bump when the pixel pipeline changes: old cached features then miss
+CACHE_VERSION = 2  # bump when the pixel pipeline changes: old cached features then miss
 EMPTY = "empty"
 
 

@@ -83,6 +83,18 @@ def _per_class_table(report: dict) -> list[str]:
     return lines
 
 
+def _detector_section(detector: dict) -> list[str]:
+    lines = ["## Detector", "",
+             f"Fine-tuned on {detector.get('train_images')} images, evaluated on {detector.get('val_images')} held-out "
+             f"images; classes {', '.join(detector.get('classes', []))}. Kept: **{detector.get('kept')}** "
+             "(the fine-tuned detector ships only when its val AP50 is at least the pretrained one's).", "",
+             "| model | AP50 | recall @0.25 | boxes |", "|---|---|---|---|"]
+    for model in ("pretrained", "fine-tuned"):
+        m = detector.get(model, {})
+        lines.append(f"| {model} | {m.get('ap50', float('nan')):.3f} | {m.get('recall', float('nan')):.3f} | {m.get('boxes', '')} |")
+    return [*lines, ""]
+
+
 def write_report(out: Path, *, classifier: dict | None = None, roc: dict | None = None,
                  reid: dict | None = None, detector: dict | None = None, notes: list[str] | None = None) -> Path:
     """Write ``report.md`` and its PNGs into ``out``; sections appear for what was measured."""
@@ -104,7 +116,7 @@ def write_report(out: Path, *, classifier: dict | None = None, roc: dict | None 
                 lines.append(f"| {name} | {model} | {m['rank1']:.3f} | {m['rank5']:.3f} | {m['mAP']:.3f} | {m.get('queries', '')} |")
         lines += ["", "![reid](reid.png)", ""]
     if detector:
-        lines += ["## Detector", "", *(f"- {k}: {v}" for k, v in detector.items()), ""]
+        lines += _detector_section(detector)
     if notes:
         lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     path = out / "report.md"

@@ -1,0 +1,172 @@
+"""The training config (``trapedge train --config train.yaml``, ``make train CONFIG=...``).
+
+One typed object, loaded with the edge's YAML loader (errors name the line and key, ``${VAR}``
+works). Relative paths are taken from ``data_root``, which itself defaults to ``../shared/data``
+and may be given relative to the config file. ``TrainingConfig.default(root)`` is what
+``trapedge train`` runs without a config: MLWIC CA-01 species, lion and leopard re-ID, ENA24 and
+Kenyan VOC boxes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from train.records import Record
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpeciesSource(_Strict):
+    """One labelled-photo source for the species classifier."""
+
+    format: Literal["csv", "folders", "coco", "megadetector", "camtrap_dp"] = Field(title="Dataset format")
+    path: Path = Field(title="CSV / JSON file, class-folder root or Camtrap DP package folder")
+    images: Path | None = Field(None, title="Folder the file's image paths are relative to (default: its folder)")
+    label_columns: list[str] = Field(["label"], title="CSV: label column(s)")
+    path_column: str = Field("file", title="CSV: image path column")
+    event_column: str | None = Field(None, title="CSV: capture-event (burst) id column")
+    location_column: str | None = Field(None, title="CSV: camera / location column")
+    threshold: float = Field(0.2, ge=0, le=1, title="MegaDetector JSON: lowest box confidence kept")
+
+
+class BoxSource(_Strict):
+    """One box-labelled source for the detector fine-tune."""
+
+    format: Literal["megadetector", "voc", "coco"] = Field(title="Dataset format")
+    path: Path = Field(title="JSON file or VOC root (Annotations/ + JPEGImages/)")
+    images: Path | None = Field(None, title="Folder the file's image paths are relative to")
+    threshold: float = Field(0.2, ge=0, le=1, title="MegaDetector JSON: lowest box confidence kept")
+
+
+class ReidSource(_Strict):
+    """A folder per individual (``<root>/<individual>/<image>``)."""
+
+    path: Path = Field(title="Root holding one folder per individual")
+    name: str | None = Field(None, title="Name in the report (default: the folder)")
+    filename_pattern: str | None = Field(None, title="Regex with named groups (location, time, side) for the file names; "
+                                                     "'spotid' for SpotID's station_date_time names")
+
+
+class TrainingConfig(_Strict):
+    """Everything ``trapedge train`` reads and trains."""
+
+    data_root: Path = Field(Path("../shared/data"), title="Relative dataset paths start here")
+    out: Path = Field(Path("runs/trained"), title="Checkpoints, splits, caches and the report")
+    seed: int = Field(0, title="Seed for splits, sampling and initialisation")
+    species: list[SpeciesSource] = Field(default_factory=list, title="Species classifier data (empty: skip)")
+    labelmap: dict[str, Any] = Field(default_factory=lambda: {"priority": ["Human > Empty", "* > Empty"], "lowercase": False},
+                                     title="rename / drop / priority rules (train/labelmap.py)")
+    keep_multilabel: bool = Field(False, title="Keep images still multi-labelled after the rules (first label wins)")
+    split_by: Literal["event", "location"] = Field("event", title="Species split unit: burst/capture event or camera")
+    crops: Literal["boxes", "detector"] = Field("boxes", title="Unboxed species images: whole frame, or the bundle "
+                                                               "detector's best box ('detector')")
+    crop_bundle: Path = Field(Path("bundles/default"), title="Bundle whose detector cuts crops when crops: detector")
+    reid_train: list[ReidSource] = Field(default_factory=list, title="Individuals to train the embedder on")
+    reid_eval: list[ReidSource] = Field(default_factory=list, title="Held-out individuals to evaluate on")
+    boxes: list[BoxSource] = Field(default_factory=list, title="Detector fine-tune data (empty: keep the pretrained detector)")
+    detector_classes: list[str] = Field(["animal", "person", "vehicle"], min_length=1, title="Detector class names")
+    classifier: dict[str, Any] = Field(default_factory=dict, title="train.classifier.TrainConfig overrides")
+    embedder: dict[str, Any] = Field(default_factory=dict, title="train.embedder.EmbedderConfig overrides")
+    detector: dict[str, Any] = Field(default_factory=dict, title="train.detector.DetectorConfig overrides")
+
+    @field_validator("detector_classes")
+    @classmethod
+    def _animal_first(cls, classes: list[str]) -> list[str]:
+        if classes[0] != "animal":
+            raise ValueError("the first detector class must be 'animal' (the pretrained detector's class)")
+        return classes
+
+    @classmethod
+    def default(cls, data_root: Path = Path("../shared/data"), **overrides) -> "TrainingConfig":
+        """The datasets shipped in ``../shared/data``."""
+        return cls(
+            data_root=data_root,
+            species=[SpeciesSource(format="csv", path=Path("species/mlwic_ca01/labels.csv"))],
+            reid_train=[ReidSource(path=Path("reid/lion/train"), name="lion train")],
+            reid_eval=[ReidSource(path=Path("reid/lion/val"), name="lion val (held-out individuals)"),
+                       ReidSource(path=Path("reid/leopard_spotid/crops"), name="leopards (never trained on)",
+                                  filename_pattern="spotid")],
+            boxes=[BoxSource(format="megadetector", path=Path("frames/ena24_small/md_annotations.json")),
+                   BoxSource(format="voc", path=Path("boxes/wbia_voc"))],
+            **overrides,
+        )
+
+    def resolve(self, path: Path) -> Path:
+        """``path`` under ``data_root`` unless absolute."""
+        return path if path.is_absolute() else self.data_root / path
+
+
+def load_training_config(path: Path) -> TrainingConfig:
+    """Read a training YAML; ``data_root`` relative to the file's folder.
+
+    Raises:
+        edge.config_loader.ConfigError: listing every problem with its line and key.
+    """
+    from edge.config_loader import load_config
+
+    config = load_config(path, TrainingConfig)
+    if not config.data_root.is_absolute() and "data_root" in config.model_fields_set:
+        config = config.model_copy(update={"data_root": (path.parent / config.data_root)})
+    return config
+
+
+def read_species(config: TrainingConfig) -> tuple[list[Record], list[str]]:
+    """Records of every species source (labelmap and priority rules applied) and reading problems."""
+    from train.datasets import read_camtrap_dp, read_coco_camera_traps, read_csv, read_folders, read_megadetector
+    from train.labelmap import LabelMap
+
+    records, problems = [], []
+    for source in config.species:
+        where = config.resolve(source.path)
+        images = config.resolve(source.images) if source.images else None
+        if not where.exists():
+            raise FileNotFoundError(f"species source {where} not found (data_root {config.data_root})")
+        inventory = {
+            "csv": lambda: read_csv(where, images, label_columns=source.label_columns, path_column=source.path_column,
+                                    event_column=source.event_column, location_column=source.location_column),
+            "folders": lambda: read_folders(where),
+            "coco": lambda: read_coco_camera_traps(where, images),
+            "megadetector": lambda: read_megadetector(where, images, threshold=source.threshold),
+            "camtrap_dp": lambda: read_camtrap_dp(where),
+        }[source.format]()
+        records += list(inventory)
+        problems += [f"{where}: {p}" for p in inventory.problems]
+    kept, dropped = LabelMap.from_dict(config.labelmap).apply(records, keep_multilabel=config.keep_multilabel)
+    if len(dropped):
+        problems.append(f"labelmap dropped {len(dropped)} record(s): {dropped.counts()}")
+    return [r for r in kept if r.label is not None], problems
+
+
+def read_reid(config: TrainingConfig, sources: list[ReidSource]) -> dict[str, list[Record]]:
+    """Records of each re-ID source, by report name."""
+    from train.datasets import SPOTID_FILENAME, read_folders
+
+    found = {}
+    for source in sources:
+        root = config.resolve(source.path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"re-ID source {root} not found (data_root {config.data_root})")
+        pattern = SPOTID_FILENAME if source.filename_pattern == "spotid" else source.filename_pattern
+        found[source.name or source.path.name] = list(read_folders(root, individuals=True, filename_pattern=pattern))
+    return found
+
+
+def read_boxes(config: TrainingConfig) -> list[Record]:
+    """One record per box (and one box-less record per empty image) of every box source."""
+    from train.datasets import read_coco_camera_traps, read_megadetector, read_voc
+
+    records = []
+    for source in config.boxes:
+        where = config.resolve(source.path)
+        images = config.resolve(source.images) if source.images else None
+        if not where.exists():
+            raise FileNotFoundError(f"box source {where} not found (data_root {config.data_root})")
+        reader = {"megadetector": lambda: read_megadetector(where, images, threshold=source.threshold),
+                  "voc": lambda: read_voc(where), "coco": lambda: read_coco_camera_traps(where, images)}[source.format]
+        records += list(reader())
+    return records
