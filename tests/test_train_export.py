@@ -13,7 +13,10 @@ def test_quick_train_then_export_then_detect_and_embed(tmp_path, data):
     assert figures["species"]["n"] > 100 and 0 < figures["species"]["top1"] <= 1
     assert set(figures["reid"]) == {"lion val (held-out individuals)", "leopards (never trained on)"}
     report = (run / "report" / "report.md").read_text()
-    assert "## Species classifier" in report and "## Re-identification" in report
+    assert "## Species classifier" in report and "## Re-identification" in report and "## Detector" in report
+    detector = figures["detector"]
+    assert detector["kept"] in ("fine-tuned", "pretrained") and detector["val_images"] >= 1
+    assert 0 <= detector["pretrained"]["map50"] <= 1 and 0 <= detector["pretrained_boxes_kept"] <= 1
     assert (run / "report" / "confusion.png").stat().st_size > 5000
     assert (run / "splits" / "species.csv").is_file() and (run / "dataset_summary.csv").is_file()
 
@@ -22,6 +25,7 @@ def test_quick_train_then_export_then_detect_and_embed(tmp_path, data):
     manifest = load_bundle(bundle).manifest
     labels = manifest.models["classifier"].labels
     assert "Empty" in labels and "Cattle" in labels and all(g["passed"] for g in manifest.gates.values())
+    assert manifest.models["detector"].labels == ["animal", "person", "vehicle"]
 
     out = tmp_path / "md.json"
     assert main(["detect", str(data / "frames" / "ena24_small"), "--bundle", str(bundle), "--output", str(out)]) == 0

@@ -1,10 +1,10 @@
-"""``trapedge train``: species classifier and re-ID embedder from labelled photos (``make train``).
+"""``trapedge train``: species classifier, re-ID embedder and detector from labelled photos.
 
-Steps: read the datasets, split them without leakage (saved, reused on later runs), train the
-classifier and the embedder, evaluate on held-out bursts and individuals next to the untrained
-ImageNet models, and write checkpoints and the report into ``--out``. ``trapedge export
---trained DIR`` then builds the gated bundle. The detector is the pretrained camera-trap
-YOLOX-tiny (fine-tuning it is not implemented yet).
+Steps: read the datasets named by the training config (``--config``; default: the shared data),
+split them without leakage (saved, reused on later runs), train the classifier, the embedder and
+the detector, evaluate each on held-out data next to the untrained model, and write checkpoints,
+``figures.json`` and the report into ``out``. ``trapedge export --trained DIR`` then builds the
+gated bundle (``make train export`` does both).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from train.classifier import TrainConfig, evaluate, train_classifier
-from train.datasets import SPOTID_FILENAME, format_summary, read_csv, read_folders, save_summary, summarise
+from train.config import TrainingConfig, load_training_config, read_boxes, read_reid, read_species
+from train.datasets import format_summary, save_summary, summarise
 from train.embedder import EmbedderConfig, embed_records, train_embedder
 from train.models.classifier import PooledEmbedder, create_backbone
 from train.pretrained import path_of
@@ -28,35 +29,48 @@ from train.splits import FRAME_NUMBER, load_or_make_split, split_individuals, ve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="root of the default datasets")
-    parser.add_argument("--species-csv", type=Path, help="labels CSV (file,label); default: MLWIC CA-01")
-    parser.add_argument("--species-images", type=Path, help="folder the CSV's paths are relative to")
-    parser.add_argument("--out", type=Path, default=Path("runs/trained"), help="checkpoints, splits and report")
+    parser.add_argument("--config", type=Path, help="training YAML (see deploy/train.example.yaml); default: the shared data")
+    parser.add_argument("--data", type=Path, help="data_root: where relative dataset paths start (default ../shared/data)")
+    parser.add_argument("--out", type=Path, help="checkpoints, splits and report (default runs/trained)")
     parser.add_argument("--weights", type=Path, default=Path("models"), help="pretrained weights (make models)")
     parser.add_argument("--quick", action="store_true", help="small, fast profile (for tests)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--validate-config", action="store_true", help="check the config, report errors, exit")
 
 
-def species_step(args: argparse.Namespace, weights: Path) -> dict:
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    """The config file (or the default one) with the command line's overrides."""
+    config = load_training_config(args.config) if args.config else TrainingConfig.default()
+    overrides = {k: v for k, v in (("data_root", args.data), ("out", args.out), ("seed", args.seed)) if v is not None}
+    return config.model_copy(update=overrides)
+
+
+def species_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | None:
     """Read, split by burst, train and evaluate the species classifier; returns its report."""
-    csv_path = args.species_csv or args.data / "species/mlwic_ca01/labels.csv"
-    images = args.species_images or csv_path.parent
-    inventory = read_csv(csv_path, images)
-    if inventory.problems:
-        print(f"{len(inventory.problems)} problem(s) reading {csv_path}: {inventory.problem_counts()}")
-    records = [r for r in inventory if r.label is not None]
+    if not config.species:
+        return None
+    records, problems = read_species(config)
+    for problem in problems[:20]:
+        print(f"  {problem}")
     if not records:
-        raise SystemExit(f"no labelled images found through {csv_path}")
-    splits = load_or_make_split(records, args.out / "splits" / "species.csv", by="event", seed=args.seed,
-                                root=images, sequence_from_filename=FRAME_NUMBER)
+        raise SystemExit("no labelled species images found: check the config's species sources")
+    if config.crops == "detector":
+        from train.crops import detector_boxes
+
+        records = detector_boxes(records, config.crop_bundle, config.out / "cache" / "boxes.json")
+    root = config.resolve(config.species[0].path).parent
+    splits = load_or_make_split(records, config.out / "splits" / "species.csv", by=config.split_by, seed=config.seed,
+                                root=root, sequence_from_filename=FRAME_NUMBER)
     summary = summarise(records, {r.path: name for name, rs in splits.items() for r in rs})
     print(format_summary(summary))
-    save_summary(summary, args.out / "dataset_summary")
+    save_summary(summary, config.out / "dataset_summary")
     labels = sorted({r.label for r in records})
     # the full profile: last two blocks, as measured best on MLWIC (0.878 top-1 vs 0.785 with one)
-    config = TrainConfig.quick(seed=args.seed) if args.quick else TrainConfig(seed=args.seed, trainable_blocks=2, patience=4)
-    model, history = train_classifier(splits["train"], splits["val"], labels, weights, config, args.out / "cache")
-    torch.save(model, args.out / "classifier.pt")
+    defaults = TrainConfig.quick(seed=config.seed) if quick else TrainConfig(seed=config.seed, trainable_blocks=2, patience=4)
+    train_config = defaults.model_copy(update=config.classifier)
+    TrainConfig.model_validate(train_config.model_dump())  # overrides from the YAML are checked too
+    model, _ = train_classifier(splits["train"], splits["val"], labels, weights, train_config, config.out / "cache")
+    torch.save(model, config.out / "classifier.pt")
     return {**evaluate(model, splits["test"], labels), "labels": labels}
 
 
@@ -66,37 +80,85 @@ def _reid_scores(model, baseline, records) -> dict:
             "trained": retrieval_metrics(embed_records(model, records), ids)}
 
 
-def reid_step(args: argparse.Namespace, weights: Path) -> dict:
-    """Train the embedder on lion train individuals; evaluate on lion val and the leopards."""
-    lion_train = list(read_folders(args.data / "reid/lion/train", individuals=True))
-    lion_val = list(read_folders(args.data / "reid/lion/val", individuals=True))
-    leopards = list(read_folders(args.data / "reid/leopard_spotid/crops", individuals=True,
-                                 filename_pattern=SPOTID_FILENAME))
-    verify_disjoint_individuals({"train": lion_train, "val": lion_val})
-    inner = split_individuals(lion_train, {"train": 0.85, "val": 0.15}, seed=args.seed)  # early stopping
-    quick = {"epochs": 3, "patience": 3, "trainable_blocks": 1, "scale": 16.0, "lr": 3e-3} if args.quick else {}
-    train_records = inner["train"][::2] if args.quick else inner["train"]
-    model, _ = train_embedder(train_records, inner["val"], weights, EmbedderConfig(seed=args.seed, **quick),
-                              args.out / "cache")
-    torch.save(model, args.out / "embedder.pt")
+def reid_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | None:
+    """Train the embedder on the training individuals; evaluate on each held-out set."""
+    train_sets = read_reid(config, config.reid_train)
+    if not train_sets:
+        return None
+    held_out = read_reid(config, config.reid_eval)
+    train_records = [r for rs in train_sets.values() for r in rs]
+    verify_disjoint_individuals({"train": train_records, **held_out})
+    inner = split_individuals(train_records, {"train": 0.85, "val": 0.15}, seed=config.seed)  # early stopping
+    quick_options = {"epochs": 3, "patience": 3, "trainable_blocks": 1, "scale": 16.0, "lr": 3e-3} if quick else {}
+    try:
+        embedder_config = EmbedderConfig(seed=config.seed, **{**quick_options, **config.embedder})
+    except TypeError as exc:
+        raise SystemExit(f"training config, embedder: {exc}") from None
+    model, _ = train_embedder(inner["train"][::2] if quick else inner["train"], inner["val"], weights, embedder_config,
+                              config.out / "cache")
+    torch.save(model, config.out / "embedder.pt")
     baseline = PooledEmbedder(create_backbone(weights)).eval()
-    return {"lion val (held-out individuals)": _reid_scores(model, baseline, lion_val),
-            "leopards (never trained on)": _reid_scores(model, baseline, leopards)}
+    return {name: _reid_scores(model, baseline, records) for name, records in held_out.items()}
+
+
+# a fine-tuned detector ships only if it does not lose what the pretrained one finds on val images
+KEEP_PRETRAINED_BOXES_MIN = 0.9
+
+
+def detector_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | None:
+    """Fine-tune the detector on the box data; keep it only if it is no worse on held-out images.
+
+    "No worse" is judged three ways, because box labels are often rough: AP50 and recall at 0.25
+    against the labels at least the pretrained detector's, and at least 90 % of the pretrained
+    detector's own confident boxes still found. Otherwise the pretrained detector (with the
+    configured classes) ships, and the report says why.
+    """
+    if not config.boxes:
+        return None
+    from train.detector import (DetectorConfig, evaluate_detector, expand_classes, kept_detections,
+                                split_detector_records, train_detector)
+    from train.models.yolox import load_yolox
+
+    splits = split_detector_records(read_boxes(config), config.seed)
+    defaults = DetectorConfig.quick(seed=config.seed) if quick else DetectorConfig(seed=config.seed)
+    det_config = DetectorConfig.model_validate({**defaults.model_dump(), "classes": list(config.detector_classes),
+                                                **config.detector})
+    checkpoint = path_of("yolox_tiny_camera_trap", weights)
+    model, history = train_detector(splits["train"], splits["val"], checkpoint, det_config)
+    pretrained = expand_classes(load_yolox(checkpoint), det_config.classes).eval()
+    scores = {name: evaluate_detector(m, splits["val"], det_config.classes, det_config.input_size)
+              for name, m in (("pretrained", pretrained), ("fine-tuned", model))}
+    kept = kept_detections(pretrained, model, splits["val"], det_config.input_size)
+    tuned, base = scores["fine-tuned"], scores["pretrained"]
+    better = tuned["map50"] >= base["map50"] and tuned["recall"] >= base["recall"] and kept >= KEEP_PRETRAINED_BOXES_MIN
+    torch.save({"model": model if better else pretrained, "classes": det_config.classes, "fine_tuned": better},
+               config.out / "detector.pt")
+    return {**scores, "kept": "fine-tuned" if better else "pretrained", "pretrained_boxes_kept": kept,
+            "classes": det_config.classes, "train_images": len({r.path for r in splits["train"]}),
+            "val_images": len({r.path for r in splits["val"]}), "epochs": len(history.epochs),
+            "seconds": round(history.seconds, 1)}
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.validate_config:
+        from edge.config_loader import validate_config_command
+
+        return validate_config_command(args.config, TrainingConfig)
+    config = training_config(args)
     start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     weights = path_of("efficientnet_lite0", args.weights)
-    species = species_step(args, weights)
-    reid = reid_step(args, weights)
-    figures = {"species": {k: species[k] for k in ("top1", "macro_f1", "n") if k in species},
-               "reid": reid, "quick": args.quick, "seconds": round(time.perf_counter() - start, 1)}
-    roc = species.get("empty_vs_animal")
-    write_report(args.out / "report", classifier=_report_classifier(species), roc=roc, reid=reid,
-                 notes=[f"profile: {'quick' if args.quick else 'full'}; wall time {figures['seconds']} s",
-                        "detector: the pretrained camera-trap YOLOX-tiny (fine-tuning not implemented yet)"])
-    (args.out / "figures.json").write_text(json.dumps(figures, indent=2, default=_plain) + "\n")
+    species = species_step(config, weights, args.quick)
+    reid = reid_step(config, weights, args.quick)
+    detector = detector_step(config, args.weights, args.quick)
+    seconds = round(time.perf_counter() - start, 1)
+    figures = {"species": {k: species[k] for k in ("top1", "macro_f1", "n") if k in species} if species else None,
+               "reid": reid, "detector": detector, "quick": args.quick, "seconds": seconds}
+    write_report(config.out / "report", classifier=_report_classifier(species) if species else None,
+                 roc=species.get("empty_vs_animal") if species else None, reid=reid, detector=detector,
+                 notes=[f"profile: {'quick' if args.quick else 'full'}; wall time {seconds} s"])
+    (config.out / "figures.json").write_text(json.dumps(figures, indent=2, default=_plain) + "\n")
     print(json.dumps(figures, indent=2, default=_plain))
     return 0
 
@@ -107,3 +169,4 @@ def _report_classifier(report: dict) -> dict:
 
 def _plain(value):
     return value.tolist() if isinstance(value, np.ndarray) else str(value)
+

@@ -59,7 +59,8 @@ class TrainingConfig(_Strict):
     out: Path = Field(Path("runs/trained"), title="Checkpoints, splits, caches and the report")
     seed: int = Field(0, title="Seed for splits, sampling and initialisation")
     species: list[SpeciesSource] = Field(default_factory=list, title="Species classifier data (empty: skip)")
-    labelmap: dict[str, Any] = Field(default_factory=lambda: {"priority": ["Human > Empty", "* > Empty"], "lowercase": False},
+    labelmap: dict[str, Any] = Field(default_factory=lambda: {"lowercase": False, "rename": {}, "drop": [],
+                                                             "priority": ["Human > Empty", "* > Empty"]},
                                      title="rename / drop / priority rules (train/labelmap.py)")
     keep_multilabel: bool = Field(False, title="Keep images still multi-labelled after the rules (first label wins)")
     split_by: Literal["event", "location"] = Field("event", title="Species split unit: burst/capture event or camera")

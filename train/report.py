@@ -86,12 +86,16 @@ def _per_class_table(report: dict) -> list[str]:
 def _detector_section(detector: dict) -> list[str]:
     lines = ["## Detector", "",
              f"Fine-tuned on {detector.get('train_images')} images, evaluated on {detector.get('val_images')} held-out "
-             f"images; classes {', '.join(detector.get('classes', []))}. Kept: **{detector.get('kept')}** "
-             "(the fine-tuned detector ships only when its val AP50 is at least the pretrained one's).", "",
-             "| model | AP50 | recall @0.25 | boxes |", "|---|---|---|---|"]
+             f"images; classes {', '.join(detector.get('classes', []))}. Shipped: **{detector.get('kept')}** "
+             "(the fine-tuned detector ships only when its val mAP50 and recall are at least the pretrained "
+             f"one's and it still finds >= 90 % of the pretrained detector's own boxes: "
+             f"{detector.get('pretrained_boxes_kept', float('nan')):.2f}).", "",
+             "| model | mAP50 | AP50 per class | recall @0.25 | boxes |", "|---|---|---|---|---|"]
     for model in ("pretrained", "fine-tuned"):
         m = detector.get(model, {})
-        lines.append(f"| {model} | {m.get('ap50', float('nan')):.3f} | {m.get('recall', float('nan')):.3f} | {m.get('boxes', '')} |")
+        per_class = ", ".join(f"{k} {v:.3f}" for k, v in m.get("ap50", {}).items())
+        lines.append(f"| {model} | {m.get('map50', float('nan')):.3f} | {per_class} | {m.get('recall', float('nan')):.3f} | "
+                     f"{m.get('boxes', '')} |")
     return [*lines, ""]
 
 

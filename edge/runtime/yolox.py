@@ -21,7 +21,7 @@ def make_grid(size: tuple[int, int], strides: list[int]) -> tuple[np.ndarray, np
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))  # clipped: no overflow warning for far-off logits
 
 
 def decode_yolox(raw: np.ndarray, grid: np.ndarray, strides: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

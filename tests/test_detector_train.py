@@ -1,0 +1,357 @@
+"""Detector fine-tuning: the YOLOX loss, SimOTA, class expansion, a quick real fine-tune and AP."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge.capture.decode import decode_image
+from edge.detections import Detections
+from edge.runtime.yolox import box_iou, decode_yolox, make_grid
+from train.detector import (
+    DetectorConfig,
+    average_precision,
+    box_images,
+    detect,
+    detector_class,
+    detector_loss,
+    detector_records,
+    evaluate_detector,
+    expand_classes,
+    prepare,
+    split_detector_records,
+    train_detector,
+)
+from train.models.yolox import STRIDES, load_yolox
+from train.models.yolox_loss import AnchorGrid, Targets, dynamic_k_matching, simota_assign, yolox_loss
+from train.records import Record
+
+does_not_raise = contextlib.nullcontext
+SIZE = (128, 160)  # a small input for the exact loss arithmetic
+BOX = (40.0, 40.0, 104.0, 88.0)  # centre (72, 64), 64 x 48 px
+# The bear in ena24_small/8831.jpg, drawn by hand on the frame (normalised xyxy). The box in
+# md_annotations.json is a rough placeholder twice the bear's size, so it is no reference.
+BEAR = (0.347, 0.475, 0.572, 0.697)
+
+
+def softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def constructed_output(point_box: tuple[float, float, float, float] | None, logit: float = 10.0) -> torch.Tensor:
+    """Raw (1, A, 6) output: every point a tiny box with objectness and class logit -10, except
+    the stride-8 point at cell (9, 8), which predicts ``point_box`` with logits ``logit``."""
+    grid, strides = make_grid(SIZE, list(STRIDES))
+    raw = torch.full((1, len(grid), 6), -10.0, dtype=torch.float64)  # float64: exact softplus sums
+    raw[..., 2:4] = -5.0
+    if point_box is not None:
+        j = int(np.flatnonzero((grid[:, 0] == 9) & (grid[:, 1] == 8) & (strides[:, 0] == 8))[0])
+        x1, y1, x2, y2 = point_box
+        raw[0, j, :4] = torch.tensor([(x1 + x2) / 16 - 9, (y1 + y2) / 16 - 8, math.log((x2 - x1) / 8),
+                                      math.log((y2 - y1) / 8)], dtype=torch.float64)
+        raw[0, j, 4:] = logit
+    return raw
+
+
+def one_box() -> list[Targets]:
+    return [Targets.from_numpy([BOX], [0])]
+
+
+# ---------------------------------------------------------------- loss
+
+
+def test_constructed_output_decodes_to_the_box_as_the_edge_decodes_it():
+    grid, strides = make_grid(SIZE, list(STRIDES))
+    boxes, scores = decode_yolox(constructed_output(BOX)[0].numpy(), grid, strides)
+    best = int(scores[:, 0].argmax())
+    np.testing.assert_allclose(boxes[best], BOX, atol=1e-3)
+
+
+def test_exact_prediction_costs_only_the_background_logits():
+    parts = yolox_loss(constructed_output(BOX), one_box(), AnchorGrid.for_size(SIZE))
+    points = len(AnchorGrid.for_size(SIZE))
+    assert parts.num_foreground == 1
+    assert float(parts.iou) == pytest.approx(0.0, abs=1e-5)
+    # every point's objectness is right by a logit of 10, and so is the foreground class
+    assert float(parts.objectness) == pytest.approx(points * softplus(-10), rel=1e-3)
+    assert float(parts.classification) == pytest.approx(softplus(-10), rel=1e-3)
+
+
+def test_shifted_box_costs_more_than_the_exact_one():
+    grid = AnchorGrid.for_size(SIZE)
+    exact = yolox_loss(constructed_output(BOX), one_box(), grid)
+    shifted = yolox_loss(constructed_output((48.0, 40.0, 112.0, 88.0)), one_box(), grid)  # 8 px right: IoU 0.78
+    assert float(shifted.iou) == pytest.approx(5 * (1 - (56 * 48 / (2 * 64 * 48 - 56 * 48)) ** 2), rel=1e-3)
+    assert float(shifted.total) > float(exact.total) + 1.0
+
+
+def test_image_without_boxes_pays_only_for_false_positives():
+    grid = AnchorGrid.for_size(SIZE)
+    points = len(grid)
+    empty = [Targets.from_numpy(np.zeros((0, 4)), np.zeros(0))]
+    quiet = yolox_loss(constructed_output(None), empty, grid)
+    false_positive = yolox_loss(constructed_output(BOX, logit=5.0), empty, grid)
+    for parts in (quiet, false_positive):
+        assert parts.num_foreground == 0 and math.isfinite(float(parts.total))
+        assert float(parts.iou) == 0.0 and float(parts.classification) == 0.0
+    assert float(quiet.objectness) == pytest.approx(points * softplus(-10), rel=1e-3)
+    expected = (points - 1) * softplus(-10) + softplus(5.0)
+    assert float(false_positive.objectness) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(pretrained) -> Path:
+    return pretrained["yolox_tiny_camera_trap"]
+
+
+@pytest.fixture(scope="module")
+def voc_elephants(data) -> list[Record]:
+    """The VOC photo with five hand-boxed elephants."""
+    return [r for r in detector_records(data, sources=("voc",)) if r.path.name == "2014_000002.jpg"]
+
+
+def test_gradients_reach_the_head_of_the_real_model(checkpoint, voc_elephants):
+    config = DetectorConfig.quick()
+    image = prepare(box_images(voc_elephants, config.classes)[0], config.spec)
+    model = expand_classes(load_yolox(checkpoint), config.classes).eval()
+    x = torch.from_numpy(image.pixels.transpose(2, 0, 1)[None].astype(np.float32))
+    targets = [Targets.from_numpy(image.xyxy, image.class_id)]
+    parts = yolox_loss(model(x), targets, AnchorGrid.for_size(config.input_size))
+    parts.total.backward()
+    assert parts.num_foreground >= len(image.xyxy)
+    for conv in (model.head.reg_preds[0], model.head.obj_preds[0], model.head.cls_preds[0]):
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+        assert torch.isfinite(conv.weight.grad).all()
+
+
+# ---------------------------------------------------------------- SimOTA
+
+
+def test_simota_gives_every_real_box_a_point_inside_it(checkpoint, voc_elephants):
+    config = DetectorConfig.quick()
+    image = prepare(box_images(voc_elephants, config.classes)[0], config.spec)
+    assert len(image.xyxy) == 5
+    model = expand_classes(load_yolox(checkpoint), config.classes).eval()
+    grid = AnchorGrid.for_size(config.input_size)
+    with torch.no_grad():
+        raw = model(torch.from_numpy(image.pixels.transpose(2, 0, 1)[None].astype(np.float32)))[0]
+    assignment = simota_assign(raw, Targets.from_numpy(image.xyxy, image.class_id), grid)
+    centres = grid.centres()[assignment.foreground].numpy()
+    assert len(assignment.gt_index) == int(assignment.foreground.sum())
+    for k, (x1, y1, x2, y2) in enumerate(image.xyxy):
+        mine = centres[assignment.gt_index.numpy() == k]
+        inside = (mine[:, 0] > x1) & (mine[:, 0] < x2) & (mine[:, 1] > y1) & (mine[:, 1] < y2)
+        assert inside.any(), f"box {k} got no point inside it"
+
+
+@pytest.mark.parametrize(
+    "cost, ious, chosen, owner",
+    [
+        # both boxes want point 1 most (k = 1 each): the cheaper box 1 keeps it, box 0 loses it
+        ([[5.0, 1.0, 9.0], [6.0, 0.5, 9.0]], [[0.5, 0.9, 0.1], [0.1, 0.9, 0.1]], [False, True, False], [1]),
+        # k = int(0.9 + 0.8 + 0.7) = 2 for box 0 (points 0, 1), 1 for box 1 (point 0, cheaper for it)
+        ([[1.0, 2.0, 9.0], [0.5, 9.0, 3.0]], [[0.9, 0.8, 0.7], [0.6, 0.1, 0.2]], [True, True, False], [1, 0]),
+        # no conflict: box 0 takes points 0 and 1, box 1 point 2
+        ([[1.0, 2.0, 9.0], [3.0, 9.0, 0.5]], [[0.9, 0.8, 0.7], [0.2, 0.1, 0.6]], [True, True, True], [0, 0, 1]),
+    ],
+)
+def test_dynamic_k_gives_each_point_to_one_box(cost, ious, chosen, owner):
+    picked, gt_index = dynamic_k_matching(torch.tensor(cost), torch.tensor(ious))
+    assert picked.tolist() == chosen
+    assert gt_index.tolist() == owner
+
+
+# ---------------------------------------------------------------- classes
+
+
+@pytest.mark.parametrize(
+    "label, classes, expected, raises",
+    [
+        ("american_black_bear", ["animal", "person", "vehicle"], 0, does_not_raise()),
+        ("Human", ["animal", "person", "vehicle"], 1, does_not_raise()),
+        ("people", ["person", "animal"], 0, does_not_raise()),
+        ("truck", ["animal", "person", "vehicle"], 2, does_not_raise()),
+        ("empty", ["animal"], None, does_not_raise()),
+        ("blank", ["animal"], None, does_not_raise()),
+        ("car", ["animal", "person"], None, pytest.raises(ValueError, match="vehicle")),
+        ("zebra", ["person"], None, pytest.raises(ValueError, match="animal")),
+    ],
+)
+def test_detector_class(label, classes, expected, raises):
+    with raises:
+        assert detector_class(label, classes) == expected
+
+
+@pytest.mark.parametrize("classes", [["animal", "person", "vehicle"], ["person", "animal"]])
+def test_expand_classes_keeps_the_animal_score_on_a_real_frame(data, checkpoint, classes):
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=960).rgb
+    pretrained = load_yolox(checkpoint)
+    torch.manual_seed(0)
+    expanded = expand_classes(load_yolox(checkpoint), classes).eval()
+    size = DetectorConfig.quick().input_size
+    reference, = detect(pretrained, [rgb], size, 0.25)
+    found, = detect(expanded, [rgb], size, 0.25)
+    assert len(reference) >= 1
+    animal = classes.index("animal")
+    np.testing.assert_allclose(found.xyxy, reference.xyxy, atol=1e-3)
+    np.testing.assert_allclose(found.confidence, reference.confidence, atol=1e-6)
+    assert (found.class_id == animal).all()
+    for conv in expanded.head.cls_preds:  # new classes start at YOLOX's 1% prior
+        others = [k for k in range(len(classes)) if k != animal]
+        np.testing.assert_allclose(conv.bias[others].detach().numpy(), math.log(0.01 / 0.99), rtol=1e-6)
+
+
+# ---------------------------------------------------------------- quick fine-tune on real boxes
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(data, checkpoint):
+    """Quick fine-tune on the VOC boxes; the model, history, split, val report and wall time.
+
+    Not on the ENA24 boxes: md_annotations.json holds placeholder boxes around the frame centre
+    (most miss the animal), and training on them teaches the detector to lose real animals.
+    """
+    splits = split_detector_records(detector_records(data, sources=("voc",)), seed=0)
+    config = DetectorConfig.quick(progress=False)
+    tick = time.perf_counter()
+    model, history = train_detector(splits["train"], splits["val"], checkpoint, config)
+    report = evaluate_detector(model, splits["val"], config.classes, config.input_size)
+    return model, history, splits, config, report, time.perf_counter() - tick
+
+
+def test_split_keeps_each_image_on_one_side(fine_tuned):
+    _, _, splits, _, _, _ = fine_tuned
+    train, val = ({r.path for r in splits[name]} for name in ("train", "val"))
+    assert not train & val
+    assert len(val) * 4 >= len(train | val)
+    assert len(val) >= 2
+
+
+def test_split_puts_every_dataset_on_both_sides(data):
+    splits = split_detector_records(detector_records(data), seed=1)
+    for side in ("train", "val"):
+        assert {r.source for r in splits[side]} == {"megadetector", "voc"}
+
+
+def test_quick_fine_tune_runs_end_to_end_in_time(fine_tuned):
+    _, history, _, config, _, seconds = fine_tuned
+    assert seconds < 90
+    assert 1 <= len(history.epochs) <= config.epochs and not history.failures
+
+
+def test_fine_tuning_lowers_the_val_loss(fine_tuned, checkpoint):
+    model, history, splits, config, _, _ = fine_tuned
+    torch.manual_seed(config.seed)
+    untuned = expand_classes(load_yolox(checkpoint), config.classes)
+    before = detector_loss(untuned, splits["val"], config)
+    after = detector_loss(model, splits["val"], config)
+    assert after < before
+    assert history.initial_val_loss == pytest.approx(before, rel=1e-4)
+    assert after == pytest.approx(min(e.val_loss for e in history.epochs), rel=1e-4)
+
+
+def test_evaluation_report_of_the_fine_tuned_model(fine_tuned):
+    _, _, splits, _, report, _ = fine_tuned
+    boxed = [r for r in splits["val"] if r.bbox is not None]
+    assert report["images"] == len({r.path for r in splits["val"]})
+    assert report["boxes"] == len(boxed) == report["boxes_per_class"]["animal"]
+    assert set(report["ap50"]) == {"animal"}
+    assert 0.0 <= report["ap50"]["animal"] <= 1.0 and report["map50"] == report["ap50"]["animal"]
+    assert 0.0 <= report["recall"] <= 1.0 and report["recall_threshold"] == 0.25
+
+
+def test_fine_tuned_model_still_finds_the_bear(fine_tuned, data):
+    model, _, _, config, _, _ = fine_tuned
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=960).rgb
+    found, = detect(model, [rgb], config.input_size, 0.25)
+    h, w = rgb.shape[:2]
+    bear = np.array(BEAR, np.float32) * [w, h, w, h]
+    animals = found.xyxy[found.class_id == 0]
+    assert len(animals) and box_iou(bear, animals).max() >= 0.5
+
+
+# ---------------------------------------------------------------- AP on hand-made cases
+
+
+def dets(boxes, scores=None, classes=None) -> Detections:
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    n = len(boxes)
+    return Detections(boxes, np.ones(n) if scores is None else scores, np.zeros(n) if classes is None else classes)
+
+
+A, B = [0, 0, 10, 10], [20, 20, 30, 30]
+
+
+@pytest.mark.parametrize(
+    "truths, predictions, expected",
+    [
+        ([dets([A])], [dets([A])], 1.0),  # perfect
+        ([dets([A, B])], [dets([A])], 0.5),  # one of two found, the only detection right
+        ([dets([A])], [dets([B, A], [0.9, 0.8])], 0.5),  # a false positive ranked first
+        ([dets([A])], [dets([A, B], [0.9, 0.8])], 1.0),  # a false positive ranked after
+        ([dets([A])], [dets([A, A], [0.9, 0.8])], 1.0),  # a duplicate is a false positive, after
+        ([dets([A]), dets([B])], [dets([B]), dets([A])], 0.0),  # right box, wrong image
+        ([dets([A])], [dets([A], classes=[1])], 0.0),  # wrong class
+        ([dets([A]), dets([B])], [dets([[0, 0, 10, 14]], [0.7]), dets([B], [0.9])], 1.0),  # IoU 0.71 counts
+        ([dets([A])], [dets([[0, 0, 10, 21]])], 0.0),  # IoU 0.48 does not
+        ([dets([], classes=[])], [dets([A])], None),  # no truth: no AP
+    ],
+)
+def test_average_precision(truths, predictions, expected):
+    assert average_precision(truths, predictions, 0) == (None if expected is None else pytest.approx(expected))
+
+
+class Oracle(torch.nn.Module):
+    """A stand-in detector whose raw output decodes to given boxes (input pixels), image by image."""
+
+    def __init__(self, boxes_per_image: list[np.ndarray], size: tuple[int, int]):
+        super().__init__()
+        self.queue = list(boxes_per_image)
+        self.grid, self.strides = make_grid(size, list(STRIDES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self._raw(self.queue.pop(0)) for _ in range(len(x))])
+
+    def _raw(self, boxes: np.ndarray) -> torch.Tensor:
+        raw = np.full((len(self.grid), 8), -20.0, np.float32)
+        for j, (x1, y1, x2, y2) in enumerate(boxes):  # point j predicts box j, class animal
+            s = self.strides[j, 0]
+            raw[j, :4] = [(x1 + x2) / 2 / s - self.grid[j, 0], (y1 + y2) / 2 / s - self.grid[j, 1],
+                          np.log((x2 - x1) / s), np.log((y2 - y1) / s)]
+            raw[j, 4:6] = 20.0
+        return torch.from_numpy(raw)
+
+
+def input_boxes(record_boxes: np.ndarray, hw: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Normalised boxes to letterboxed (top-left) input pixels, worked out here independently."""
+    h, w = hw
+    ratio = min(size[0] / h, size[1] / w)
+    return record_boxes * np.array([w, h, w, h]) * ratio
+
+
+@pytest.mark.parametrize("found_in_second, expected_ap", [(True, 1.0), (False, 1 / 6)])
+def test_evaluate_detector_exact_ap_on_real_images(data, found_in_second, expected_ap):
+    """Giraffe photo (1 box) found; elephant photo (5 boxes) found or missed: AP 1 or 1/6."""
+    records = [r for r in detector_records(data, sources=("voc",))
+               if r.path.name in ("2014_000003.jpg", "2014_000002.jpg")]
+    size = (288, 384)
+    images = box_images(records, ["animal", "person", "vehicle"])
+    boxes = [input_boxes(im.xyxy, decode_image(im.path).rgb.shape[:2], size) for im in images]
+    if not found_in_second:
+        boxes = [b if len(b) == 1 else b[:0] for b in boxes]
+    report = evaluate_detector(Oracle(boxes, size), records, ["animal", "person", "vehicle"], size)
+    assert (report["images"], report["boxes"]) == (2, 6)
+    assert report["ap50"] == {"animal": pytest.approx(expected_ap)}
+    assert report["recall"] == pytest.approx(expected_ap)
+
+
+def test_detector_class_refuses_records_without_class(data):
+    records = detector_records(data, sources=("voc",))
+    with pytest.raises(ValueError, match="animal"):
+        box_images(records, ["person"])
