@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[edge,train,dev]' $(PINS)
+	$(BIN)/pip install -q -e '.[edge,train,dev,central]' $(PINS)
 	touch $@
 
 models: setup
@@ -31,9 +31,11 @@ export: models
 	$(BIN)/trapedge export --data $(DATA) --out $(BUNDLE)
 	if [ -f $(RUN)/classifier.pt ]; then $(BIN)/trapedge export --data $(DATA) --trained $(RUN) --out bundles/trained; fi
 
-# species classifier + re-ID embedder on DATA (override DATA=/your/photos; QUICK=1 for the fast profile)
+# species classifier, re-ID embedder and detector: the shared data by default; CONFIG=train.yaml for
+# your own photos (see deploy/train.example.yaml), or DATA=root for the default layout elsewhere;
+# QUICK=1 for the fast profile
 train: models
-	$(BIN)/trapedge train --data $(DATA) --out $(RUN) $(if $(QUICK),--quick,)
+	$(BIN)/trapedge train $(if $(CONFIG),--config $(CONFIG),--data $(DATA)) --out $(RUN) $(if $(QUICK),--quick,)
 
 demo: $(BUNDLE)/manifest.json
 	$(BIN)/python -m edge.demo --frames $(DATA)/frames --bundle $(BUNDLE) --workdir results/demo

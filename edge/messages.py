@@ -28,6 +28,7 @@ SCHEMAS: dict[str, str] = {
 KINDS = tuple(SCHEMAS)
 STATES = ("online", "offline")
 _FORBIDDEN_IN_LEVEL = ("/", "+", "#", "\x00")
+MAX_CROP_BYTES = 256 * 1024  # the optional crop JPEG of an embedding message
 
 
 def check_device(device: str) -> str:
@@ -137,8 +138,15 @@ def embedding_payload(
     vector: np.ndarray,
     model: str,
     model_version: str,
+    crop_jpeg: bytes | None = None,
+    crop_size: tuple[int, int] | None = None,
 ) -> dict:
-    """One animal's embedding for central re-identification; ``bbox`` is normalised x, y, w, h."""
+    """One animal's embedding for central re-identification; ``bbox`` is normalised x, y, w, h.
+
+    ``crop_jpeg`` (with its ``crop_size``, width and height) optionally attaches the crop as a JPEG
+    of at most ``MAX_CROP_BYTES``; without it the payload has no ``crop`` key (schema version 1
+    either way: the field is optional).
+    """
     vector = np.asarray(vector, dtype=np.float64)
     if vector.ndim != 1 or vector.size == 0 or not np.isfinite(vector).all():
         raise ValueError(f"embedding vector must be 1-D, non-empty and finite, got shape {vector.shape}")
@@ -158,7 +166,16 @@ def embedding_payload(
         "model_version": model_version,
         "dim": int(vector.size),
         "vector": np.round(vector, 6).tolist(),
+        **_crop(crop_jpeg, crop_size),
     }
+
+
+def _crop(jpeg: bytes | None, size: tuple[int, int] | None) -> dict:
+    if jpeg is None and size is None:
+        return {}
+    if jpeg is not None and len(jpeg) > MAX_CROP_BYTES:
+        raise ValueError(f"embedding crop is {len(jpeg)} bytes; at most {MAX_CROP_BYTES} may be sent")
+    return {"crop": _thumbnail(jpeg, size)}
 
 
 def _envelope(kind: str, device: str) -> dict:

@@ -43,6 +43,7 @@ class Identity:
     prefix: str
     embedder_model: str
     bundle_version: str
+    embedding_crop_side: int | None = None  # attach each crop as a JPEG of this longest side (None: no crop)
 
 
 @dataclass
@@ -228,4 +229,15 @@ class Recorder:
                 self.identity.device_id, event_id=event, source_id=frame.source_id, frame_time=frame.time,
                 bbox=boxes[i], confidence=float(det.confidence[i]), label=analysis.labels[i],
                 label_score=float(probs[i].max()) if probs is not None else None, vector=vector,
-                model=self.identity.embedder_model, model_version=self.identity.bundle_version))
+                model=self.identity.embedder_model, model_version=self.identity.bundle_version,
+                **self._embedding_crop(analysis, i)))
+
+    def _embedding_crop(self, analysis: FrameAnalysis, index: int) -> dict:
+        """The ``crop_jpeg`` / ``crop_size`` arguments for one embedding (none unless configured)."""
+        side = self.identity.embedding_crop_side
+        if side is None:
+            return {}
+        blurred = analysis.labels[index] in set(self.privacy.blur_labels)
+        jpeg, size = thumbnail_jpeg(analysis.frame.rgb, analysis.detections.xyxy[index], side,
+                                    messages.MAX_CROP_BYTES, blurred)
+        return {"crop_jpeg": jpeg, "crop_size": size}

@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("train.cli", "train the species classifier and the re-ID embedder; write the report"),
     "export": ("export.cli", "build a model bundle: ONNX fp32 + INT8 with accuracy gates"),
     "export-tensorrt": ("export.tensorrt", "build TensorRT FP16/INT8 engines from a bundle (Jetson)"),
+    "central": ("central.cli", "run the central matching service (ingest, match, review UI)"),
 }
 
 

@@ -1,0 +1,129 @@
+"""Enrol a folder-per-individual image collection: embed each image with a bundle's embedder.
+
+``python -m central.enroll ROOT --bundle bundles/default --config central.yaml [--edges DIR] [--known]``
+stores every image under ``ROOT/<individual>/`` as a sighting (its crop as JPEG, its edge map
+from ``DIR/<individual>/<same name>`` if given). With ``--known`` the images of one folder are
+also linked as confirmed matches (a gallery of known individuals); otherwise the folder name is
+kept only as ground truth for evaluation. Ids are derived from the relative path, so enrolling
+twice stores nothing new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from central.ingest import Sighting
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+NAMESPACE = uuid.UUID("5d0c8a4e-6f0b-4b8e-9a53-0f3c1b2d7e10")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image file and the individual (its folder) it shows."""
+
+    individual: str
+    path: Path
+
+
+def folder_images(root: Path) -> list[LabelledImage]:
+    """Every image in ``root/<individual>/`` (sorted), without importing the training side."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder")
+    return [LabelledImage(folder.name, path) for folder in sorted(p for p in root.iterdir() if p.is_dir())
+            for path in sorted(folder.rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
+
+
+def jpeg_of(path: Path, max_side: int = 640, quality: int = 85) -> bytes:
+    """The image as an RGB JPEG no larger than ``max_side`` (what the UI and re-ranking use)."""
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((max_side, max_side))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def embed_paths(embedder, paths: list[Path]) -> np.ndarray:
+    """(N, D) embeddings of whole images (crops already) with an ``edge.runtime`` Embedder."""
+    from edge.capture.decode import decode_image
+
+    crops = [embedder.whole(decode_image(path, max_side=1024).rgb) for path in paths]
+    return embedder.run_crops(crops)
+
+
+def sightings_of(images: list[LabelledImage], vectors: np.ndarray, model: str, root: Path,
+                 edges: Path | None = None) -> list[Sighting]:
+    """A sighting per image: crop JPEG, optional edge map, the folder as ground-truth individual."""
+    result = []
+    for image, vector in zip(images, vectors):
+        relative = image.path.relative_to(root).as_posix()
+        edge = edges / relative if edges is not None else None
+        result.append(Sighting(
+            id=str(uuid.uuid5(NAMESPACE, f"{model}/{relative}")), device="enrolled", event_id=image.individual,
+            frame_time="1970-01-01T00:00:00", label=None, model=model, vector=vector, crop_jpeg=jpeg_of(image.path),
+            name=relative, edge_jpeg=jpeg_of(edge) if edge is not None and edge.is_file() else None,
+            individual=image.individual))
+    return result
+
+
+def open_embedder(bundle_path: Path, precision: str = "int8"):
+    """The bundle's embedder and the model name sightings carry (``<architecture>@<version>``)."""
+    from edge.runtime.bundle import load_bundle
+    from edge.runtime.models import Embedder
+
+    bundle = load_bundle(bundle_path)
+    embedder = Embedder(bundle, precision)
+    return embedder, f"{bundle.manifest.models['embedder'].architecture}@{bundle.manifest.version}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m central.enroll", description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="folder of <individual>/ folders of crops")
+    parser.add_argument("--bundle", type=Path, default=Path("bundles/default"))
+    parser.add_argument("--config", type=Path, required=True, help="central.yaml (its store is written)")
+    parser.add_argument("--edges", type=Path, help="edge maps laid out like ROOT")
+    parser.add_argument("--known", action="store_true", help="link each folder's images as confirmed")
+    args = parser.parse_args(argv)
+    from central.config import CentralConfig
+    from central.store import CentralStore
+    from edge.config_loader import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, CentralConfig)
+        images = folder_images(args.root)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    embedder, model = open_embedder(args.bundle)
+    sightings = sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, args.root, args.edges)
+    store = CentralStore(config.store.path)
+    added = sum(store.add_sighting(s) for s in sightings)
+    if args.known:
+        link_known(store, sightings)
+    print(f"enrolled {added} new of {len(sightings)} images into {config.store.path}")
+    return 0
+
+
+def link_known(store, sightings: list[Sighting]) -> None:
+    """Confirm a chain of links through each individual's images."""
+    first: dict[str, Sighting] = {}
+    for s in sightings:
+        if s.individual in first:
+            cosine = float(first[s.individual].vector @ s.vector)
+            store.decide(first[s.individual].id, s.id, "match", cosine)
+        else:
+            first[s.individual] = s
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

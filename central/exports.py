@@ -1,0 +1,167 @@
+"""Exports of the review's result: SpotID folders + matches.csv, Camtrap DP observations, MegaDetector JSON.
+
+Every export sees the same individuals: the connected components of confirmed links, each named
+by the ground-truth folder most of its images came from (enrolled collections), else
+``ind-0001``, ``ind-0002``, ... in order of first appearance. An exported image is one that has
+been reviewed or linked; unreviewed, unlinked images are not identified yet and are left out.
+
+``python -m central.exports --config central.yaml --out DIR [--format spotid camtrapdp megadetector]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from central.graph import build
+from central.store import CentralStore
+
+CAMTRAP_COLUMNS = [
+    "observationID", "deploymentID", "mediaID", "eventID", "eventStart", "eventEnd", "observationLevel",
+    "observationType", "cameraSetupType", "scientificName", "count", "lifeStage", "sex", "behavior", "individualID",
+    "individualPositionRadius", "individualPositionAngle", "individualSpeed", "bboxX", "bboxY", "bboxWidth",
+    "bboxHeight", "classificationMethod", "classifiedBy", "classificationTimestamp", "classificationProbability",
+    "observationTags", "observationComments",
+]
+MATCHES_COLUMNS = ["image", "matched_image", "verdict", "cosine", "individual", "decided_at"]
+
+
+@dataclass(frozen=True)
+class IdentifiedImage:
+    """One exported image and the individual it belongs to."""
+
+    sighting_id: str
+    individual: str
+    file_name: str
+
+
+def identified(store: CentralStore) -> list[IdentifiedImage]:
+    """Reviewed or linked images with their individual's export name, in arrival order."""
+    individuals, _ = build(store.decisions())
+    with store.lock:
+        reviewed = {r[0] for r in store.conn.execute("SELECT id FROM sightings WHERE reviewed = 1")}
+    sightings = [s for s in store.sightings() if s.id in reviewed or s.id in individuals.links]
+    roots = [individuals.find(s.id) for s in sightings]
+    hints: dict[str, Counter] = {}
+    for s, root in zip(sightings, roots):
+        hints.setdefault(root, Counter())[s.individual] += s.individual is not None
+    names: dict[str, str] = {}
+    for root in roots:
+        best = hints[root].most_common(1)
+        names.setdefault(root, best[0][0] if best and best[0][1] else f"ind-{len(names) + 1:04d}")
+    return [IdentifiedImage(s.id, names[root], _file_name(s)) for s, root in zip(sightings, roots)]
+
+
+def _file_name(sighting) -> str:
+    base = (sighting.name or sighting.id).replace("/", "__")
+    return re.sub(r"[^A-Za-z0-9._-]", "_", base if base.lower().endswith((".jpg", ".jpeg")) else f"{base}.jpg")
+
+
+def export_spotid(store: CentralStore, out: Path) -> Path:
+    """``out/<individual>/<image>.jpg`` (the crops) and ``out/matches.csv`` (every verdict)."""
+    out = Path(out)
+    images = identified(store)
+    by_id = {i.sighting_id: i for i in images}
+    for image in images:
+        sighting = store.sighting(image.sighting_id)
+        if sighting.crop_jpeg is not None:
+            folder = out / _safe(image.individual)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / image.file_name).write_bytes(sighting.crop_jpeg)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "matches.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MATCHES_COLUMNS)
+        for d in store.decisions():
+            name = lambda i: by_id[i].file_name if i in by_id else i  # noqa: E731
+            individual = by_id[d.anchor_id].individual if d.anchor_id in by_id else ""
+            writer.writerow([name(d.anchor_id), name(d.candidate_id), d.verdict,
+                             "" if d.cosine is None else f"{d.cosine:.4f}", individual, d.at])
+    return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "unnamed"
+
+
+def camtrap_rows(store: CentralStore) -> list[dict]:
+    """Camtrap DP 1.0 observation rows, one per identified image, with ``individualID``."""
+    rows = []
+    for image in identified(store):
+        s = store.sighting(image.sighting_id)
+        x, y, w, h = (s.meta.get("bbox") or ["", "", "", ""])
+        rows.append({**dict.fromkeys(CAMTRAP_COLUMNS, ""),
+                     "observationID": s.id, "deploymentID": s.device, "mediaID": s.meta.get("source") or s.id,
+                     "eventID": s.event_id, "eventStart": s.frame_time, "eventEnd": s.frame_time,
+                     "observationLevel": "media", "observationType": "animal", "scientificName": s.label or "",
+                     "count": 1, "individualID": image.individual, "bboxX": x, "bboxY": y, "bboxWidth": w,
+                     "bboxHeight": h, "classificationMethod": "human", "classifiedBy": "trapedge central review"})
+    return rows
+
+
+def export_camtrapdp(store: CentralStore, out: Path) -> Path:
+    """``out/observations.csv`` in the Camtrap DP 1.0 column order."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    path = Path(out) / "observations.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, CAMTRAP_COLUMNS)
+        writer.writeheader()
+        writer.writerows(camtrap_rows(store))
+    return path
+
+
+def megadetector_batch(store: CentralStore) -> dict:
+    """A MegaDetector batch-output dict (format 1.4): one image per identified crop, its box and individual."""
+    images = []
+    for image in identified(store):
+        s = store.sighting(image.sighting_id)
+        detection = {"category": "1", "conf": round(float(s.meta.get("confidence", 1.0)), 4),
+                     "bbox": [round(float(v), 4) for v in s.meta.get("bbox", [0.0, 0.0, 1.0, 1.0])],
+                     "individual_id": image.individual}
+        images.append({"file": s.name or f"{s.device}/{s.meta.get('source', s.id)}", "detections": [detection]})
+    return {"info": {"format_version": "1.4", "detector": "trapedge edge detector",
+                     "detection_completion_time": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")},
+            "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"}, "images": images}
+
+
+def export_megadetector(store: CentralStore, out: Path) -> Path:
+    """``out/megadetector.json``."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    path = Path(out) / "megadetector.json"
+    path.write_text(json.dumps(megadetector_batch(store), indent=1))
+    return path
+
+
+EXPORTERS = {"spotid": lambda st, out: export_spotid(st, out / "spotid"),
+             "camtrapdp": export_camtrapdp, "megadetector": export_megadetector}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m central.exports", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, required=True, help="central.yaml (its store is read)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--format", nargs="+", choices=sorted(EXPORTERS), default=sorted(EXPORTERS))
+    args = parser.parse_args(argv)
+    from central.config import CentralConfig
+    from edge.config_loader import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, CentralConfig)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    store = CentralStore(config.store.path)
+    for name in args.format:
+        print(f"{name}: {EXPORTERS[name](store, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

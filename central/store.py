@@ -1,0 +1,226 @@
+"""The central SQLite database: messages, rejections, sightings, proposals, review decisions.
+
+Same habits as ``edge.store``: WAL, a schema versioned by ``PRAGMA user_version`` and applied by
+ordered migrations, one connection shared under a lock. A message is stored once per ``id``: a
+redelivered QoS-1 message is recognised and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from central.ingest import Message, Rejected, Sighting
+from edge.store import connect, utc_now
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, device TEXT NOT NULL, topic TEXT NOT NULL,
+        payload TEXT NOT NULL, received_at TEXT NOT NULL
+    );
+    CREATE INDEX messages_kind ON messages (kind, device);
+    CREATE TABLE rejected (
+        seq INTEGER PRIMARY KEY, topic TEXT NOT NULL, message_id TEXT, reason TEXT NOT NULL,
+        payload BLOB NOT NULL, received_at TEXT NOT NULL
+    );
+    CREATE TABLE sightings (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, device TEXT NOT NULL,
+        event_id TEXT NOT NULL, frame_time TEXT NOT NULL, label TEXT, model TEXT NOT NULL,
+        dim INTEGER NOT NULL, vector BLOB NOT NULL, crop BLOB, edge BLOB, name TEXT, individual TEXT,
+        meta TEXT NOT NULL DEFAULT '{}', received_at TEXT NOT NULL, reviewed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX sightings_queue ON sightings (reviewed, seq);
+    CREATE TABLE proposals (
+        anchor_id TEXT NOT NULL, rank INTEGER NOT NULL, candidate_id TEXT NOT NULL, individual TEXT NOT NULL,
+        cosine REAL NOT NULL, confidence REAL NOT NULL, inliers INTEGER, PRIMARY KEY (anchor_id, rank)
+    );
+    CREATE TABLE decisions (
+        seq INTEGER PRIMARY KEY, anchor_id TEXT NOT NULL, candidate_id TEXT NOT NULL,
+        verdict TEXT NOT NULL CHECK (verdict IN ('match', 'no_match')), cosine REAL, at TEXT NOT NULL,
+        UNIQUE (anchor_id, candidate_id)
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+SIGHTING_COLUMNS = "id, device, event_id, frame_time, label, model, vector, crop, name, edge, individual, meta"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A researcher's verdict on one pair of images."""
+
+    anchor_id: str
+    candidate_id: str
+    verdict: str  # "match" or "no_match"
+    cosine: float | None
+    at: str
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration newer than the database's ``user_version``."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"central database schema {version} is newer than this trapedge ({SCHEMA_VERSION})")
+    for number in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[number - 1].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+class CentralStore:
+    """All central state, behind one lock (the MQTT thread and the web server share it)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.conn = connect(self.path)
+        self.lock = threading.RLock()
+        migrate(self.conn)
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    # --- ingest -------------------------------------------------------------------------------
+    def add_message(self, message: Message, sighting: Sighting | None = None) -> bool:
+        """Store a valid message (and its sighting); False when its ``id`` was already stored."""
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = self.conn.execute(
+                    "INSERT OR IGNORE INTO messages (id, kind, device, topic, payload, received_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (message.id, message.kind, message.device, message.topic, _slim(message.payload), utc_now()))
+                new = cursor.rowcount == 1
+                if new and sighting is not None:
+                    self._insert_sighting(sighting)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        return new
+
+    def add_sighting(self, sighting: Sighting) -> bool:
+        """Store an enrolled image's sighting; False when its id is already stored."""
+        with self.lock:
+            return self._insert_sighting(sighting)
+
+    def _insert_sighting(self, s: Sighting) -> bool:
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO sightings (id, device, event_id, frame_time, label, model, dim, vector, crop, "
+            "edge, name, individual, meta, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (s.id, s.device, s.event_id, s.frame_time, s.label, s.model, int(s.vector.size),
+             s.vector.astype(np.float32).tobytes(), s.crop_jpeg, s.edge_jpeg, s.name, s.individual,
+             json.dumps(s.meta), utc_now()))
+        return cursor.rowcount == 1
+
+    def add_rejected(self, rejected: Rejected) -> None:
+        """Log a payload that was refused, with its reason (first 4 KiB of it kept)."""
+        with self.lock:
+            self.conn.execute(
+                "INSERT INTO rejected (topic, message_id, reason, payload, received_at) VALUES (?, ?, ?, ?, ?)",
+                (rejected.topic, rejected.message_id, rejected.reason, rejected.raw[:4096], utc_now()))
+
+    # --- reads --------------------------------------------------------------------------------
+    def count(self, table: str, where: str = "1") -> int:
+        """Rows of one table (tests and the status line)."""
+        with self.lock:
+            return self.conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
+
+    def rejections(self) -> list[tuple[str, str | None, str]]:
+        """(topic, message id, reason) of every rejected payload, oldest first."""
+        with self.lock:
+            return self.conn.execute("SELECT topic, message_id, reason FROM rejected ORDER BY seq").fetchall()
+
+    def sighting(self, sighting_id: str) -> Sighting | None:
+        """One stored sighting, with its crop and edge map."""
+        with self.lock:
+            row = self.conn.execute(f"SELECT {SIGHTING_COLUMNS} FROM sightings WHERE id = ?", (sighting_id,)).fetchone()
+        return None if row is None else _sighting(row)
+
+    def sightings(self) -> list[Sighting]:
+        """Every sighting, in arrival order (images included)."""
+        with self.lock:
+            rows = self.conn.execute(f"SELECT {SIGHTING_COLUMNS} FROM sightings ORDER BY seq").fetchall()
+        return [_sighting(row) for row in rows]
+
+    def vectors(self, model: str) -> tuple[list[str], np.ndarray]:
+        """Ids and (N, D) float32 vectors of one model's sightings, in arrival order."""
+        with self.lock:
+            rows = self.conn.execute("SELECT id, vector FROM sightings WHERE model = ? ORDER BY seq", (model,)).fetchall()
+        if not rows:
+            return [], np.zeros((0, 0), np.float32)
+        return [r[0] for r in rows], np.stack([np.frombuffer(r[1], np.float32) for r in rows])
+
+    def models(self) -> dict[str, int]:
+        """Each embedding model stored, with its vector dimension."""
+        with self.lock:
+            return dict(self.conn.execute("SELECT model, max(dim) FROM sightings GROUP BY model ORDER BY model"))
+
+    # --- proposals and review -----------------------------------------------------------------
+    def set_proposals(self, anchor_id: str, rows: list[tuple[str, str, float, float, int | None]]) -> None:
+        """Replace an anchor's proposals: (candidate image, individual, cosine, confidence, inliers) by rank."""
+        with self.lock:
+            self.conn.execute("DELETE FROM proposals WHERE anchor_id = ?", (anchor_id,))
+            self.conn.executemany(
+                "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(anchor_id, rank, *row) for rank, row in enumerate(rows, 1)])
+
+    def proposals(self, anchor_id: str) -> list[tuple]:
+        """(rank, candidate image, individual, cosine, confidence, inliers) as stored at ingest."""
+        with self.lock:
+            return self.conn.execute(
+                "SELECT rank, candidate_id, individual, cosine, confidence, inliers FROM proposals "
+                "WHERE anchor_id = ? ORDER BY rank", (anchor_id,)).fetchall()
+
+    def decide(self, anchor_id: str, candidate_id: str, verdict: str, cosine: float | None = None) -> None:
+        """Record (or change) the verdict on a pair of images."""
+        with self.lock:
+            self.conn.execute(
+                "INSERT INTO decisions (anchor_id, candidate_id, verdict, cosine, at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (anchor_id, candidate_id) DO UPDATE SET verdict = excluded.verdict, at = excluded.at",
+                (anchor_id, candidate_id, verdict, cosine, utc_now()))
+
+    def decisions(self) -> list[Decision]:
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT anchor_id, candidate_id, verdict, cosine, at FROM decisions ORDER BY seq").fetchall()
+        return [Decision(*row) for row in rows]
+
+    def mark_reviewed(self, anchor_id: str) -> None:
+        """The researcher is done with this anchor; the queue moves on."""
+        with self.lock:
+            self.conn.execute("UPDATE sightings SET reviewed = 1 WHERE id = ?", (anchor_id,))
+
+    def queue(self, limit: int = 50) -> list[str]:
+        """Anchors still to review, oldest first: the first is where the researcher resumes."""
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT id FROM sightings WHERE reviewed = 0 ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [r[0] for r in rows]
+
+
+def _slim(payload: dict) -> str:
+    """The payload as stored in ``messages``: vectors and images live in ``sightings`` only."""
+    slim = {k: v for k, v in payload.items() if k not in ("vector", "crop")}
+    return json.dumps(slim, separators=(",", ":"))
+
+
+def _sighting(row) -> Sighting:
+    sid, device, event_id, frame_time, label, model, vector, crop, name, edge, individual, meta = row
+    return Sighting(id=sid, device=device, event_id=event_id, frame_time=frame_time, label=label, model=model,
+                    vector=np.frombuffer(vector, np.float32), crop_jpeg=crop, name=name, edge_jpeg=edge,
+                    individual=individual, meta=json.loads(meta))

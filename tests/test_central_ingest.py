@@ -1,0 +1,231 @@
+"""central ingest: real device payloads through a real Mosquitto into the central store.
+
+Embeddings are computed from the SpotID leopard crops by the default bundle's embedder.
+"""
+
+import json
+import time
+from contextlib import nullcontext as does_not_raise
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from central.config import BrokerConfig, CentralConfig, ReviewConfig, StoreConfig
+from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
+from central.ingest import Message, Rejected, kind_of, parse, sighting_of
+from central.service import CentralService, Ingestor
+from central.store import CentralStore
+from edge import messages
+from edge.events import Event
+
+PREFIX, DEVICE = "trapedge", "cam-ridge-01"
+
+
+@pytest.fixture(scope="module")
+def leopards(data, bundle_dir):
+    """(individual, path, vector) of every SpotID leopard crop."""
+    images = folder_images(data / "reid" / "leopard_spotid" / "crops")
+    embedder, _ = open_embedder(bundle_dir)
+    vectors = embed_paths(embedder, [i.path for i in images])
+    return [(i.individual, i.path, v) for i, v in zip(images, vectors)]
+
+
+def embedding_message(vector, *, crop: bytes | None = None, device=DEVICE, event="ev-1") -> dict:
+    return messages.embedding_payload(
+        device, event_id=event, source_id="sd", frame_time=datetime(2019, 3, 1, 19, 49, 36), bbox=[0.1, 0.2, 0.3, 0.4],
+        confidence=0.9, label="leopard", label_score=0.8, vector=vector, model="m", model_version="1",
+        crop_jpeg=crop, crop_size=None if crop is None else (128, 64))
+
+
+def event_message() -> dict:
+    event = Event(id="ev-1", source_id="sd", start=datetime(2019, 3, 1, 19, 49), end=datetime(2019, 3, 1, 19, 50),
+                  frames=3, label="leopard", score=0.9, probs={"leopard": 0.9}, counts={"leopard": 1}, closed=True)
+    return messages.event_payload(DEVICE, "north", event, alerted=False)
+
+
+def topic(kind: str, device: str = DEVICE) -> str:
+    return f"{PREFIX}/{device}/{kind}"
+
+
+@pytest.mark.parametrize("topic_, expected", [
+    ("trapedge/cam1/embedding", "embedding"),
+    ("trapedge/cam1/status", "status"),
+    ("trapedge/cam1/frames", None),
+    ("other/cam1/alert", None),
+    ("trapedge/a/b/alert", None),
+    ("trapedge//alert", None),
+])
+def test_kind_of_topic(topic_, expected):
+    assert kind_of(topic_, PREFIX) == expected
+
+
+def _bad(payload: dict, **changes) -> bytes:
+    return json.dumps({**payload, **changes}).encode()
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda v: b"\xff\xfe not utf-8", "not UTF-8"),
+    (lambda v: b'{"id": "x",', "not JSON"),
+    (lambda v: b"[1, 2]", "JSON list"),
+    (lambda v: _bad(embedding_message(v), dim=3), "dim 3"),
+    (lambda v: _bad(embedding_message(v), vector=[0.0] * len(v), dim=len(v)), "all zeros"),
+    (lambda v: _bad(embedding_message(v), id="not-a-uuid"), "embedding schema: id"),
+    (lambda v: _bad(embedding_message(v), vector=[0.5, "0.1", *v[2:].tolist()]), "vector: every item must be a number"),
+    (lambda v: _bad(embedding_message(v), vector=[0.5, True, *v[2:].tolist()]), "vector: every item must be a number"),
+    (lambda v: _bad(embedding_message(v), vector=[]), "embedding schema: vector"),
+    (lambda v: _bad(embedding_message(v), device="cam-other"), "differs from topic device"),
+    (lambda v: _bad(embedding_message(v), bbox=[0, 0, 2, 1]), "embedding schema: bbox"),
+    (lambda v: _bad(embedding_message(v), crop={"format": "jpeg", "bytes": 4, "base64": "AAAA"}),
+     "embedding schema: crop"),
+    (lambda v: _bad(embedding_message(v), crop={"format": "jpeg", "width": 1, "height": 1, "bytes": 3,
+                                                 "base64": "AAAA"}), "crop is not base64 JPEG"),
+])
+def test_invalid_payloads_are_rejected_with_reason(leopards, make, reason):
+    result = parse(topic("embedding"), make(leopards[0][2]), PREFIX)
+    assert isinstance(result, Rejected)
+    assert reason in result.reason
+
+
+def test_valid_embedding_becomes_a_normalised_sighting_with_its_crop(leopards):
+    _, path, vector = leopards[0]
+    crop = jpeg_of(path, max_side=128)
+    result = parse(topic("embedding"), messages.encode(embedding_message(vector * 3.0, crop=crop)), PREFIX)
+    assert isinstance(result, Message), getattr(result, "reason", "")
+    sighting = sighting_of(result)
+    assert sighting.crop_jpeg == crop
+    assert np.linalg.norm(sighting.vector) == pytest.approx(1.0, abs=1e-5)
+    assert float(sighting.vector @ vector) == pytest.approx(1.0, abs=1e-4)  # direction kept (6-decimal wire)
+    assert sighting.model == "m@1"
+
+
+def test_store_keeps_each_message_id_once(tmp_path, leopards):
+    store = CentralStore(tmp_path / "central.db")
+    ingest = Ingestor(store, PREFIX)
+    raw = messages.encode(embedding_message(leopards[0][2]))
+    outcomes = [ingest(topic("embedding"), raw) for _ in range(3)]
+    assert outcomes == ["stored", "duplicate", "duplicate"]
+    assert (store.count("messages"), store.count("sightings")) == (1, 1)
+
+
+def test_store_reopens_at_the_same_schema(tmp_path, leopards):
+    store = CentralStore(tmp_path / "central.db")
+    Ingestor(store, PREFIX)(topic("embedding"), messages.encode(embedding_message(leopards[0][2])))
+    store.close()
+    again = CentralStore(tmp_path / "central.db")
+    assert again.count("sightings") == 1
+    assert again.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def publish(broker, items: list[tuple[str, bytes]]) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-device")
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    for t, raw in items:
+        client.publish(t, raw, qos=1).wait_for_publish(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+def wait_until(condition, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_service_ingests_through_the_broker_and_proposes_matches(mosquitto, tmp_path, leopards):
+    config = CentralConfig(broker=BrokerConfig(host=mosquitto.host, port=mosquitto.port, prefix=PREFIX),
+                           store=StoreConfig(path=tmp_path / "central.db"), review=ReviewConfig(enabled=False))
+    service = CentralService(config)
+    service.start()
+    try:
+        assert service.subscriber.subscribed.wait(10)
+        payloads = [embedding_message(v, event=f"ev-{i}") for i, (_, _, v) in enumerate(leopards[:12])]
+        items = [(topic("embedding"), messages.encode(p)) for p in payloads]
+        items.append((topic("embedding"), items[0][1]))  # a QoS-1 redelivery
+        items += [(topic("event"), messages.encode(event_message())), (topic("alert"), b"{not json"),
+                  (topic("status"), messages.encode(messages.status_payload(DEVICE, "online")))]
+        publish(mosquitto, items)
+        store = service.store
+        # each sighting is matched against what is stored when its turn comes: at least the ones before it
+        last = payloads[-1]["id"]
+        assert wait_until(lambda: len(store.proposals(last)) == 5 and store.count("rejected") == 1)
+        assert all(len(store.proposals(p["id"])) >= min(i, 5) for i, p in enumerate(payloads))
+        assert store.count("messages") == 14 and store.count("sightings") == 12
+        assert [r[2].split(":")[0] for r in store.rejections()] == ["payload is not JSON"]
+        proposals = store.proposals(last)
+        # independent expectation: the 5 most similar other images by brute-force cosine
+        vectors = np.stack([v / np.linalg.norm(v) for _, _, v in leopards[:12]])
+        expected = np.argsort(-(vectors[:-1] @ vectors[-1]))[:5]
+        assert [row[1] for row in store.proposals(last)] == [payloads[i]["id"] for i in expected]
+        cosines = [row[3] for row in proposals]
+        assert cosines == sorted(cosines, reverse=True)
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("yaml_text, expectation", [
+    ("broker:\n  host: 127.0.0.1\n  port: 1883\n", does_not_raise()),
+    ("broker:\n  host: 127.0.0.1\n  prot: 1883\n", pytest.raises(Exception, match=r":3: broker.prot")),
+    ("gallery:\n  backend: faiss\n", pytest.raises(Exception, match=r":2: gallery.backend")),
+])
+def test_central_config_errors_name_line_and_key(tmp_path, yaml_text, expectation):
+    from edge.config_loader import load_config
+
+    path = tmp_path / "central.yaml"
+    path.write_text(yaml_text)
+    with expectation:
+        load_config(path, CentralConfig)
+
+
+def test_cli_validate_config(tmp_path, capsys):
+    from trapedge.cli import main
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "central.example.yaml"
+    assert main(["central", "--config", str(path), "--validate-config"]) == 0
+    assert "config OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("matching:\n  top_k: 0\n")
+    assert main(["central", "--config", str(bad), "--validate-config"]) == 1
+    assert "matching.top_k" in capsys.readouterr().err
+
+
+def test_cli_service_runs_until_sigterm(mosquitto, tmp_path, leopards):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = tmp_path / "central.db"
+    config = tmp_path / "central.yaml"
+    config.write_text(f"broker:\n  host: {mosquitto.host}\n  port: {mosquitto.port}\nstore:\n  path: {db}\n"
+                      "review:\n  port: 0\n")
+    process = subprocess.Popen([sys.executable, "-m", "trapedge.cli", "central", "--config", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def stored() -> int:
+            if not db.exists():
+                return -1
+            with sqlite3.connect(db) as conn:
+                try:
+                    return conn.execute("SELECT count(*) FROM sightings").fetchone()[0]
+                except sqlite3.OperationalError:
+                    return -1
+        assert wait_until(lambda: stored() == 0, 20)
+        body = messages.encode(embedding_message(leopards[0][2]))
+        for _ in range(40):  # until subscribed: the same message again, as a device's retry would
+            publish(mosquitto, [(topic("embedding"), body)])
+            if wait_until(lambda: stored() == 1, 0.5):
+                break
+        assert stored() == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "review UI on http://127.0.0.1:" in output and "stopping" in output

@@ -1,0 +1,179 @@
+"""central matching: individuals graph, calibration, top-k grouping, re-ranking and exports on real crops."""
+
+import csv
+import json
+from collections import Counter
+from contextlib import nullcontext as does_not_raise
+
+import numpy as np
+import pytest
+
+from central import exports
+from central.calibration import DEFAULT, calibrate, fit
+from central.enroll import embed_paths, folder_images, link_known, open_embedder, sightings_of
+from central.gallery import Hit, NumpyGallery
+from central.graph import build
+from central.matching import Matcher, rank_individuals
+from central.rerank import inlier_counts
+from central.review import decide
+from central.store import CentralStore, Decision
+
+
+@pytest.fixture(scope="module")
+def leopard_sightings(data, bundle_dir):
+    root = data / "reid" / "leopard_spotid" / "crops"
+    images = folder_images(root)
+    embedder, model = open_embedder(bundle_dir)
+    return sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, root,
+                        data / "reid" / "leopard_spotid" / "edges")
+
+
+@pytest.fixture
+def store(tmp_path, leopard_sightings):
+    store = CentralStore(tmp_path / "central.db")
+    for s in leopard_sightings:
+        store.add_sighting(s)
+    yield store
+    store.close()
+
+
+def d(a, b, verdict="match", cosine=None):
+    return Decision(a, b, verdict, cosine, "2026-01-01T00:00:00")
+
+
+@pytest.mark.parametrize("decisions, components, conflicts", [
+    ([], [], []),
+    ([d("a", "b"), d("b", "c")], [{"a", "b", "c"}], []),
+    ([d("a", "b"), d("c", "d")], [{"a", "b"}, {"c", "d"}], []),
+    ([d("a", "b"), d("b", "c"), d("a", "c", "no_match")], [{"a", "b", "c"}], [("a", "c", ["a", "b", "c"])]),
+    ([d("a", "c", "no_match"), d("a", "b")], [{"a", "b"}], []),
+])
+def test_components_and_conflicts(decisions, components, conflicts):
+    individuals, found = build(decisions)
+    assert sorted(map(set, individuals.members().values()), key=sorted) == sorted(components, key=sorted)
+    assert [(c.anchor_id, c.candidate_id, c.path) for c in found] == conflicts
+
+
+def test_calibration_fit_recovers_a_known_logistic_curve():
+    rng = np.random.default_rng(0)
+    cosines = rng.uniform(0.3, 1.0, 20000)
+    same = rng.uniform(size=cosines.size) < 1 / (1 + np.exp(-(12 * cosines - 9)))
+    slope, intercept = fit(cosines, same)
+    assert slope == pytest.approx(12, rel=0.1) and intercept == pytest.approx(-9, rel=0.1)
+
+
+@pytest.mark.parametrize("pairs, expect_default", [
+    ([], True),
+    ([(0.9, "match")] * 4 + [(0.5, "no_match")] * 10, True),
+    ([(0.9, "match"), (0.8, "match")] * 3 + [(0.5, "no_match"), (0.85, "no_match")] * 3, False),
+])
+def test_calibration_uses_the_default_until_enough_verdicts(pairs, expect_default):
+    decisions = [d(f"a{i}", f"b{i}", v, c) for i, (c, v) in enumerate(pairs)]
+    calibration = calibrate(decisions, min_pairs=5)
+    assert (calibration == DEFAULT) is expect_default
+    if not expect_default:
+        assert calibration.probability(0.95) > 0.5 > calibration.probability(0.5)
+
+
+def test_default_calibration_is_monotonic_and_documented_midpoint():
+    assert DEFAULT.probability(0.9) == pytest.approx(0.5)
+    p = DEFAULT.probability(np.linspace(0, 1, 11))
+    assert (np.diff(p) > 0).all()
+
+
+@pytest.mark.parametrize("hits, groups, skip, k, expected", [
+    (["a", "b", "c"], {}, set(), 2, [("a", "a"), ("b", "b")]),
+    (["a", "b", "c", "d"], {"b": "a", "c": "a"}, set(), 2, [("a", "a"), ("d", "d")]),
+    (["b", "a", "c"], {"b": "a"}, {"a"}, 5, [("c", "c")]),
+])
+def test_rank_individuals_keeps_the_best_image_per_individual(hits, groups, skip, k, expected):
+    ranked = rank_individuals([Hit(h, 1.0 - i / 10) for i, h in enumerate(hits)], lambda x: groups.get(x, x), skip, k)
+    assert [(ind, hit.id) for ind, hit in ranked] == expected
+
+
+@pytest.mark.parametrize("dim, ids, expectation", [
+    (4, ["a", "b"], does_not_raise()),
+    (4, ["a", "a"], does_not_raise()),
+])
+def test_numpy_gallery_is_exact_and_ignores_known_ids(dim, ids, expectation):
+    gallery = NumpyGallery(dim)
+    vectors = np.eye(dim, dtype=np.float32)[: len(ids)]
+    with expectation:
+        gallery.add(ids, vectors)
+        gallery.add(ids, vectors)
+    assert len(gallery) == len(set(ids))
+    assert gallery.search(np.eye(dim, dtype=np.float32)[0], 1)[0].id == "a"
+
+
+def test_matcher_proposes_distinct_individuals_and_skips_the_anchors_own(store, leopard_sightings):
+    known = [s for s in leopard_sightings if s.individual in ("BHA32_Right", "CUL66_Left")]
+    link_known(store, known)
+    matcher = Matcher(store, top_k=5)
+    anchor = leopard_sightings[3]  # BGL09_right, not linked
+    candidates = matcher.propose(anchor)
+    individuals, _ = build(store.decisions())
+    # independent expectation: brute-force cosine, first image of each component
+    vectors = np.stack([s.vector for s in leopard_sightings])
+    expected, seen = [], set()
+    for i in np.argsort(-(vectors @ anchor.vector), kind="stable"):
+        root = individuals.find(leopard_sightings[i].id)
+        if leopard_sightings[i].id != anchor.id and root not in seen:
+            seen.add(root)
+            expected.append(leopard_sightings[i].id)
+    assert [c.image_id for c in candidates] == expected[:5]
+    # a confirmed anchor's own individual is never proposed again
+    decide(store, anchor.id, candidates[0].image_id, "match")
+    again = matcher.propose(anchor)
+    assert candidates[0].individual not in {c.individual for c in again}
+    assert individuals.find(anchor.id) not in {c.individual for c in again}
+
+
+def test_rerank_counts_more_inliers_for_the_same_leopard(leopard_sightings):
+    by_individual = {}
+    for s in leopard_sightings:
+        by_individual.setdefault(s.individual, []).append(s)
+    anchor, same = by_individual["BRL17_Left"][:2]
+    others = [group[0] for name, group in by_individual.items() if name != "BRL17_Left"]
+    counts = inlier_counts(anchor, [same, *others, None])
+    assert counts[0] > 3 * max(counts[1:-1]) and counts[0] >= 20
+    assert counts[-1] == 0
+
+
+def test_rerank_moves_the_true_individual_up(store, leopard_sightings):
+    plain = Matcher(store, top_k=5)
+    reranked = Matcher(store, top_k=5, reranker=inlier_counts, rerank_depth=10)
+    truth = {s.id: s.individual for s in leopard_sightings}
+    hits = [[truth[c.image_id] == s.individual for c in m.propose(s)][:1] for s in leopard_sightings[:12]
+            for m in (plain, reranked)]
+    plain_top1, rerank_top1 = sum(h[0] for h in hits[0::2]), sum(h[0] for h in hits[1::2])
+    assert rerank_top1 >= 11 and rerank_top1 > plain_top1
+
+
+def test_exports_follow_the_confirmed_individuals(store, leopard_sightings, tmp_path):
+    link_known(store, leopard_sightings)
+    spotid = exports.export_spotid(store, tmp_path / "spotid")
+    counts = Counter(s.individual for s in leopard_sightings)
+    assert {p.name: len(list(p.glob("*.jpg"))) for p in spotid.iterdir() if p.is_dir()} == dict(counts)
+    with (spotid / "matches.csv").open() as handle:
+        matches = list(csv.DictReader(handle))
+    assert len(matches) == len(leopard_sightings) - len(counts)
+    assert {m["verdict"] for m in matches} == {"match"}
+    observations = exports.export_camtrapdp(store, tmp_path / "dp")
+    with observations.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == exports.CAMTRAP_COLUMNS
+    truth = {s.id: s.individual for s in leopard_sightings}
+    assert all(truth[r["observationID"]] == r["individualID"] for r in rows) and len(rows) == 44
+    batch = json.loads(exports.export_megadetector(store, tmp_path / "md").read_text())
+    assert len(batch["images"]) == 44
+    assert {i["detections"][0]["individual_id"] for i in batch["images"]} == set(counts)
+
+
+def test_unconfirmed_individuals_get_numbered_names(tmp_path, leopard_sightings):
+    store = CentralStore(tmp_path / "c.db")
+    for s in leopard_sightings[:3]:
+        store.add_sighting(type(s)(**{**s.__dict__, "individual": None}))
+    decide(store, leopard_sightings[0].id, leopard_sightings[1].id, "match")
+    store.mark_reviewed(leopard_sightings[2].id)
+    names = [i.individual for i in exports.identified(store)]
+    assert names == ["ind-0001", "ind-0001", "ind-0002"]

@@ -1,0 +1,61 @@
+"""The pgvector gallery against a real PostgreSQL started in a temp dir on a free loopback port."""
+
+import numpy as np
+import pytest
+
+from central.enroll import embed_paths, folder_images, open_embedder, sightings_of
+from central.gallery import NumpyGallery
+from central.matching import Matcher
+from central.store import CentralStore
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    from central.postgres import LocalPostgres, PostgresMissing
+
+    try:
+        server = LocalPostgres(tmp_path_factory.mktemp("postgres")).start()
+    except (PostgresMissing, RuntimeError) as exc:
+        pytest.skip(f"PostgreSQL with pgvector cannot start here: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def lions(data, bundle_dir):
+    root = data / "reid" / "lion" / "val"
+    images = folder_images(root)
+    embedder, model = open_embedder(bundle_dir)
+    return sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, root)
+
+
+def test_pgvector_search_agrees_with_exact_numpy(postgres, lions):
+    from central.gallery_pgvector import PgVectorGallery
+
+    vectors = np.stack([s.vector for s in lions])
+    ids = [s.id for s in lions]
+    pg = PgVectorGallery(postgres.dsn, "test_agree", vectors.shape[1])
+    pg.add(ids, vectors)
+    pg.add(ids[:10], vectors[:10])  # already there: ignored
+    exact = NumpyGallery(vectors.shape[1])
+    exact.add(ids, vectors)
+    assert len(pg) == len(lions)
+    for query in vectors[::15]:
+        got, want = pg.search(query, 5), exact.search(query, 5)
+        assert [h.id for h in got] == [h.id for h in want]
+        assert np.allclose([h.cosine for h in got], [h.cosine for h in want], atol=1e-5)
+    assert len(pg.search(vectors[0], 1200)) == len(lions)  # deeper than ef_search: exact scan
+    pg.close()
+
+
+def test_matcher_on_pgvector_proposes_what_numpy_proposes(postgres, lions, tmp_path):
+    from central.gallery_pgvector import pgvector_factory
+
+    store = CentralStore(tmp_path / "central.db")
+    for s in lions:
+        store.add_sighting(s)
+    on_pg = Matcher(store, factory=pgvector_factory(postgres.dsn, "test_matcher"))
+    in_memory = Matcher(store)
+    for anchor in lions[::20]:
+        assert [c.image_id for c in on_pg.propose(anchor)] == [c.image_id for c in in_memory.propose(anchor)]
+    store.close()

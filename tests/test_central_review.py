@@ -1,0 +1,168 @@
+"""The review UI end to end: the real server on loopback, driven by headless Chromium (Playwright).
+
+The gallery is the SpotID leopard crops with their edge maps, embedded by the default bundle.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from central.enroll import embed_paths, folder_images, open_embedder, sightings_of
+from central.matching import Matcher
+from central.store import CentralStore
+from central.web import ReviewServer
+
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def leopard_sightings(data, bundle_dir):
+    root = data / "reid" / "leopard_spotid" / "crops"
+    images = folder_images(root)
+    embedder, model = open_embedder(bundle_dir)
+    return sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, root,
+                        data / "reid" / "leopard_spotid" / "edges")
+
+
+@pytest.fixture
+def store(tmp_path, leopard_sightings):
+    store = CentralStore(tmp_path / "central.db")
+    for s in leopard_sightings:
+        store.add_sighting(s)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def server(store):
+    server = ReviewServer(store, Matcher(store), port=0).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def cosine_order(sightings, anchor_index: int) -> list[str]:
+    """Independent expectation: other images by brute-force cosine, most similar first."""
+    vectors = np.stack([s.vector for s in sightings])
+    scores = vectors @ vectors[anchor_index]
+    scores[anchor_index] = -np.inf
+    return [sightings[i].id for i in np.argsort(-scores, kind="stable")]
+
+
+def candidate_ids(page) -> list[str]:
+    return [page.get_attribute(f"[data-testid=candidate] >> nth={i}", "data-individual")
+            for i in range(page.locator("[data-testid=candidate]").count())]
+
+
+def test_review_flow_confirm_no_match_toggle_zoom_resume_conflict(server, store, browser, leopard_sightings):
+    sightings = leopard_sightings
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("[data-testid=candidate]")
+
+    # the oldest image is the anchor, with the 5 nearest images (all unlinked: 5 individuals)
+    assert page.get_attribute("[data-testid=anchor-name]", "data-id") == sightings[0].id
+    assert candidate_ids(page) == cosine_order(sightings, 0)[:5]
+    assert page.inner_text("[data-testid=queue]") == "44 anchors to review"
+    confidences = page.locator("[data-testid=confidence]").all_inner_texts()
+    assert len(confidences) == 5 and all(c.endswith("%") for c in confidences)
+
+    # edge maps: every image switches to its edge map, and the edge JPEG really loads
+    page.check("[data-testid=toggle-edges]")
+    assert page.get_attribute("[data-testid=anchor-img]", "src").endswith("/edge")
+    page.wait_for_function("document.querySelector('[data-testid=anchor-img]').naturalWidth > 0")
+    page.uncheck("[data-testid=toggle-edges]")
+    assert page.get_attribute("[data-testid=anchor-img]", "src").endswith("/crop")
+
+    # zoom: a candidate image opens full size; the wheel scales it; a click closes it
+    page.locator("[data-testid=candidate] img").first.click()
+    assert page.is_visible("[data-testid=zoom]")
+    page.mouse.wheel(0, -100)
+    page.wait_for_function("document.getElementById('zoom-img').style.transform !== 'scale(1)'")
+    page.click("[data-testid=zoom]")
+    assert not page.is_visible("[data-testid=zoom]")
+
+    # "No match" on the first candidate: stored, and the list refills without it
+    rejected = candidate_ids(page)[0]
+    page.locator("[data-testid=no-match]").first.click()
+    page.wait_for_function(f"!document.querySelector('[data-individual=\"{rejected}\"]')")
+    assert candidate_ids(page) == [i for i in cosine_order(sightings, 0) if i != rejected][:5]
+    assert [(d.candidate_id, d.verdict) for d in store.decisions()] == [(rejected, "no_match")]
+
+    # "Confirm" on the first candidate of the true individual links them and moves on
+    truth = {s.id: s.individual for s in sightings}
+    shown = candidate_ids(page)
+    same = next(i for i, c in enumerate(shown) if truth[c] == sightings[0].individual)
+    page.locator("[data-testid=confirm]").nth(same).click()
+    page.wait_for_function(f"document.querySelector('[data-testid=anchor-name]').dataset.id === '{sightings[1].id}'")
+    assert store.decisions()[-1].verdict == "match" and store.decisions()[-1].candidate_id == shown[same]
+    # the new anchor's candidates never include its own individual; the linked pair now is one candidate
+    assert sightings[1].id not in candidate_ids(page)
+
+    # "Next anchor" skips; a reload and a restarted server resume at the same place
+    page.click("[data-testid=next]")
+    page.wait_for_function(f"document.querySelector('[data-testid=anchor-name]').dataset.id === '{sightings[2].id}'")
+    page.reload()
+    page.wait_for_selector("[data-testid=candidate]")
+    assert page.get_attribute("[data-testid=anchor-name]", "data-id") == sightings[2].id
+    assert page.inner_text("[data-testid=queue]") == "42 anchors to review"  # anchors 0 (confirmed) and 1 (skipped) are done
+
+    # a confirmed link that joins a "no match" pair is shown as a conflict
+    answer = page.request.post(server.url + "api/decision",
+                               data={"anchor": rejected, "candidate": shown[same], "verdict": "match"})
+    assert answer.ok
+    page.reload()
+    page.wait_for_selector("[data-testid=conflict]")
+    text = page.inner_text("[data-testid=conflict]")
+    assert sightings[0].id in text and rejected in text
+    page.close()
+
+
+def test_review_resumes_after_a_server_restart(store, browser, leopard_sightings):
+    first = ReviewServer(store, Matcher(store), port=0).start()
+    page = browser.new_page()
+    page.goto(first.url)
+    page.wait_for_selector("[data-testid=candidate]")
+    page.click("[data-testid=next]")
+    page.wait_for_function(
+        f"document.querySelector('[data-testid=anchor-name]').dataset.id === '{leopard_sightings[1].id}'")
+    first.stop()
+    second = ReviewServer(store, Matcher(store), port=0).start()
+    try:
+        page.goto(second.url)
+        page.wait_for_selector("[data-testid=candidate]")
+        assert page.get_attribute("[data-testid=anchor-name]", "data-id") == leopard_sightings[1].id
+    finally:
+        page.close()
+        second.stop()
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"anchor": "nope", "candidate": "nope2", "verdict": "match"}, 400),
+    ({"verdict": "maybe"}, 400),
+])
+def test_bad_decisions_are_refused(server, browser, body, status):
+    page = browser.new_page()
+    answer = page.request.post(server.url + "api/decision", data=body)
+    assert answer.status == status
+    page.close()
+
+
+def test_missing_edge_map_is_404(server, browser, store):
+    sighting = store.sightings()[0]
+    page = browser.new_page()
+    assert page.request.get(server.url + f"api/image/{sighting.id}/crop").status == 200
+    assert page.request.get(server.url + "api/image/unknown/crop").status == 404
+    page.close()
