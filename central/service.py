@@ -85,7 +85,8 @@ class CentralService:
     def _start_review(self):
         from central.web import ReviewServer
 
-        server = ReviewServer(self.store, self.matcher, self.config.review.host, self.config.review.port)
+        server = ReviewServer(self.store, self.matcher, self.config.review.host, self.config.review.port,
+                              login=self.config.review.login)
         server.start()
         log.info("review UI on http://%s:%d/", self.config.review.host, server.port)
         return server
