@@ -8,7 +8,7 @@ BUNDLE ?= bundles/default
 PINS   := torch==2.13.0 torchvision==0.28.0
 
 RUN    ?= runs/trained
-.PHONY: setup models export train demo test clean
+.PHONY: setup models export train demo test clean docker-jetson
 
 setup: $(VENV)/.installed
 
@@ -45,3 +45,8 @@ test: $(BUNDLE)/manifest.json
 
 clean:
 	rm -rf bundles results .pytest_cache
+
+# the Jetson image (JetPack 6, TensorRT, onnxruntime-gpu): needs Docker with buildx, and an arm64
+# host or QEMU binfmt; IMAGE=... to name it (docker/jetson/README.md)
+docker-jetson:
+	docker buildx build --platform linux/arm64 -f docker/jetson/Dockerfile -t $(or $(IMAGE),trapedge:jetson) --load .

@@ -13,7 +13,8 @@ from edge.messages import check_prefix
 class BrokerConfig(BaseModel):
     """The broker the devices publish to."""
 
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: an error would otherwise print the input, password included
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     host: str = Field("localhost", min_length=1, title="Broker host name or address")
     port: int = Field(1883, ge=1, le=65535, title="Broker port")
     prefix: str = Field("trapedge", title="Topic prefix: the service subscribes to <prefix>/+/<kind>")
@@ -55,13 +56,26 @@ class MatchingConfig(BaseModel):
     rerank_depth: int = Field(10, ge=1, le=100, title="How many cosine candidates the re-ranking sees")
 
 
+class ReviewLogin(BaseModel):
+    """Who may use the review UI. Make the hash with ``python -m central.web --hash-password``."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    username: str = Field(..., min_length=1, title="Reviewer user name")
+    password_hash_file: Path = Field(..., title="File holding the PBKDF2 hash of the reviewer's password")
+    session_key_file: Path | None = Field(
+        None, title="File of at least 32 random bytes that signs session cookies (unset: a new key per start)")
+    session_hours: float = Field(12.0, gt=0, le=24 * 30, title="Hours a login lasts")
+    secure_cookie: bool = Field(False, title="Mark the session cookie Secure (set when served over HTTPS)")
+
+
 class ReviewConfig(BaseModel):
-    """The review web UI."""
+    """The review web UI; without ``login`` it serves only a page saying that login is not set up."""
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = Field(True, title="Serve the review UI")
     host: str = Field("127.0.0.1", title="Address to listen on")
     port: int = Field(8080, ge=0, le=65535, title="Port (0: any free port)")
+    login: ReviewLogin | None = Field(None, title="Reviewer credentials (required to use the UI)")
 
 
 class CentralConfig(BaseModel):

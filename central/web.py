@@ -2,36 +2,200 @@
 
 Plain HTML and JavaScript from ``central/static`` (no build step). Routes:
 
+* ``GET /login``, ``POST /login`` (form: username, password, csrf), ``POST /logout``;
 * ``GET /`` the page; ``GET /api/anchor[?id=]`` the anchor and its candidates;
 * ``GET /api/image/{id}/{crop|edge}`` a stored JPEG;
 * ``POST /api/decision`` ``{anchor, candidate, verdict}``; ``POST /api/next`` ``{anchor}``;
 * ``GET /api/conflicts``.
+
+Access. Every route but the login needs a session: a cookie signed with HMAC-SHA256 (HttpOnly,
+SameSite=Strict, expiring) that the login sets after checking the password against a PBKDF2
+hash (``python -m central.web --hash-password`` makes one). Without a session a page redirects
+to the login and the API answers 401. Every POST also needs the session's CSRF token (an HMAC
+of the session's nonce) in the ``X-CSRF-Token`` header, or a wrong one gets 403; the page
+receives it in ``<meta name="csrf-token">``. The login form carries a token bound to a
+short-lived pre-login cookie, so a foreign site cannot log a browser in either. Sessions are
+not stored: logging out deletes the cookie; changing the session key ends every session.
+Without login settings the server answers every request with 503 (it fails closed).
 """
 
 from __future__ import annotations
 
+import argparse
+import base64
+import getpass
+import hashlib
+import hmac
+import html
+import json
+import logging
+import secrets
 import socket
+import sys
 import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from central import review
+from central.config import ReviewLogin
 from central.matching import Matcher
 from central.store import CentralStore
 
+log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
+SESSION_COOKIE, LOGIN_COOKIE, CSRF_HEADER = "trapedge_session", "trapedge_login", "X-CSRF-Token"
+PBKDF2_ITERATIONS = 600_000  # OWASP's figure for PBKDF2-HMAC-SHA256
+LOGIN_FORM_S = 600  # how long a login form stays valid
+PAGE_HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "frame-ancestors 'none'", "Referrer-Policy": "same-origin"}
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-def create_app(store: CentralStore, matcher: Matcher) -> Starlette:
-    """The review application over one store and matcher."""
+# --- passwords ---------------------------------------------------------------------------------
 
-    async def index(request: Request) -> Response:
-        return FileResponse(STATIC / "review.html")
+
+def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS, salt: bytes | None = None) -> str:
+    """``pbkdf2_sha256$<iterations>$<salt>$<hash>`` (base64), the format ``password_hash_file`` holds."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return f"pbkdf2_sha256${iterations}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Whether ``password`` matches a ``hash_password`` string (constant-time comparison)."""
+    try:
+        scheme, iterations, salt, digest = encoded.split("$")
+        if scheme != "pbkdf2_sha256":
+            return False
+        computed = hashlib.pbkdf2_hmac("sha256", password.encode(), _unb64(salt), int(iterations))
+    except ValueError:
+        return False
+    return hmac.compare_digest(computed, _unb64(digest))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# --- sessions and CSRF tokens ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Session:
+    """A logged-in reviewer, as the signed cookie says."""
+
+    user: str
+    nonce: str
+    expires: float
+
+
+class Signer:
+    """HMAC-SHA256 signatures of small JSON values, and the tokens derived from them."""
+
+    def __init__(self, key: bytes):
+        if len(key) < 32:
+            raise ValueError("the session key needs at least 32 bytes")
+        self.key = key
+
+    def token(self, purpose: str, nonce: str) -> str:
+        """A token bound to ``nonce`` for one ``purpose`` (``csrf``, ``login``)."""
+        return _b64(hmac.new(self.key, f"{purpose}:{nonce}".encode(), hashlib.sha256).digest())
+
+    def check(self, purpose: str, nonce: str, token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(self.token(purpose, nonce), token)
+
+    def dumps(self, value: dict) -> str:
+        body = _b64(json.dumps(value, separators=(",", ":")).encode())
+        return f"{body}.{self.token('cookie', body)}"
+
+    def loads(self, text: str | None) -> dict | None:
+        """The signed value, or None when missing, forged or malformed."""
+        body, _, signature = (text or "").partition(".")
+        if not body or not self.check("cookie", body, signature):
+            return None
+        try:
+            value = json.loads(_unb64(body))
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+
+@dataclass
+class Auth:
+    """The login settings resolved: the reviewer, the password hash, the cookie signer."""
+
+    username: str
+    password_hash: str
+    signer: Signer
+    session_s: float = 12 * 3600.0
+    secure_cookie: bool = False
+
+    @classmethod
+    def from_config(cls, login: ReviewLogin) -> Auth:
+        """Read the hash and key files; errors name the file, never its content."""
+        password_hash = _read_secret(login.password_hash_file).decode("utf-8", "replace").strip()
+        if not password_hash.startswith("pbkdf2_sha256$"):
+            raise ValueError(f"review.login.password_hash_file {login.password_hash_file}: not a "
+                             "pbkdf2_sha256 hash (make one with python -m central.web --hash-password)")
+        key = secrets.token_bytes(32) if login.session_key_file is None else _read_secret(login.session_key_file)
+        return cls(login.username, password_hash, Signer(key), login.session_hours * 3600, login.secure_cookie)
+
+    def check_password(self, username: str, password: str) -> bool:
+        right_password = verify_password(password, self.password_hash)  # always hashed: no timing oracle
+        return hmac.compare_digest(username.encode(), self.username.encode()) and right_password
+
+    def new_session(self) -> str:
+        return self.signer.dumps({"u": self.username, "n": secrets.token_urlsafe(16),
+                                  "e": time.time() + self.session_s})
+
+    def session(self, request: Request) -> Session | None:
+        value = self.signer.loads(request.cookies.get(SESSION_COOKIE))
+        if value is None or value.get("u") != self.username or not float(value.get("e", 0)) > time.time():
+            return None
+        return Session(value["u"], str(value["n"]), float(value["e"]))
+
+    def csrf_token(self, session: Session) -> str:
+        return self.signer.token("csrf", session.nonce)
+
+
+def _read_secret(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"review.login: cannot read {path}: {err.strerror}") from None
+
+
+# --- the application ---------------------------------------------------------------------------
+
+
+def create_app(store: CentralStore, matcher: Matcher, auth: Auth | None) -> Starlette:
+    """The review application over one store and matcher; ``auth`` None refuses every request."""
+    if auth is None:
+        return Starlette(routes=[Route("/{path:path}", _not_configured, methods=["GET", "POST"])])
+    guard = _Guard(auth)
+    routes = [Route("/login", guard.login_page), Route("/login", guard.login, methods=["POST"]),
+              Route("/logout", guard(_logout, post=True), methods=["POST"]),
+              Route("/", guard(_index))]
+    routes += [Route(path, guard(handler, post=post), methods=["POST"] if post else ["GET"])
+               for path, handler, post in _api_routes(store, matcher)]
+    return Starlette(routes=routes)
+
+
+def _api_routes(store: CentralStore, matcher: Matcher) -> list[tuple[str, Handler, bool]]:
+    """(path, handler, state-changing) of the review API."""
 
     async def anchor(request: Request) -> Response:
         return JSONResponse(review.anchor_view(store, matcher, request.query_params.get("id")))
@@ -42,7 +206,7 @@ def create_app(store: CentralStore, matcher: Matcher) -> Starlette:
         data = None if sighting is None else {"crop": sighting.crop_jpeg, "edge": sighting.edge_jpeg}.get(kind)
         if data is None:
             return JSONResponse({"error": f"no {kind} image for this id"}, status_code=404)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     async def decision(request: Request) -> Response:
         body = await _json(request)
@@ -62,11 +226,90 @@ def create_app(store: CentralStore, matcher: Matcher) -> Starlette:
     async def conflicts(request: Request) -> Response:
         return JSONResponse(review.conflicts_view(store))
 
-    return Starlette(routes=[
-        Route("/", index), Route("/api/anchor", anchor), Route("/api/image/{id}/{kind}", image),
-        Route("/api/decision", decision, methods=["POST"]), Route("/api/next", next_anchor, methods=["POST"]),
-        Route("/api/conflicts", conflicts),
-    ])
+    return [("/api/anchor", anchor, False), ("/api/image/{id}/{kind}", image, False),
+            ("/api/decision", decision, True), ("/api/next", next_anchor, True),
+            ("/api/conflicts", conflicts, False)]
+
+
+class _Guard:
+    """Wraps handlers in the session and CSRF checks; serves the login itself."""
+
+    def __init__(self, auth: Auth):
+        self.auth = auth
+
+    def __call__(self, handler: Handler, *, post: bool = False) -> Handler:
+        async def guarded(request: Request) -> Response:
+            session = self.auth.session(request)
+            if session is None:
+                if request.url.path.startswith("/api/") or post:
+                    return JSONResponse({"error": "login required"}, status_code=401)
+                return RedirectResponse("/login", status_code=303)
+            if post and not hmac.compare_digest(self.auth.csrf_token(session),
+                                                request.headers.get(CSRF_HEADER, "")):
+                return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
+            request.state.session, request.state.csrf = session, self.auth.csrf_token(session)
+            return await handler(request)
+
+        return guarded
+
+    async def login_page(self, request: Request, error: str = "", status: int = 200) -> Response:
+        nonce = secrets.token_urlsafe(16)
+        page = _login_html(self.auth.signer.token("login", nonce), error)
+        response = HTMLResponse(page, status_code=status, headers=PAGE_HEADERS)
+        response.set_cookie(LOGIN_COOKIE, self.auth.signer.dumps({"n": nonce, "e": time.time() + LOGIN_FORM_S}),
+                            max_age=LOGIN_FORM_S, path="/login", httponly=True, samesite="strict",
+                            secure=self.auth.secure_cookie)
+        return response
+
+    async def login(self, request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        pending = self.auth.signer.loads(request.cookies.get(LOGIN_COOKIE)) or {}
+        if not (float(pending.get("e", 0)) > time.time()
+                and self.auth.signer.check("login", str(pending.get("n")), form.get("csrf"))):
+            return await self.login_page(request, "The form expired; please try again.", 403)
+        if not self.auth.check_password(form.get("username", ""), form.get("password", "")):
+            client = request.client.host if request.client else "?"
+            log.warning("review login refused for user %r from %s", form.get("username", "")[:64], client)
+            return await self.login_page(request, "Wrong user name or password.", 401)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(SESSION_COOKIE, self.auth.new_session(), max_age=int(self.auth.session_s), path="/",
+                            httponly=True, samesite="strict", secure=self.auth.secure_cookie)
+        response.delete_cookie(LOGIN_COOKIE, path="/login")
+        return response
+
+
+async def _index(request: Request) -> Response:
+    page = (STATIC / "review.html").read_text(encoding="utf-8")
+    return HTMLResponse(page.replace("{{csrf_token}}", request.state.csrf), headers=PAGE_HEADERS)
+
+
+async def _logout(request: Request) -> Response:
+    response = JSONResponse({"ok": True})
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def _not_configured(request: Request) -> Response:
+    return JSONResponse({"error": "review login is not configured: set review.login in central.yaml"},
+                        status_code=503)
+
+
+def _login_html(token: str, error: str) -> str:
+    message = f'<p data-testid="login-error" class="error">{html.escape(error)}</p>' if error else ""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>trapedge review: log in</title>
+<style>body {{ font-family: system-ui, sans-serif; background: #1d1f21; color: #eee; display: grid;
+place-items: center; height: 100vh; margin: 0; }} form {{ display: grid; gap: .5em; }}
+.error {{ color: #f77; }}</style></head>
+<body><form method="post" action="/login" data-testid="login-form">
+<strong>trapedge re-ID review</strong>{message}
+<input type="hidden" name="csrf" value="{html.escape(token)}">
+<label>User <input name="username" data-testid="username" autocomplete="username" required></label>
+<label>Password <input name="password" type="password" data-testid="password"
+ autocomplete="current-password" required></label>
+<button type="submit" data-testid="login">Log in</button>
+</form></body></html>
+"""
 
 
 async def _json(request: Request) -> dict:
@@ -80,12 +323,16 @@ async def _json(request: Request) -> dict:
 class ReviewServer:
     """uvicorn on ``host:port`` (port 0: a free one, see ``.port``) in a background thread."""
 
-    def __init__(self, store: CentralStore, matcher: Matcher, host: str = "127.0.0.1", port: int = 8080):
+    def __init__(self, store: CentralStore, matcher: Matcher, host: str = "127.0.0.1", port: int = 8080,
+                 login: ReviewLogin | Auth | None = None):
+        auth = Auth.from_config(login) if isinstance(login, ReviewLogin) else login
+        if auth is None:
+            log.warning("review.login is not configured: the review UI refuses every request (503)")
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, port))
         self.host, self.port = host, self.socket.getsockname()[1]
-        config = uvicorn.Config(create_app(store, matcher), log_level="warning", lifespan="off")
+        config = uvicorn.Config(create_app(store, matcher, auth), log_level="warning", lifespan="off")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
                                        name="central-review", daemon=True)
@@ -108,3 +355,28 @@ class ReviewServer:
         self.server.should_exit = True
         self.thread.join(10)
         self.socket.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m central.web --hash-password``: print a hash for ``review.login.password_hash_file``."""
+    parser = argparse.ArgumentParser(prog="python -m central.web", description=main.__doc__)
+    parser.add_argument("--hash-password", action="store_true", required=True,
+                        help="read a password (prompted twice on a terminal, else one line of stdin)")
+    parser.add_argument("--iterations", type=int, default=PBKDF2_ITERATIONS, help="PBKDF2 iterations")
+    args = parser.parse_args(argv)
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 8:
+        print("use a password of at least 8 characters", file=sys.stderr)
+        return 1
+    print(hash_password(password, args.iterations))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

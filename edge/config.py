@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.capture import folder, opencv, picamera2
 from edge.events import BurstConfig
 from edge.gate import MotionGateConfig
+from edge.health import DiskConfig
 from edge.mqtt import MqttConfig
 from edge.pipeline import DetectionConfig, PreprocessConfig, PrivacyConfig
 from edge.recorder import AlertConfig
@@ -45,6 +46,7 @@ class EdgeConfig(BaseModel):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    disk: DiskConfig = Field(default_factory=DiskConfig, title="Disk-full policy for the store's filesystem")
     mqtt: MqttConfig | None = Field(None, title="Broker; without it messages wait in the outbox")
     status_interval_s: float = Field(60, gt=0, title="Seconds between status messages")
     retention_interval_s: float = Field(3600, gt=0, title="Seconds between retention passes")

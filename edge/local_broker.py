@@ -3,6 +3,12 @@
 ``Mosquitto(workdir).start()`` writes a config into ``workdir`` and runs Debian's
 ``/usr/sbin/mosquitto``; ``stop()`` / ``start()`` restart it on the same port, ``kill()``
 ends it abruptly, ``pause()`` / ``resume()`` freeze it (its socket stays open, no PUBACKs).
+
+Secured like a field broker: ``tls=BrokerTls(ca, cert, key)`` makes the listener TLS-only and
+requires a client certificate signed by ``ca`` (``require_certificate true``); ``users`` adds
+password authentication on top (the certificate proves a provisioned device, the user name and
+password say which one; ``use_identity_as_username`` is off, so the password is checked);
+``acl`` confines each user to its topics, e.g. ``acl_for_devices("trapedge", readers=["central"])``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 BINARY = Path(os.environ.get("TRAPEDGE_MOSQUITTO", "/usr/sbin/mosquitto"))
@@ -39,6 +46,24 @@ def port_open(port: int) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's TLS files (PEM); clients must present a certificate signed by ``ca``."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def acl_for_devices(prefix: str, readers: list[str] = ()) -> str:
+    """An ACL where each device writes only under ``<prefix>/<its user name>/`` and reads nothing,
+    and each of ``readers`` (e.g. the central service) reads everything under ``<prefix>/``."""
+    lines = [f"pattern write {prefix}/%u/#"]
+    for reader in readers:
+        lines += [f"user {reader}", f"topic read {prefix}/#"]
+    return "\n".join(lines) + "\n"
+
+
 class Mosquitto:
     """One broker process; anonymous unless ``users`` (name → password) are given.
 
@@ -47,12 +72,17 @@ class Mosquitto:
         users: accounts for a password file; anonymous access is then refused.
         persistence: keep sessions (subscriptions and queued messages of ``clean_session=False``
             clients) and retained messages across a restart.
+        tls: serve TLS only, with a required client certificate (see the module docstring).
+        acl: the text of a Mosquitto ACL file (``user``/``topic``/``pattern`` lines); without
+            one every client may use every topic.
     """
 
-    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None, persistence: bool = False):
+    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None, persistence: bool = False,
+                 tls: BrokerTls | None = None, acl: str | None = None):
         if not BINARY.is_file():
             raise BrokerMissing(f"{BINARY} not found: install Debian's mosquitto package (apt-get install mosquitto)")
         self.workdir, self.users, self.persistence = Path(workdir), users or {}, persistence
+        self.tls, self.acl = tls, acl
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.host, self.port = HOST, free_port()
         self.log = self.workdir / "mosquitto.log"
@@ -68,6 +98,13 @@ class Mosquitto:
             lines += ["allow_anonymous false", f"password_file {self._write_passwords()}"]
         else:
             lines.append("allow_anonymous true")
+        if self.tls is not None:
+            lines += [f"cafile {self.tls.ca}", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}",
+                      "require_certificate true", "use_identity_as_username false", "tls_version tlsv1.2"]
+        if self.acl is not None:
+            acl = self.workdir / "acl"
+            acl.write_text(self.acl)
+            lines.append(f"acl_file {acl}")
         if os.geteuid() == 0:
             lines.append("user root")  # otherwise it drops to 'mosquitto', who cannot read workdir
         config = self.workdir / "mosquitto.conf"

@@ -58,7 +58,8 @@ class MqttTls(BaseModel):
 class MqttConfig(BaseModel):
     """Where and how the appliance publishes."""
 
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a model-level error would otherwise print the input dict, password included
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
     enabled: bool = Field(True, title="Publish to the broker (messages wait in the outbox when off)")
     host: str = Field("localhost", min_length=1, title="Broker host name or address")
     port: int = Field(1883, ge=1, le=65535, title="Broker port")

@@ -12,16 +12,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from edge import systemd
+from edge.bundles import self_rollback, smoke_images, store_frames
 from edge.capture import create_source
 from edge.capture.frame import Frame
 from edge.config import EdgeConfig
 from edge.gate import MotionGate
+from edge.health import THERMAL_ROOT, DiskGuard, temperature_c
 from edge.mqtt import Publisher
 from edge.pipeline import Analyzer
 from edge.recorder import Identity, Recorder
 from edge.runtime.backends import config_class
-from edge.runtime.bundle import Bundle, load_bundle
+from edge.runtime.bundle import Bundle, BundleError, load_bundle
 from edge.runtime.models import Classifier, Detector, Embedder
 from edge.store import Store
 
@@ -50,18 +54,57 @@ class Service:
         self.counters = Counters()
         self.bundle: Bundle | None = None
         self.publisher: Publisher | None = None
+        self.bundle_rollback: dict | None = None
+        self.thermal_root = THERMAL_ROOT
 
     # --- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
         """Open the store, load the models, open the sources, connect the broker."""
         self.store = Store(self.config.store.path)
-        self.bundle = load_bundle(self.config.bundle.path)
-        self.analyzer = self._build_analyzer()
+        self.disk = DiskGuard(self.config.store.path, self.config.disk)
+        self.disk.check()
+        self._load_models()
         self.recorder = self._build_recorder()
         self.sources = [create_source(cfg, self.store.is_done) for cfg in self.config.sources]
         self.publisher = self._build_publisher()
         log.info("trapedge %s: bundle %s, %d source(s), broker %s", self.config.device_id,
                  self.bundle.manifest.version, len(self.sources), "on" if self.publisher else "off (outbox only)")
+
+    def _load_models(self) -> None:
+        """Load the bundle and build the models; if that fails and ``bundle.path`` is a
+        ``current`` link with a ``previous`` one that loads, switch back to it and go on."""
+        path = self.config.bundle.path
+        try:
+            self._try_bundle(path)
+            return
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            rolled = self._roll_back(path, reason)
+            if rolled is None:
+                raise
+        log.error("bundle %s failed (%s): rolled back to %s", rolled[0], reason, rolled[1])
+        self.bundle_rollback = {"bad": rolled[0], "now": rolled[1], "reason": reason[:300]}
+        self._try_bundle(path)
+
+    @staticmethod
+    def _roll_back(path, reason: str) -> tuple[str, str] | None:
+        try:
+            return self_rollback(path)
+        except (BundleError, OSError) as exc:
+            log.error("bundle at %s failed (%s); cannot roll back to previous: %s", path, reason, exc)
+            return None
+
+    def _try_bundle(self, path) -> None:
+        """Load, build and run the detector once (a recorded frame, else a gray one)."""
+        self.bundle = load_bundle(path)
+        self.analyzer = self._build_analyzer()
+        detector = self.analyzer.detector
+        images = smoke_images(store_frames(self.config.store.path), count=1)
+        h, w = detector.spec.input.size
+        image = images[0] if images else np.full((h, w, 3), 114, np.uint8)
+        raw, _ = detector.raw_batch([image])
+        if not np.all(np.isfinite(raw)):
+            raise BundleError(f"bundle {path}: the detector's output is not finite")
 
     def _build_analyzer(self) -> Analyzer:
         cfg = self.config.bundle
@@ -99,7 +142,8 @@ class Service:
         return {"uptime_s": round(time.monotonic() - c.started, 1), "frames": c.frames, "failures": c.failures,
                 "gated": c.gated, "detections": c.detections, "alerts": c.alerts,
                 "queue_depth": len(self.store.outbox), "bundle_version": self.bundle.manifest.version,
-                "last_error": c.last_error}
+                "last_error": c.last_error, **self.disk.figures(), "temperature_c": temperature_c(self.thermal_root),
+                "bundle_rollback": self.bundle_rollback}
 
     def process(self, frame: Frame) -> None:
         """One frame, start to finish."""
@@ -120,7 +164,12 @@ class Service:
             self.publisher.kick()
 
     def poll_once(self) -> int:
-        """Process every frame the sources have now; returns how many."""
+        """Process every frame the sources have now; returns how many. Takes none while the
+        store's disk is full (the sources keep them for later)."""
+        if self.disk.check() and self.publisher:
+            self.publisher.publish_status()
+        if not self.disk.accepting:
+            return 0
         count = 0
         for source in self.sources:
             for frame in source.poll():

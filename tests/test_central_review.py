@@ -1,6 +1,7 @@
 """The review UI end to end: the real server on loopback, driven by headless Chromium (Playwright).
 
 The gallery is the SpotID leopard crops with their edge maps, embedded by the default bundle.
+Every page logs in first (login and CSRF refusals are tested in tests/test_security.py).
 """
 
 import shutil
@@ -9,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from central.config import ReviewLogin
 from central.enroll import embed_paths, folder_images, open_embedder, sightings_of
 from central.matching import Matcher
 from central.store import CentralStore
-from central.web import ReviewServer
+from central.web import CSRF_HEADER, ReviewServer, hash_password
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
+USER, PASSWORD = "reviewer", "leopard-spots-42"
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +39,18 @@ def store(tmp_path, leopard_sightings):
 
 
 @pytest.fixture
-def server(store):
-    server = ReviewServer(store, Matcher(store), port=0).start()
+def login(tmp_path) -> ReviewLogin:
+    """Reviewer credentials (few PBKDF2 iterations: the hash format carries its own count)."""
+    hashed = tmp_path / "review-password.hash"
+    hashed.write_text(hash_password(PASSWORD, iterations=1000) + "\n")
+    key = tmp_path / "session.key"
+    key.write_bytes(bytes(range(32)))  # a fixed key: sessions survive a server restart
+    return ReviewLogin(username=USER, password_hash_file=hashed, session_key_file=key)
+
+
+@pytest.fixture
+def server(store, login):
+    server = ReviewServer(store, Matcher(store), port=0, login=login).start()
     yield server
     server.stop()
 
@@ -51,6 +64,23 @@ def browser():
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         yield browser
         browser.close()
+
+
+def logged_in_page(browser, server):
+    """A new page, logged in through the login form, showing the review page."""
+    page = browser.new_page()
+    page.goto(server.url)
+    page.wait_for_selector("[data-testid=login-form]")  # redirected to the login
+    page.fill("[data-testid=username]", USER)
+    page.fill("[data-testid=password]", PASSWORD)
+    page.click("[data-testid=login]")
+    page.wait_for_selector("[data-testid=candidate]")
+    return page
+
+
+def csrf(page) -> dict[str, str]:
+    """The header a POST outside the page's own script needs."""
+    return {CSRF_HEADER: page.get_attribute("meta[name=csrf-token]", "content")}
 
 
 def cosine_order(sightings, anchor_index: int) -> list[str]:
@@ -68,9 +98,7 @@ def candidate_ids(page) -> list[str]:
 
 def test_review_flow_confirm_no_match_toggle_zoom_resume_conflict(server, store, browser, leopard_sightings):
     sightings = leopard_sightings
-    page = browser.new_page()
-    page.goto(server.url)
-    page.wait_for_selector("[data-testid=candidate]")
+    page = logged_in_page(browser, server)
 
     # the oldest image is the anchor, with the 5 nearest images (all unlinked: 5 individuals)
     assert page.get_attribute("[data-testid=anchor-name]", "data-id") == sightings[0].id
@@ -121,7 +149,8 @@ def test_review_flow_confirm_no_match_toggle_zoom_resume_conflict(server, store,
 
     # a confirmed link that joins a "no match" pair is shown as a conflict
     answer = page.request.post(server.url + "api/decision",
-                               data={"anchor": rejected, "candidate": shown[same], "verdict": "match"})
+                               data={"anchor": rejected, "candidate": shown[same], "verdict": "match"},
+                               headers=csrf(page))
     assert answer.ok
     page.reload()
     page.wait_for_selector("[data-testid=conflict]")
@@ -130,16 +159,14 @@ def test_review_flow_confirm_no_match_toggle_zoom_resume_conflict(server, store,
     page.close()
 
 
-def test_review_resumes_after_a_server_restart(store, browser, leopard_sightings):
-    first = ReviewServer(store, Matcher(store), port=0).start()
-    page = browser.new_page()
-    page.goto(first.url)
-    page.wait_for_selector("[data-testid=candidate]")
+def test_review_resumes_after_a_server_restart(store, browser, leopard_sightings, login):
+    first = ReviewServer(store, Matcher(store), port=0, login=login).start()
+    page = logged_in_page(browser, first)
     page.click("[data-testid=next]")
     page.wait_for_function(
         f"document.querySelector('[data-testid=anchor-name]').dataset.id === '{leopard_sightings[1].id}'")
     first.stop()
-    second = ReviewServer(store, Matcher(store), port=0).start()
+    second = ReviewServer(store, Matcher(store), port=0, login=login).start()
     try:
         page.goto(second.url)
         page.wait_for_selector("[data-testid=candidate]")
@@ -154,15 +181,15 @@ def test_review_resumes_after_a_server_restart(store, browser, leopard_sightings
     ({"verdict": "maybe"}, 400),
 ])
 def test_bad_decisions_are_refused(server, browser, body, status):
-    page = browser.new_page()
-    answer = page.request.post(server.url + "api/decision", data=body)
+    page = logged_in_page(browser, server)
+    answer = page.request.post(server.url + "api/decision", data=body, headers=csrf(page))
     assert answer.status == status
     page.close()
 
 
 def test_missing_edge_map_is_404(server, browser, store):
     sighting = store.sightings()[0]
-    page = browser.new_page()
+    page = logged_in_page(browser, server)
     assert page.request.get(server.url + f"api/image/{sighting.id}/crop").status == 200
     assert page.request.get(server.url + "api/image/unknown/crop").status == 404
     page.close()

@@ -100,6 +100,14 @@ def db_rows(db: Path, sql: str) -> list[tuple]:
         conn.close()
 
 
+def frame_count(db: Path) -> int:
+    """Frames recorded so far; -1 while the service has not created its database and tables yet."""
+    try:
+        return db_rows(db, "SELECT COUNT(*) FROM frames")[0][0] if db.exists() else -1
+    except sqlite3.OperationalError:  # the file exists before the schema migration has run
+        return -1
+
+
 def drop(data: Path, folder: Path, rel: str, name: str | None = None) -> Path:
     target = folder / (name or rel.replace("/", "__"))
     shutil.copy(data / "frames" / rel, target.with_suffix(".part"))
@@ -166,7 +174,7 @@ def test_broker_outage_loses_and_duplicates_nothing(tmp_path, data, bundle_dir, 
         half = len(frames) // 2
         for i, rel in enumerate(frames[:half]):
             drop(data, tmp_path / "incoming", rel, f"a{i:02d}.jpg")
-        wait_for(lambda: db.exists() and db_rows(db, "SELECT COUNT(*) FROM frames")[0][0] == half, 120, "first half")
+        wait_for(lambda: frame_count(db) == half, 120, "first half")
         broker.stop()
         for i, rel in enumerate(frames[half:]):
             drop(data, tmp_path / "incoming", rel, f"b{i:02d}.jpg")
@@ -201,7 +209,7 @@ def test_kill_9_resumes_without_loss_or_repeat(tmp_path, data, bundle_dir, mosqu
     for _ in range(3):
         process = start_service(config, log)
         target = min(len(frames), (kills + 1) * len(frames) // 4)
-        wait_for(lambda: db.exists() and db_rows(db, "SELECT COUNT(*) FROM frames")[0][0] >= target, 120, "progress")
+        wait_for(lambda: frame_count(db) >= target, 120, "progress")
         process.kill()
         process.wait(10)
         kills += 1

@@ -19,6 +19,7 @@ COMMANDS = {
     "export": ("export.cli", "build a model bundle: ONNX fp32 + INT8 with accuracy gates"),
     "export-tensorrt": ("export.tensorrt", "build TensorRT FP16/INT8 engines from a bundle (Jetson)"),
     "central": ("central.cli", "run the central matching service (ingest, match, review UI)"),
+    "bundle": ("edge.cli_bundle", "install, list or roll back model bundles (atomic switch, smoke check)"),
 }
 
 
