@@ -27,11 +27,14 @@ from edge.thumbnails import thumbnail_jpeg
 
 
 class AlertConfig(BaseModel):
-    """Alert thumbnails."""
+    """Pictures that leave the device: alert thumbnails and, optionally, each embedding's crop."""
 
     model_config = ConfigDict(extra="forbid")
     thumbnail_max_side: int = Field(320, ge=32, title="Longer side of the alert thumbnail, pixels")
     thumbnail_max_bytes: int = Field(40_000, ge=2_000, title="Largest alert thumbnail, bytes")
+    embedding_crop_max_side: int | None = Field(
+        None, ge=32, le=1024, title="Attach each embedding's crop as a JPEG of this longer side (central re-ranks and "
+                                    "shows them); unset: vectors only, the smallest messages")
 
 
 @dataclass(frozen=True)

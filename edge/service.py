@@ -122,7 +122,8 @@ class Service:
         manifest = self.bundle.manifest
         identity = Identity(self.config.device_id, self.config.site,
                             self.config.mqtt.prefix if self.config.mqtt else "trapedge",
-                            manifest.models["embedder"].architecture, manifest.version)
+                            manifest.models["embedder"].architecture, manifest.version,
+                            embedding_crop_side=self.config.alerts.embedding_crop_max_side)
         labels = manifest.models["classifier"].labels
         return Recorder(self.store, identity, self.config.bursts, self.config.rules, self.config.alerts,
                         self.config.privacy, labels)

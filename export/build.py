@@ -28,7 +28,7 @@ from edge.runtime.yolox import make_grid, postprocess
 from export import gates
 from export.calibration import ExportImages, calibration_samples, default_images
 from export.onnx_export import OPSET, export_onnx, torch_vs_onnx
-from export.quantize import quantize_int8
+from export.quantize import EFFICIENTNET_FRONT, quantize_int8
 from train.models.classifier import SharedCropModel, shares_backbone
 
 # YOLOX-tiny was trained on 640 x 640 letterboxes. A 4:3 frame fills 640 x 480 of that square at
@@ -148,12 +148,29 @@ class BundleBuilder:
             for task, diff in zip(tasks, torch_vs_onnx(module, fp32, example), strict=True):
                 self.parity[task]["torch_onnx_max_abs"] = diff
                 self.files[task] = (stem, outputs)
-            batches = (_calibration(self.images.detector_calibration, self.detector_input, "calibrate detector")
-                       if stem == "detector" else _calibration(self.images.crop_calibration, CROP_INPUT, f"calibrate {stem}"))
-            method = self.options.calibration[tasks[0]]
-            done = quantize_int8(fp32, self.work / f"{stem}.int8.onnx", stem, batches, method)
-            for task in tasks:
-                self.quantization[task] = {**done, "graph": stem}
+            self.quantize(stem, tasks)
+
+    def quantize(self, stem: str, tasks: list[str], extra_fp32: list[str] | None = None) -> None:
+        """(Re)write ``<stem>.int8.onnx`` from its fp32 graph."""
+        batches = (_calibration(self.images.detector_calibration, self.detector_input, "calibrate detector")
+                   if stem == "detector" else _calibration(self.images.crop_calibration, CROP_INPUT, f"calibrate {stem}"))
+        done = quantize_int8(self.work / f"{stem}.fp32.onnx", self.work / f"{stem}.int8.onnx", stem, batches,
+                             self.options.calibration[tasks[0]], extra_fp32)
+        for task in tasks:
+            self.quantization[task] = {**done, "graph": stem}
+
+    def fall_back(self, gate_list: list[gates.Gate]) -> bool:
+        """Re-quantize the crop graphs whose INT8 gate failed with EfficientNet's front in fp32.
+
+        Returns:
+            True when something was re-quantized (measure again).
+        """
+        failed = {g.name.split(".")[0] for g in gate_list if not g.passed and ".int8_" in g.name} - {"detector"}
+        redo = {self.files[t][0] for t in failed if not self.quantization[t].get("fp32_extra")}
+        for stem in sorted(redo):
+            print(f"INT8 gate missed for {stem}: quantizing again with EfficientNet's stem and first block in fp32")
+            self.quantize(stem, [t for t, (s, _) in self.files.items() if s == stem], EFFICIENTNET_FRONT)
+        return bool(redo)
 
     def manifest(self) -> Manifest:
         """The manifest of what is in the work directory, with the figures measured so far."""
@@ -273,6 +290,9 @@ def build_bundle(models: TorchModels, options: ExportOptions) -> Manifest:
         builder.export_all()
         builder.write_manifest()
         gate_list = builder.measure()
+        if builder.fall_back(gate_list):
+            builder.write_manifest()
+            gate_list = builder.measure()
         for gate in gate_list:
             print(gate)
         gates.enforce(gate_list)

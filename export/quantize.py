@@ -17,19 +17,20 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 # Node-name patterns kept in fp32, per task (names from the TorchScript exporter).
-# EfficientNet-Lite's stem and first block (112 x 112, ~5 % of its MACs) are where INT8 hurts most:
-# a fine-tuned re-ID embedder kept 0.971 mean cosine to fp32 fully quantized, 0.979 with the stem
-# in fp32, 0.982 with blocks.0, while any later block in fp32 gave 0.972-0.974.
-_EFFICIENTNET_FRONT = [r"^/conv_stem/", r"^/bn1/", r"^/blocks/blocks\.0/"]
 FP32_NODES = {
     # prediction convs and reshapes; and the last box-regression conv (its activation at stride 8):
     # INT8 boxes then overlap fp32's at IoU 0.98 instead of 0.88 for +1 ms
     "detector": [r"^/head/(cls|reg|obj)_preds", r"^/head/[A-Z]", r"^/head/reg_convs\.0/reg_convs\.0\.1/act/",
                  r"^/head/reg_convs\.[12]/reg_convs\.[12]\.1/"],
-    "classifier": [r"^/[A-Z]", r"/classifier/", *_EFFICIENTNET_FRONT],
-    "embedder": [r"^/[A-Z]", r"^/(neck|bn)/", *_EFFICIENTNET_FRONT],  # projection, norm and L2 stay fp32
-    "crops": [r"^/[A-Z]", r"/classifier/", r"^/heads/", *_EFFICIENTNET_FRONT],  # classifier + embedder, one pass
+    "classifier": [r"^/[A-Z]", r"/classifier/"],
+    "embedder": [r"^/[A-Z]", r"^/(neck|bn)/"],  # projection (trained embedder), norm and L2 stay fp32
+    "crops": [r"^/[A-Z]", r"/classifier/", r"^/heads/"],  # classifier + embedder on one backbone pass
 }
+# The fallback when a crop model misses its INT8 gate: EfficientNet-Lite's stem and first block
+# (112 x 112, ~5 % of its MACs, +0.2 ms per crop) in fp32. A fine-tuned re-ID embedder kept 0.971
+# mean cosine to fp32 fully quantized, 0.979 with the stem in fp32, 0.982 with blocks.0, 0.989
+# with both, while any later block in fp32 gave 0.972-0.974.
+EFFICIENTNET_FRONT = [r"^/conv_stem/", r"^/bn1/", r"^/blocks/blocks\.0/"]
 
 
 class _BatchReader(CalibrationDataReader):
@@ -41,18 +42,21 @@ class _BatchReader(CalibrationDataReader):
         return None if batch is None else {"images": batch}
 
 
-def fp32_nodes(model_path: Path, task: str) -> list[str]:
-    """Names of the nodes of ``model_path`` that stay unquantized for ``task``."""
-    patterns = [re.compile(p) for p in FP32_NODES[task]]
+def fp32_nodes(model_path: Path, task: str, extra: list[str] | None = None) -> list[str]:
+    """Names of the nodes of ``model_path`` that stay unquantized for ``task`` (plus ``extra`` patterns)."""
+    patterns = [re.compile(p) for p in FP32_NODES[task] + (extra or [])]
     return [n.name for n in onnx.load(str(model_path)).graph.node if any(p.search(n.name) for p in patterns)]
 
 
 def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarray],
-                  method: str = "minmax") -> dict[str, object]:
-    """Write the INT8 QDQ model calibrated on ``batches``; returns what was done, for the manifest."""
+                  method: str = "minmax", extra_fp32: list[str] | None = None) -> dict[str, object]:
+    """Write the INT8 QDQ model calibrated on ``batches``; returns what was done, for the manifest.
+
+    ``extra_fp32``: more node-name patterns to keep in fp32 (e.g. ``EFFICIENTNET_FRONT``).
+    """
     prepared = int8.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    excluded = fp32_nodes(prepared, task)
+    excluded = fp32_nodes(prepared, task, extra_fp32)
     quantize_static(
         str(prepared), str(int8), _BatchReader(batches),
         quant_format=QuantFormat.QDQ,
@@ -65,4 +69,4 @@ def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarra
     )
     prepared.unlink()
     return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
-            "calibration": method, "fp32_nodes": len(excluded)}
+            "calibration": method, "fp32_nodes": len(excluded), "fp32_extra": list(extra_fp32 or [])}

@@ -107,3 +107,27 @@ def test_blank_calibration_fails_the_gates_and_writes_nothing(data, pretrained, 
         build_bundle(default_models(pretrained["efficientnet_lite0"].parent), ExportOptions(out=out, data=data, images=images))
     assert not out.exists()
     assert list((tmp_path / "bundles").iterdir()) == []
+
+
+def test_fall_back_requantizes_only_crop_graphs_that_missed_their_int8_gate():
+    from export.build import BundleBuilder
+    from export.quantize import EFFICIENTNET_FRONT
+
+    builder = BundleBuilder.__new__(BundleBuilder)
+    builder.files = {"detector": ("detector", ["raw"]), "classifier": ("crops", ["probs", "embedding"]),
+                     "embedder": ("crops", ["probs", "embedding"])}
+    builder.quantization = {t: {"fp32_extra": []} for t in builder.files}
+    calls = []
+
+    def quantize(stem, tasks, extra=None):
+        calls.append((stem, sorted(tasks), extra))
+        for task in tasks:
+            builder.quantization[task] = {"fp32_extra": list(extra or [])}
+
+    builder.quantize = quantize
+    missed = [gates.Gate("detector.int8_recall_of_fp32", 0.5, 0.95), gates.Gate("embedder.int8_mean_cosine", 0.97, 0.98),
+              gates.Gate("classifier.int8_top1_agreement", 1.0, 0.97)]
+    assert builder.fall_back(missed)
+    assert calls == [("crops", ["classifier", "embedder"], EFFICIENTNET_FRONT)]  # never the detector
+    assert not builder.fall_back(missed)  # already in fp32 at the front: nothing more to try
+    assert not builder.fall_back([gates.Gate("embedder.int8_mean_cosine", 0.99, 0.98)])

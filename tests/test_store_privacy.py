@@ -154,3 +154,36 @@ def test_a_detector_person_is_a_person_whatever_the_species_classifier_says(data
     rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
     analysis = analyzer.analyse(Frame("sd", "k", datetime(2026, 1, 1), "exif", rgb=rgb))
     assert analysis.labels == ["person"] and not analysis.embedded.any() and embedder.calls == 0
+
+
+@pytest.mark.parametrize(("label", "blurred"), [("fox", False), ("vehicle", True)])
+def test_embedding_messages_carry_the_crop_when_configured(tmp_path, data, label, blurred):
+    import base64
+    import io
+    import json
+
+    import jsonschema
+    from PIL import Image
+
+    from edge.messages import load_schema
+
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=960).rgb
+    box = np.array([300, 200, 700, 600], np.float32)
+    labels = ["fox", "person", "vehicle"]
+    store = Store(tmp_path / "c.db")
+    identity = Identity("cam", None, "trapedge", "emb", "v1", embedding_crop_side=128)
+    recorder = Recorder(store, identity, BurstConfig(), RulesConfig(), AlertConfig(embedding_crop_max_side=128),
+                        PrivacyConfig(), labels)
+    probs = np.zeros((1, 3), np.float32)
+    probs[0, labels.index(label)] = 0.9
+    det = Detections([box], [0.9], [0], {"species_probs": probs, "embedding": np.ones((1, 4), np.float32) / 2})
+    frame = Frame("sd", "k1", datetime(2026, 1, 1), "exif", rgb=rgb)
+    recorder.record(FrameAnalysis(frame, det, [label], np.ones(1, bool), False, 0.5, 1.0, False, (0, 0)))
+    (message,) = [m for m in store.outbox.pending() if m.topic.endswith("/embedding")]
+    payload = json.loads(message.payload)
+    jsonschema.validate(payload, load_schema("embedding"))
+    jpeg = base64.b64decode(payload["crop"]["base64"])
+    crop = Image.open(io.BytesIO(jpeg))
+    assert max(crop.size) == 128 and crop.size == (payload["crop"]["width"], payload["crop"]["height"])
+    sharp, _ = thumbnail_jpeg(rgb, box, 128, 256_000, blurred=False)
+    assert (len(jpeg) < len(sharp) * 0.8) is blurred  # vehicles leave the device blurred
