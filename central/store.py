@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from central.ingest import Message, Rejected, Sighting
-from edge.store import connect, utc_now
+from edge.store import apply_migrations, connect, utc_now
 
 MIGRATIONS: list[str] = [
     """
@@ -64,21 +64,7 @@ class Decision:
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply every migration newer than the database's ``user_version``."""
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"central database schema {version} is newer than this trapedge ({SCHEMA_VERSION})")
-    for number in range(version + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[number - 1].split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(f"PRAGMA user_version={number}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return SCHEMA_VERSION
+    return apply_migrations(conn, MIGRATIONS, "central database")
 
 
 class CentralStore:

@@ -10,6 +10,7 @@ import json
 import sqlite3
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -85,15 +86,17 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every migration newer than the database's ``user_version``; returns the new version."""
+def apply_migrations(conn: sqlite3.Connection, migrations: Sequence[str], name: str = "database") -> int:
+    """Apply every migration newer than the database's ``user_version``, each in one transaction;
+    returns the new version (``len(migrations)``). Shared with central's store."""
+    latest = len(migrations)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise RuntimeError(f"database schema {version} is newer than this trapedge ({SCHEMA_VERSION})")
-    for number in range(version + 1, SCHEMA_VERSION + 1):
+    if version > latest:
+        raise RuntimeError(f"{name} schema {version} is newer than this trapedge ({latest})")
+    for number in range(version + 1, latest + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in MIGRATIONS[number - 1].split(";"):
+            for statement in migrations[number - 1].split(";"):
                 if statement.strip():
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version={number}")
@@ -101,7 +104,12 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return SCHEMA_VERSION
+    return latest
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration newer than the database's ``user_version``; returns the new version."""
+    return apply_migrations(conn, MIGRATIONS)
 
 
 @dataclass(frozen=True)
