@@ -8,7 +8,7 @@ BUNDLE ?= bundles/default
 PINS   := torch==2.13.0 torchvision==0.28.0
 
 RUN    ?= runs/trained
-.PHONY: setup models export train demo test clean docker-jetson
+.PHONY: setup models export train demo test reliability clean docker-jetson
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,12 @@ demo: $(BUNDLE)/manifest.json
 
 test: $(BUNDLE)/manifest.json
 	$(BIN)/pytest -q
+
+# fault scenarios against the real service (tests/reliability/): broker outage, kill -9, full disk,
+# fuzzed payloads at central, bad images; RELIABILITY_SHORT=1 for the CI size, RELIABILITY_JSON=path
+reliability: $(BUNDLE)/manifest.json
+	TRAPEDGE_RELIABILITY=1 RELIABILITY_SHORT=$(RELIABILITY_SHORT) RELIABILITY_JSON=$(RELIABILITY_JSON) \
+		$(BIN)/pytest -s -q -p no:cacheprovider tests/reliability
 
 clean:
 	rm -rf bundles results .pytest_cache

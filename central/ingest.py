@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -113,6 +114,8 @@ def _schema_problem(kind: str, payload: dict) -> str | None:
         # 1,280 items one by one through jsonschema costs ~8 ms a message
         if not all(type(v) in (int, float) for v in vector):
             return "embedding schema: vector: every item must be a number"
+        if not all(math.isfinite(v) for v in vector):  # json.loads takes NaN, Infinity and 1e999
+            return "embedding schema: vector: every item must be a finite number"
         payload = {**payload, "vector": [0.0]}
     error = jsonschema.exceptions.best_match(validator(kind).iter_errors(payload))
     if error is None:

@@ -25,6 +25,7 @@ class Ingestor:
 
     def __init__(self, store: CentralStore, prefix: str, on_sighting=None):
         self.store, self.prefix, self.on_sighting = store, prefix, on_sighting
+        self.dims = store.models()  # model@version -> vector size: one gallery per model needs one size
 
     def __call__(self, topic: str, raw: bytes) -> str:
         """Handle one payload; returns ``"stored"``, ``"duplicate"`` or ``"rejected"``."""
@@ -34,8 +35,17 @@ class Ingestor:
             self.store.add_rejected(result)
             return "rejected"
         sighting = sighting_of(result) if result.kind == "embedding" else None
+        known_dim = self.dims.get(sighting.model) if sighting is not None else None
+        if known_dim is not None and known_dim != sighting.vector.size:
+            rejected = Rejected(topic, f"embedding model {sighting.model} has {known_dim} dimensions, "
+                                       f"this vector {sighting.vector.size}", raw, result.payload.get("id"))
+            log.warning("rejected message on %s: %s", topic, rejected.reason)
+            self.store.add_rejected(rejected)
+            return "rejected"
         if not self.store.add_message(result, sighting):
             return "duplicate"
+        if sighting is not None:
+            self.dims.setdefault(sighting.model, sighting.vector.size)
         if sighting is not None and self.on_sighting is not None:
             self.on_sighting(sighting)
         return "stored"

@@ -77,6 +77,11 @@ def _bad(payload: dict, **changes) -> bytes:
     (lambda v: _bad(embedding_message(v), vector=[0.5, "0.1", *v[2:].tolist()]), "vector: every item must be a number"),
     (lambda v: _bad(embedding_message(v), vector=[0.5, True, *v[2:].tolist()]), "vector: every item must be a number"),
     (lambda v: _bad(embedding_message(v), vector=[]), "embedding schema: vector"),
+    # json.loads accepts NaN / Infinity / 1e999 (found by the reliability fuzzer)
+    (lambda v: _bad(embedding_message(v), vector=[float("nan"), *v[1:].tolist()]), "every item must be a finite number"),
+    (lambda v: _bad(embedding_message(v), vector=[float("inf"), *v[1:].tolist()]), "every item must be a finite number"),
+    (lambda v: json.dumps(embedding_message(v)).replace(str(round(float(v[0]), 6)), "1e999", 1).encode(),
+     "every item must be a finite number"),
     (lambda v: _bad(embedding_message(v), device="cam-other"), "differs from topic device"),
     (lambda v: _bad(embedding_message(v), bbox=[0, 0, 2, 1]), "embedding schema: bbox"),
     (lambda v: _bad(embedding_message(v), crop={"format": "jpeg", "bytes": 4, "base64": "AAAA"}),
@@ -109,6 +114,18 @@ def test_store_keeps_each_message_id_once(tmp_path, leopards):
     outcomes = [ingest(topic("embedding"), raw) for _ in range(3)]
     assert outcomes == ["stored", "duplicate", "duplicate"]
     assert (store.count("messages"), store.count("sightings")) == (1, 1)
+
+
+def test_a_known_model_with_another_dimension_is_rejected(tmp_path, leopards):
+    store = CentralStore(tmp_path / "central.db")
+    vector = leopards[0][2]
+    assert Ingestor(store, PREFIX)(topic("embedding"), messages.encode(embedding_message(vector))) == "stored"
+    ingest = Ingestor(store, PREFIX)  # a restart: the known dimension comes from the store
+    shorter = messages.encode(embedding_message(vector[:100]))
+    assert ingest(topic("embedding"), shorter) == "rejected"
+    (reason,) = [r[0] for r in store.conn.execute("SELECT reason FROM rejected")]
+    assert f"has {vector.size} dimensions, this vector 100" in reason
+    assert store.count("sightings") == 1
 
 
 def test_store_reopens_at_the_same_schema(tmp_path, leopards):

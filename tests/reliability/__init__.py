@@ -1,0 +1,1 @@
+"""The reliability suite (``make reliability``): long-running fault scenarios against the real service."""
