@@ -185,7 +185,7 @@ def unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
         ("Service", "ProtectHostname", "yes"),
         ("Service", "ProtectClock", "yes"),
         ("Service", "ProtectProc", "invisible"),
-        ("Service", "UMask", "0027"),
+        ("Service", "UMask", "0077"),
         ("Service", "MemoryMax", "512M"),
         ("Install", "WantedBy", "multi-user.target"),
     ],
@@ -195,7 +195,12 @@ def test_unit_settings(section, key, expected):
 
 
 def test_unit_system_call_filter():
-    assert unit_settings(UNIT.read_text())["Service"]["SystemCallFilter"] == ["@system-service", "~@privileged"]
+    filters = unit_settings(UNIT.read_text())["Service"]["SystemCallFilter"]
+    assert filters[:2] == ["@system-service", "~@privileged"]
+    # @resources is denied except sched_setaffinity and mbind, which onnxruntime's thread pool calls
+    denied = set(filters[2].removeprefix("~").split())
+    assert {"setrlimit", "sched_setscheduler", "set_mempolicy"} <= denied
+    assert not {"sched_setaffinity", "mbind"} & denied
 
 
 def analyzable_unit(folder: Path) -> Path:
