@@ -44,6 +44,7 @@ class GalleryConfig(BaseModel):
     backend: Literal["numpy", "pgvector"] = Field("numpy", title="Exact numpy search, or PostgreSQL + pgvector")
     dsn: SecretStr | None = Field(None, title="PostgreSQL connection string (pgvector backend)")
     table: str = Field("trapedge_gallery", pattern=r"^[a-z_][a-z0-9_]*$", title="pgvector table name")
+    ef_search: int = Field(100, ge=10, le=1000, title="pgvector HNSW candidate list per search (recall vs speed)")
 
 
 class MatchingConfig(BaseModel):

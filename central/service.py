@@ -57,7 +57,7 @@ def gallery_factory(config: CentralConfig):
         return numpy_gallery
     from central.gallery_pgvector import pgvector_factory
 
-    return pgvector_factory(config.gallery.dsn.get_secret_value(), config.gallery.table)
+    return pgvector_factory(config.gallery.dsn.get_secret_value(), config.gallery.table, config.gallery.ef_search)
 
 
 def build_matcher(config: CentralConfig, store: CentralStore) -> Matcher:
