@@ -2,11 +2,13 @@
 
 The pretrained detector has one class (``animal``); ``expand_classes`` grows its class outputs
 to the configured classes (default animal, person, vehicle) without changing the animal score.
+Data preparation lives in ``train.detector_data``, evaluation in ``train.detector_eval``.
 Images are prepared exactly as the edge prepares them (``decode_image``, then ``letterbox``
 with the bundle's ``detector_input``), and evaluation decodes the raw output with the edge's
 own ``postprocess``, so training, evaluation and serving cannot drift. With the backbone
 frozen, only the neck and head train: a few minutes on two CPU cores.
 """
+
 
 from __future__ import annotations
 
@@ -15,40 +17,28 @@ import copy
 import json
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
-import cv2
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from tqdm import tqdm
 
-from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image
-from edge.detections import Detections
 from edge.runtime.manifest import InputSpec
-from edge.runtime.preprocess import Letterbox, letterbox, to_tensor
-from edge.runtime.yolox import box_iou, make_grid, postprocess
-from export.build import ExportOptions, detector_input
-from export.gates import matched_recall
-from train.datasets.megadetector import read_megadetector
-from train.datasets.voc import read_voc
+from export.build import detector_input
 from train.models.yolox import STRIDES, YOLOX, load_yolox
-from train.models.yolox_loss import AnchorGrid, Targets, yolox_loss
+from train.models.yolox_loss import AnchorGrid, yolox_loss
+from train.detector_data import (PRIOR_PROB, InputImage, batches, box_images, detector_class, detector_records,
+                                 prepare, prepare_all, split_detector_records)
+from train.detector_eval import average_precision, detect, evaluate_detector, kept_detections
 from train.records import Record
-from train.splits import split_records
 
-MAX_SIDE = DEFAULT_MAX_SIDE  # decode size of training and evaluation frames, as on the edge
-MANIFEST_THRESHOLD = ExportOptions.detector_threshold  # the bundle's detection threshold (0.25)
-NMS_IOU = ExportOptions.nms_iou
-PRIOR_PROB = 0.01  # YOLOX's initial class probability of a new output
-PERSON_LABELS = frozenset({"person", "people", "human", "humans"})
-VEHICLE_LABELS = frozenset({"vehicle", "vehicles", "car", "truck"})
-EMPTY_LABELS = frozenset({"empty", "blank"})
-MIN_BOX_SIDE = 2.0  # input pixels; smaller boxes left after a crop are dropped
+__all__ = ["DetectorConfig", "DetectorHistory", "average_precision", "box_images", "detect", "detector_class",
+           "detector_loss", "detector_records", "evaluate_detector", "expand_classes", "kept_detections", "prepare",
+           "prepare_all", "split_detector_records", "train_detector"]
 
 
 class DetectorConfig(BaseModel):
@@ -117,27 +107,6 @@ class DetectorHistory:
     seconds: float = 0.0
 
 
-# ---------------------------------------------------------------- classes
-
-
-def detector_class(label: str, classes: Sequence[str]) -> int | None:
-    """The detector class index of a dataset label, or None for an empty image.
-
-    ``person``/``human``/``people`` → person, ``vehicle``/``car``/``truck`` → vehicle,
-    ``empty``/``blank`` → None, any other label (a species) → animal.
-
-    Raises:
-        ValueError: the class the label maps to is not among ``classes``.
-    """
-    name = label.casefold()
-    if name in EMPTY_LABELS:
-        return None
-    target = "person" if name in PERSON_LABELS else "vehicle" if name in VEHICLE_LABELS else "animal"
-    if target not in classes:
-        raise ValueError(f"label {label!r} needs detector class {target!r}, which is not in {list(classes)}")
-    return list(classes).index(target)
-
-
 def expand_classes(model: YOLOX, classes: Sequence[str]) -> YOLOX:
     """A copy of the 1-class pretrained detector with one class output per name in ``classes``.
 
@@ -162,187 +131,6 @@ def expand_classes(model: YOLOX, classes: Sequence[str]) -> YOLOX:
             new.bias.fill_(-math.log((1 - PRIOR_PROB) / PRIOR_PROB))
             new.weight[animal], new.bias[animal] = old.weight[0], old.bias[0]
     return expanded.train(model.training)
-
-
-# ---------------------------------------------------------------- records to images
-
-
-@dataclass(frozen=True)
-class BoxImage:
-    """All boxes of one image: ``xyxy`` (N, 4) normalised to the upright image, ``class_id`` (N,)."""
-
-    path: Path
-    xyxy: np.ndarray
-    class_id: np.ndarray
-
-    def __post_init__(self) -> None:
-        if self.xyxy.shape != (len(self.class_id), 4):
-            raise ValueError(f"{self.path}: xyxy {self.xyxy.shape} does not match {len(self.class_id)} class ids")
-
-
-def box_images(records: Sequence[Record], classes: Sequence[str]) -> list[BoxImage]:
-    """Group records (one per box) by image, in order of first appearance.
-
-    Raises:
-        ValueError: a record has a non-empty label but no box (its animal's place is unknown,
-            so the image can be neither positive nor negative), or a label needs an unknown class.
-    """
-    boxes: dict[Path, list[tuple[np.ndarray, int]]] = {}
-    for record in records:
-        found = boxes.setdefault(record.path, [])
-        class_id = detector_class(record.label or "|".join(record.labels), classes)
-        if record.bbox is None and class_id is not None:
-            raise ValueError(f"{record.path}: label {record.labels} without a box cannot train a detector")
-        if record.bbox is not None and class_id is not None:
-            x, y, w, h = record.bbox
-            found.append((np.array([x, y, x + w, y + h], np.float32), class_id))
-    return [BoxImage(path, np.array([b for b, _ in found], np.float32).reshape(-1, 4),
-                     np.array([c for _, c in found], np.int64)) for path, found in boxes.items()]
-
-
-def detector_records(data_root: Path | str, sources: Sequence[str] = ("ena24", "voc")) -> list[Record]:
-    """The default box data under ``../shared/data``.
-
-    Args:
-        data_root: the shared data folder.
-        sources: ``ena24`` (21 frames, MegaDetector-format boxes at conf ≥ 0.2) and ``voc``
-            (7 Wild Me photos, hand-drawn boxes). Beware: the ENA24 boxes are test placeholders
-            around the frame centre (most miss the animal: IoU < 0.1 with the pretrained
-            detector's box on 18 of 21 frames; on 8831.jpg, checked by eye, twice the bear),
-            and Wild Me's boxes often cover the flank used for re-identification rather than
-            the whole animal, so neither is whole-animal ground truth.
-    """
-    root = Path(data_root)
-    readers = {"ena24": lambda: read_megadetector(root / "frames/ena24_small/md_annotations.json", threshold=0.2),
-               "voc": lambda: read_voc(root / "boxes/wbia_voc")}
-    unknown = sorted(set(sources) - set(readers))
-    if unknown:
-        raise ValueError(f"unknown box sources {unknown}; expected some of {sorted(readers)}")
-    return [record for name in sources for record in readers[name]()]
-
-
-def split_detector_records(records: Sequence[Record], seed: int = 0, val_fraction: float = 0.3,
-                           ) -> dict[str, list[Record]]:
-    """Split by image (all boxes of an image on one side), each dataset (``Record.source``) on its own,
-    so that every dataset with at least two images has some in ``val``.
-
-    Returns:
-        ``{"train": [...], "val": [...]}``, records in input order.
-
-    Raises:
-        ValueError: fewer than a quarter of the images ended in ``val`` (too few images).
-    """
-    fractions = {"train": 1 - val_fraction, "val": val_fraction}
-    val: set[int] = set()
-    for source in dict.fromkeys(r.source for r in records):
-        members = [r for r in records if r.source == source]
-        val.update(id(r) for r in split_records(members, by="image", fractions=fractions, seed=seed,
-                                                 stratify=False)["val"])
-    splits = {"train": [r for r in records if id(r) not in val], "val": [r for r in records if id(r) in val]}
-    n_val, n_all = (len({r.path for r in rs}) for rs in (splits["val"], records))
-    if n_val * 4 < n_all:
-        raise ValueError(f"only {n_val} of {n_all} images in val: need at least a quarter")
-    return splits
-
-
-# ---------------------------------------------------------------- pixels
-
-
-@dataclass(frozen=True)
-class InputImage:
-    """One image letterboxed into the detector input, with its boxes in input pixels."""
-
-    pixels: np.ndarray
-    xyxy: np.ndarray
-    class_id: np.ndarray
-    letterbox: Letterbox
-    source_hw: tuple[int, int]
-
-
-def prepare(image: BoxImage, spec: InputSpec) -> InputImage:
-    """Decode (EXIF-upright, ``MAX_SIDE``) and letterbox as the edge does; boxes follow.
-
-    Raises:
-        ImageDecodeError: the file is not a usable image.
-    """
-    rgb = decode_image(image.path, max_side=MAX_SIDE).rgb
-    pixels, box = letterbox(rgb, tuple(spec.size), spec.pad_value, spec.pad_anchor, spec.interpolation)
-    h, w = rgb.shape[:2]
-    xyxy = image.xyxy * np.array([w, h, w, h], np.float32) * box.ratio + [box.pad_x, box.pad_y, box.pad_x, box.pad_y]
-    return InputImage(pixels, xyxy.astype(np.float32), image.class_id, box, (h, w))
-
-
-def prepare_all(images: Sequence[BoxImage], spec: InputSpec, progress: bool = False,
-                ) -> tuple[list[InputImage], list[tuple[str, str]]]:
-    """Letterboxed images (kept in memory: the datasets are small) and (path, reason) of unreadable ones."""
-    out, failures = [], []
-    for image in tqdm(images, desc="decode", unit="image", disable=not progress or None, leave=False):
-        try:
-            out.append(prepare(image, spec))
-        except (ImageDecodeError, OSError, ValueError) as exc:
-            failures.append((str(image.path), str(exc) or type(exc).__name__))
-    return out, failures
-
-
-def hflip(pixels: np.ndarray, xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror the image and its boxes left to right."""
-    w = pixels.shape[1]
-    return np.ascontiguousarray(pixels[:, ::-1]), np.stack([w - xyxy[:, 2], xyxy[:, 1], w - xyxy[:, 0], xyxy[:, 3]], 1)
-
-
-def _offset(size: int, scaled: int, lo: float, hi: float, rng: np.random.Generator) -> int:
-    """Where the output window starts in the scaled image along one axis (negative: padding first),
-    chosen so that the span ``[lo, hi]`` of all boxes stays inside when it can."""
-    first, last = min(0, scaled - size), max(0, scaled - size)
-    keep_lo, keep_hi = max(first, math.ceil(hi - size)), min(last, math.floor(lo))
-    if keep_lo <= keep_hi:
-        first, last = keep_lo, keep_hi
-    return int(rng.integers(first, last + 1))
-
-
-def scale_jitter(pixels: np.ndarray, xyxy: np.ndarray, class_id: np.ndarray, jitter: float, pad_value: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rescale by a random factor in ``1 ± jitter``, then crop or pad back to the same size at a
-    random place that keeps every box whole when possible; boxes are clipped and those left
-    thinner than ``MIN_BOX_SIDE`` dropped."""
-    h, w = pixels.shape[:2]
-    s = float(rng.uniform(1 - jitter, 1 + jitter))
-    sw, sh = max(1, round(w * s)), max(1, round(h * s))
-    scaled = cv2.resize(pixels, (sw, sh), interpolation=cv2.INTER_LINEAR)
-    boxes = xyxy * np.array([sw / w, sh / h, sw / w, sh / h], np.float32)
-    span = (boxes[:, :2].min(0), boxes[:, 2:].max(0)) if len(boxes) else (np.zeros(2), np.zeros(2))
-    ox = _offset(w, sw, span[0][0], span[1][0], rng)
-    oy = _offset(h, sh, span[0][1], span[1][1], rng)
-    canvas = np.full_like(pixels, pad_value)
-    sx, sy, dx, dy = max(ox, 0), max(oy, 0), max(-ox, 0), max(-oy, 0)
-    cw, ch = min(sw - sx, w - dx), min(sh - sy, h - dy)
-    canvas[dy : dy + ch, dx : dx + cw] = scaled[sy : sy + ch, sx : sx + cw]
-    boxes = np.clip(boxes - np.array([ox, oy, ox, oy], np.float32), 0, [w, h, w, h]).astype(np.float32)
-    keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
-    return canvas, boxes[keep], class_id[keep]
-
-
-def augment(image: InputImage, config: DetectorConfig, rng: np.random.Generator,
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A training view of one image: scale jitter, then a horizontal flip half the time."""
-    pixels, xyxy, class_id = image.pixels, image.xyxy, image.class_id
-    if config.scale_jitter > 0:
-        pixels, xyxy, class_id = scale_jitter(pixels, xyxy, class_id, config.scale_jitter, config.spec.pad_value, rng)
-    if config.hflip and rng.random() < 0.5:
-        pixels, xyxy = hflip(pixels, xyxy)
-    return pixels, xyxy, class_id
-
-
-def batches(images: Sequence[InputImage], config: DetectorConfig, rng: np.random.Generator | None = None,
-            ) -> Iterator[tuple[torch.Tensor, list[Targets]]]:
-    """Input tensors and targets, ``batch_size`` images at a time; shuffled and augmented when
-    ``rng`` is given, else in order and as prepared."""
-    order = rng.permutation(len(images)) if rng is not None else np.arange(len(images))
-    for start in range(0, len(order), config.batch_size):
-        chosen = [images[i] for i in order[start : start + config.batch_size]]
-        views = [augment(im, config, rng) if rng is not None else (im.pixels, im.xyxy, im.class_id) for im in chosen]
-        x = torch.from_numpy(to_tensor([v[0] for v in views], config.spec))
-        yield x, [Targets.from_numpy(v[1], v[2]) for v in views]
 
 
 # ---------------------------------------------------------------- training
@@ -475,102 +263,6 @@ def train_detector(train_records: Sequence[Record], val_records: Sequence[Record
     return model.eval(), history
 
 
-# ---------------------------------------------------------------- evaluation
-
-
-def detect(model: YOLOX, images: Sequence[np.ndarray], input_size: tuple[int, int], threshold: float,
-           batch_size: int = 4) -> list[Detections]:
-    """Run the model as the edge does: letterbox, raw output, ``postprocess``, boxes back to source pixels."""
-    spec = detector_input(input_size)
-    grid, strides = make_grid(tuple(input_size), list(STRIDES))
-    model.eval()
-    out = []
-    for start in range(0, len(images), batch_size):
-        boxed = [letterbox(im, tuple(spec.size), spec.pad_value, spec.pad_anchor, spec.interpolation)
-                 for im in images[start : start + batch_size]]
-        with torch.no_grad():
-            raw = model(torch.from_numpy(to_tensor([c for c, _ in boxed], spec))).numpy()
-        for r, (_, box) in zip(raw, boxed):
-            xyxy, scores, class_ids = postprocess(r, grid, strides, threshold, NMS_IOU)
-            out.append(Detections(box.to_source(xyxy), scores, class_ids))
-    return out
-
-
-def average_precision(truths: Sequence[Detections], predictions: Sequence[Detections], class_id: int,
-                      iou: float = 0.5) -> float | None:
-    """VOC all-point interpolated AP of one class (None when it has no ground truth box).
-
-    Detections of all images are ranked by confidence; each is a true positive when its best
-    IoU with a still unmatched same-class truth box of its image is ≥ ``iou``.
-    """
-    gts = [t.xyxy[t.class_id == class_id] for t in truths]
-    n_gt = sum(len(g) for g in gts)
-    if n_gt == 0:
-        return None
-    ranked = sorted(((float(s), i, b) for i, p in enumerate(predictions)
-                     for s, b, c in zip(p.confidence, p.xyxy, p.class_id) if c == class_id), key=lambda t: -t[0])
-    taken = [np.zeros(len(g), bool) for g in gts]
-    hits = np.array([_claim(box, gts[i], taken[i], iou) for _, i, box in ranked], bool)
-    recall = np.cumsum(hits) / n_gt
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return _interpolated_area(recall, precision)
-
-
-def _claim(box: np.ndarray, gts: np.ndarray, taken: np.ndarray, iou: float) -> bool:
-    """Whether ``box`` matches its best-IoU truth box, still unclaimed (which it then claims)."""
-    if len(gts) == 0:
-        return False
-    ious = box_iou(box, gts)
-    best = int(ious.argmax())
-    if ious[best] < iou or taken[best]:
-        return False
-    taken[best] = True
-    return True
-
-
-def _interpolated_area(recall: np.ndarray, precision: np.ndarray) -> float:
-    """Area under the precision envelope (max precision at any higher recall), VOC 2010+ style."""
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
-
-
-def _truth(image: BoxImage, hw: tuple[int, int]) -> Detections:
-    h, w = hw
-    return Detections(image.xyxy * np.array([w, h, w, h], np.float32), np.ones(len(image.xyxy)), image.class_id)
-
-
-def evaluate_detector(model: YOLOX, records: Sequence[Record], classes: Sequence[str],
-                      input_size: tuple[int, int] = (480, 640), threshold: float = 0.001) -> dict:
-    """Score a detector on boxed records the way the edge runs it.
-
-    Returns:
-        ``images``, ``boxes``, ``boxes_per_class``, ``ap50`` (class → AP at IoU 0.5, classes
-        with ground truth only), ``map50`` (their mean; 0.0 without any box), ``recall`` (share of
-        truth boxes matched one-to-one at IoU 0.5 by a same-class detection scoring ≥
-        ``recall_threshold``, the manifest's 0.25) and ``failures`` (path, reason).
-    """
-    images = box_images(records, classes)
-    pixels, kept, failures = [], [], []
-    for image in images:
-        try:
-            pixels.append(decode_image(image.path, max_side=MAX_SIDE).rgb)
-            kept.append(image)
-        except (ImageDecodeError, OSError) as exc:
-            failures.append((str(image.path), str(exc) or type(exc).__name__))
-    truths = [_truth(im, px.shape[:2]) for im, px in zip(kept, pixels)]
-    predictions = detect(model, pixels, input_size, threshold)
-    ap = {name: average_precision(truths, predictions, k) for k, name in enumerate(classes)}
-    ap = {name: value for name, value in ap.items() if value is not None}
-    recall, boxes = matched_recall(truths, [p[p.confidence >= MANIFEST_THRESHOLD] for p in predictions])
-    counts = Counter(classes[c] for t in truths for c in t.class_id)
-    return {"images": len(kept), "boxes": boxes, "boxes_per_class": dict(counts), "ap50": ap,
-            "map50": float(np.mean(list(ap.values()))) if ap else 0.0, "recall": float(recall),
-            "recall_threshold": MANIFEST_THRESHOLD, "failures": failures}
-
-
 # ---------------------------------------------------------------- command line
 
 
@@ -582,15 +274,6 @@ def _report(model: YOLOX, splits: dict[str, list[Record]], config: DetectorConfi
         out[source] = evaluate_detector(model, [r for r in val if r.source == source], config.classes,
                                         config.input_size)
     return out
-
-
-def kept_detections(reference: YOLOX, model: YOLOX, records: Sequence[Record], input_size: tuple[int, int]) -> float:
-    """Share of the reference model's boxes (score ≥ 0.25) that ``model`` also finds (same class,
-    IoU ≥ 0.5, score ≥ 0.25): what fine-tuning kept of the pretrained detector, whatever the labels."""
-    paths = list(dict.fromkeys(r.path for r in records))
-    pixels = [decode_image(path, max_side=MAX_SIDE).rgb for path in paths]
-    found = [detect(m, pixels, input_size, MANIFEST_THRESHOLD) for m in (reference, model)]
-    return float(matched_recall(*found)[0])
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
