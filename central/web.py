@@ -22,12 +22,9 @@ Without login settings the server answers every request with 503 (it fails close
 from __future__ import annotations
 
 import argparse
-import base64
 import getpass
-import hashlib
 import hmac
 import html
-import json
 import logging
 import secrets
 import socket
@@ -35,7 +32,6 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -49,133 +45,16 @@ from central import review
 from central.config import ReviewLogin
 from central.matching import Matcher
 from central.store import CentralStore
+from central.auth import (CSRF_HEADER, LOGIN_COOKIE, LOGIN_FORM_S, PBKDF2_ITERATIONS, SESSION_COOKIE, Auth,
+                          hash_password, verify_password)
+
+__all__ = ["CSRF_HEADER", "ReviewServer", "create_app", "hash_password", "main", "verify_password"]
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
-SESSION_COOKIE, LOGIN_COOKIE, CSRF_HEADER = "trapedge_session", "trapedge_login", "X-CSRF-Token"
-PBKDF2_ITERATIONS = 600_000  # OWASP's figure for PBKDF2-HMAC-SHA256
-LOGIN_FORM_S = 600  # how long a login form stays valid
 PAGE_HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY",
                 "Content-Security-Policy": "frame-ancestors 'none'", "Referrer-Policy": "same-origin"}
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-# --- passwords ---------------------------------------------------------------------------------
-
-
-def hash_password(password: str, iterations: int = PBKDF2_ITERATIONS, salt: bytes | None = None) -> str:
-    """``pbkdf2_sha256$<iterations>$<salt>$<hash>`` (base64), the format ``password_hash_file`` holds."""
-    salt = salt if salt is not None else secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    return f"pbkdf2_sha256${iterations}${_b64(salt)}${_b64(digest)}"
-
-
-def verify_password(password: str, encoded: str) -> bool:
-    """Whether ``password`` matches a ``hash_password`` string (constant-time comparison)."""
-    try:
-        scheme, iterations, salt, digest = encoded.split("$")
-        if scheme != "pbkdf2_sha256":
-            return False
-        computed = hashlib.pbkdf2_hmac("sha256", password.encode(), _unb64(salt), int(iterations))
-    except ValueError:
-        return False
-    return hmac.compare_digest(computed, _unb64(digest))
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-# --- sessions and CSRF tokens ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Session:
-    """A logged-in reviewer, as the signed cookie says."""
-
-    user: str
-    nonce: str
-    expires: float
-
-
-class Signer:
-    """HMAC-SHA256 signatures of small JSON values, and the tokens derived from them."""
-
-    def __init__(self, key: bytes):
-        if len(key) < 32:
-            raise ValueError("the session key needs at least 32 bytes")
-        self.key = key
-
-    def token(self, purpose: str, nonce: str) -> str:
-        """A token bound to ``nonce`` for one ``purpose`` (``csrf``, ``login``)."""
-        return _b64(hmac.new(self.key, f"{purpose}:{nonce}".encode(), hashlib.sha256).digest())
-
-    def check(self, purpose: str, nonce: str, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(self.token(purpose, nonce), token)
-
-    def dumps(self, value: dict) -> str:
-        body = _b64(json.dumps(value, separators=(",", ":")).encode())
-        return f"{body}.{self.token('cookie', body)}"
-
-    def loads(self, text: str | None) -> dict | None:
-        """The signed value, or None when missing, forged or malformed."""
-        body, _, signature = (text or "").partition(".")
-        if not body or not self.check("cookie", body, signature):
-            return None
-        try:
-            value = json.loads(_unb64(body))
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
-
-
-@dataclass
-class Auth:
-    """The login settings resolved: the reviewer, the password hash, the cookie signer."""
-
-    username: str
-    password_hash: str
-    signer: Signer
-    session_s: float = 12 * 3600.0
-    secure_cookie: bool = False
-
-    @classmethod
-    def from_config(cls, login: ReviewLogin) -> Auth:
-        """Read the hash and key files; errors name the file, never its content."""
-        password_hash = _read_secret(login.password_hash_file).decode("utf-8", "replace").strip()
-        if not password_hash.startswith("pbkdf2_sha256$"):
-            raise ValueError(f"review.login.password_hash_file {login.password_hash_file}: not a "
-                             "pbkdf2_sha256 hash (make one with python -m central.web --hash-password)")
-        key = secrets.token_bytes(32) if login.session_key_file is None else _read_secret(login.session_key_file)
-        return cls(login.username, password_hash, Signer(key), login.session_hours * 3600, login.secure_cookie)
-
-    def check_password(self, username: str, password: str) -> bool:
-        right_password = verify_password(password, self.password_hash)  # always hashed: no timing oracle
-        return hmac.compare_digest(username.encode(), self.username.encode()) and right_password
-
-    def new_session(self) -> str:
-        return self.signer.dumps({"u": self.username, "n": secrets.token_urlsafe(16),
-                                  "e": time.time() + self.session_s})
-
-    def session(self, request: Request) -> Session | None:
-        value = self.signer.loads(request.cookies.get(SESSION_COOKIE))
-        if value is None or value.get("u") != self.username or not float(value.get("e", 0)) > time.time():
-            return None
-        return Session(value["u"], str(value["n"]), float(value["e"]))
-
-    def csrf_token(self, session: Session) -> str:
-        return self.signer.token("csrf", session.nonce)
-
-
-def _read_secret(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"review.login: cannot read {path}: {err.strerror}") from None
 
 
 # --- the application ---------------------------------------------------------------------------
