@@ -72,3 +72,27 @@ def mosquitto_factory(tmp_path: Path):
 def mosquitto(mosquitto_factory):
     """A running anonymous Mosquitto on 127.0.0.1 and a free port (``.host``, ``.port``)."""
     return mosquitto_factory()
+
+
+@pytest.fixture(scope="session")
+def leopard_sightings(data: Path, bundle_dir: Path):
+    """Central's sightings of the 44 SpotID leopard crops (with their edge maps), embedded by the bundle."""
+    from central.enroll import embed_paths, folder_images, open_embedder, sightings_of
+
+    root = data / "reid" / "leopard_spotid" / "crops"
+    images = folder_images(root)
+    embedder, model = open_embedder(bundle_dir)
+    return sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, root,
+                        data / "reid" / "leopard_spotid" / "edges")
+
+
+@pytest.fixture
+def leopard_store(tmp_path: Path, leopard_sightings):
+    """A fresh central store holding the leopard sightings."""
+    from central.store import CentralStore
+
+    store = CentralStore(tmp_path / "central.db")
+    for sighting in leopard_sightings:
+        store.add_sighting(sighting)
+    yield store
+    store.close()

@@ -10,7 +10,7 @@ import pytest
 
 from central import exports
 from central.calibration import DEFAULT, calibrate, fit
-from central.enroll import embed_paths, folder_images, link_known, open_embedder, sightings_of
+from central.enroll import link_known
 from central.gallery import Hit, NumpyGallery
 from central.graph import build
 from central.matching import Matcher, rank_individuals
@@ -19,22 +19,9 @@ from central.review import decide
 from central.store import CentralStore, Decision
 
 
-@pytest.fixture(scope="module")
-def leopard_sightings(data, bundle_dir):
-    root = data / "reid" / "leopard_spotid" / "crops"
-    images = folder_images(root)
-    embedder, model = open_embedder(bundle_dir)
-    return sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, root,
-                        data / "reid" / "leopard_spotid" / "edges")
-
-
 @pytest.fixture
-def store(tmp_path, leopard_sightings):
-    store = CentralStore(tmp_path / "central.db")
-    for s in leopard_sightings:
-        store.add_sighting(s)
-    yield store
-    store.close()
+def store(leopard_store):
+    return leopard_store
 
 
 def d(a, b, verdict="match", cosine=None):

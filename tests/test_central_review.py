@@ -11,31 +11,16 @@ import numpy as np
 import pytest
 
 from central.config import ReviewLogin
-from central.enroll import embed_paths, folder_images, open_embedder, sightings_of
 from central.matching import Matcher
-from central.store import CentralStore
 from central.web import CSRF_HEADER, ReviewServer, hash_password
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 USER, PASSWORD = "reviewer", "leopard-spots-42"
 
 
-@pytest.fixture(scope="module")
-def leopard_sightings(data, bundle_dir):
-    root = data / "reid" / "leopard_spotid" / "crops"
-    images = folder_images(root)
-    embedder, model = open_embedder(bundle_dir)
-    return sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, root,
-                        data / "reid" / "leopard_spotid" / "edges")
-
-
 @pytest.fixture
-def store(tmp_path, leopard_sightings):
-    store = CentralStore(tmp_path / "central.db")
-    for s in leopard_sightings:
-        store.add_sighting(s)
-    yield store
-    store.close()
+def store(leopard_store):
+    return leopard_store
 
 
 @pytest.fixture
