@@ -217,6 +217,17 @@ def frame_figures(db: Path, dropped: list[Path]) -> dict:
             "failures": sum(failures.values())}
 
 
+def drain(db: Path, feeder, subscriber, record_s: float, drain_s: float, receive_s: float) -> tuple[list[Path], int]:
+    """Stop feeding, then wait until every dropped frame is recorded, the outbox is empty and the
+    subscriber holds every message the outbox ever created; returns (dropped frames, sent)."""
+    dropped = feeder.stop()
+    wait_for(lambda: frame_figures(db, dropped)["recorded"] == len(dropped), record_s, "every frame recorded")
+    wait_for(lambda: settled(db), drain_s, "outbox drained")
+    sent = outbox_created(db)
+    wait_for(lambda: subscriber.figures()[0] >= sent, receive_s, "every message at the subscriber")
+    return dropped, sent
+
+
 def random_pause(rng: random.Random, low: float, high: float) -> float:
     pause = rng.uniform(low, high)
     time.sleep(pause)

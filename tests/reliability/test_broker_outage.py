@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from .harness import (CountingSubscriber, EdgeProcess, Feeder, frame_figures, integrity, outbox_created, outbox_left,
-                      real_frames, settled, wait_for, write_edge_config)
+from .harness import (CountingSubscriber, EdgeProcess, Feeder, drain, integrity, outbox_left,
+                      real_frames, write_edge_config)
 
 pytestmark = pytest.mark.reliability
 
@@ -31,11 +31,7 @@ def test_broker_outage_delivers_every_message_once(tmp_path, data, bundle_dir, m
             queued_during = outbox_left(db)
             broker.start()
             time.sleep(3)
-            dropped = feeder.stop()
-            wait_for(lambda: frame_figures(db, dropped)["recorded"] == len(dropped), 120, "every frame recorded")
-            wait_for(lambda: settled(db), 120, "outbox drained")
-            sent = outbox_created(db)
-            wait_for(lambda: subscriber.figures()[0] >= sent, 60, "every message at the subscriber")
+            dropped, sent = drain(db, feeder, subscriber, 120, 120, 60)
             time.sleep(1)  # a late redelivery would show as a duplicate
         finally:
             feeder.stop()

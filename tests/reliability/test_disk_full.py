@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from .harness import (CountingSubscriber, EdgeProcess, Feeder, frame_figures, integrity, outbox_created,
-                      real_frames, scalar, settled, wait_for, write_edge_config)
+from .harness import (CountingSubscriber, EdgeProcess, Feeder, drain, frame_figures, integrity,
+                      real_frames, scalar, wait_for, write_edge_config)
 
 pytestmark = pytest.mark.reliability
 
@@ -64,11 +64,7 @@ def test_full_disk_pauses_intake_and_resumes(tmp_path, data, bundle_dir, small_f
             wait_for(lambda: subscriber.saw_status(lambda s: (s.get("health") or {}).get("disk_full") is False
                                                    and (s.get("health") or {}).get("frames", 0) > 0), 30,
                      "a status with space back")
-            dropped = feeder.stop()
-            wait_for(lambda: frame_figures(db, dropped)["recorded"] == len(dropped), 120, "every frame recorded")
-            wait_for(lambda: settled(db), 60, "outbox drained")
-            sent = outbox_created(db)
-            wait_for(lambda: subscriber.figures()[0] >= sent, 30, "every message at the subscriber")
+            dropped, sent = drain(db, feeder, subscriber, 120, 60, 30)
         finally:
             feeder.stop()
             rc = service.stop()

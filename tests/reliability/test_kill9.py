@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from .harness import (CountingSubscriber, EdgeProcess, Feeder, frame_figures, integrity, outbox_created, outbox_left,
-                      random_pause, real_frames, settled, wait_for, write_edge_config)
+from .harness import (CountingSubscriber, EdgeProcess, Feeder, drain, frame_figures, integrity,
+                      outbox_left, random_pause, real_frames, write_edge_config)
 
 pytestmark = pytest.mark.reliability
 
@@ -32,11 +32,7 @@ def test_random_kill_9_loses_and_repeats_nothing(tmp_path, data, bundle_dir, mos
                 pauses.append(random_pause(rng, 0.5, 4.0))  # model loading, mid-frame, mid-publish, idle
                 service.kill()
                 service.start()
-            dropped = feeder.stop()
-            wait_for(lambda: frame_figures(db, dropped)["recorded"] == len(dropped), 180, "every frame recorded")
-            wait_for(lambda: settled(db), 120, "outbox drained")
-            sent = outbox_created(db)
-            wait_for(lambda: subscriber.figures()[0] >= sent, 60, "every message at the subscriber")
+            dropped, sent = drain(db, feeder, subscriber, 180, 120, 60)
         finally:
             feeder.stop()
             rc = service.stop()
