@@ -2,7 +2,7 @@
 
 * ingest: ``--messages`` embedding messages (QoS 1) published by a device client through a real
   Mosquitto on loopback into ``CentralService`` (SQLite store); reports messages/s until every
-  one is stored, and until every one is matched (top-5 proposals written).
+  one is stored, and until every one is searchable in its gallery.
 * search: galleries of ``--sizes`` vectors of the bundle's dimension (default 1280), drawn as a
   mixture of 2,000 clusters (unit centre + noise, so that neighbours are structured as in real
   galleries); reports the median and 95th percentile latency of the search the matcher makes for a
@@ -17,7 +17,7 @@ import argparse
 import json
 import tempfile
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +87,8 @@ def bench_ingest(count: int, dim: int) -> dict:
 
     from central.config import BrokerConfig, CentralConfig, ReviewConfig, StoreConfig
     from central.service import CentralService
-    from edge import messages
-    from edge.local_broker import Mosquitto
+    from edge.wire import messages
+    from common.local_broker import Mosquitto
 
     work = Path(tempfile.mkdtemp(prefix="central-bench-"))
     broker = Mosquitto(work / "broker")
@@ -102,10 +102,10 @@ def bench_ingest(count: int, dim: int) -> dict:
     try:
         service.subscriber.subscribed.wait(10)
         vectors = clustered(count, dim, seed=1)
-        bodies = [messages.encode(messages.embedding_payload(
-            "cam-bench", event_id=f"ev-{i}", source_id="sd", frame_time=datetime(2024, 1, 1), bbox=[0.1, 0.1, 0.5, 0.5],
-            confidence=0.9, label="leopard", label_score=0.9, vector=v, model="bench", model_version="1"))
-            for i, v in enumerate(vectors)]
+        box = messages.Box((0.1, 0.1, 0.5, 0.5), 0.9, "leopard", 0.9, "classifier")
+        bodies = [messages.EmbeddingMessage(
+            device="cam-bench", event_id=f"ev-{i}", source_id="sd", frame_time=datetime(2024, 1, 1, tzinfo=timezone.utc),
+            box=box, vector=v, model="bench", model_version="1").encode() for i, v in enumerate(vectors)]
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-device")
         client.max_inflight_messages_set(100)
         client.connect(broker.host, broker.port)
@@ -115,15 +115,14 @@ def bench_ingest(count: int, dim: int) -> dict:
         for info in infos:
             info.wait_for_publish(60)
         stored = _wait(lambda: service.store.count("sightings") >= count, start)
-        matched = _wait(lambda: service.store.count("proposals", "anchor_id IN (SELECT id FROM sightings "
-                                                    "ORDER BY seq DESC LIMIT 1)") > 0, start)
+        indexed = _wait(lambda: sum(len(g) for g in service.matcher.galleries.values()) >= count, start)
         client.disconnect()
         client.loop_stop()
     finally:
         service.stop()
         broker.stop()
     return {"messages": count, "payload_bytes": len(bodies[0]), "stored_per_s": round(count / stored, 1),
-            "matched_per_s": round(count / matched, 1)}
+            "indexed_per_s": round(count / indexed, 1)}
 
 
 def _wait(condition, start: float, timeout: float = 600) -> float:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from central.config import CentralConfig
-from edge.config_loader import ConfigError, load_config, validate_config_command
+from common.config_loader import ConfigError, load_config, validate_config_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

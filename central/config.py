@@ -1,4 +1,4 @@
-"""The central service's one typed config (``central.yaml``), loaded by ``edge.config_loader``."""
+"""The central service's one typed config (``central.yaml``), loaded by ``common.config_loader``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from edge.messages import check_prefix
+from common.wire import check_prefix
 
 
 class BrokerConfig(BaseModel):

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from central.config import CentralConfig
     from central.store import CentralStore
-    from edge.config_loader import ConfigError, load_config
+    from common.config_loader import ConfigError, load_config
 
     try:
         config = load_config(args.config, CentralConfig)

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", nargs="+", choices=sorted(EXPORTERS), default=sorted(EXPORTERS))
     args = parser.parse_args(argv)
     from central.config import CentralConfig
-    from edge.config_loader import ConfigError, load_config
+    from common.config_loader import ConfigError, load_config
 
     try:
         config = load_config(args.config, CentralConfig)

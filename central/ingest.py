@@ -16,7 +16,7 @@ from functools import lru_cache
 import jsonschema
 import numpy as np
 
-from edge.messages import KINDS, MAX_CROP_BYTES, load_schema
+from common.wire import KINDS, MAX_CROP_BYTES, load_schema
 
 
 @dataclass(frozen=True)

@@ -138,9 +138,3 @@ class Matcher:
         return [Candidate(candidates[i].individual, candidates[i].image_id, candidates[i].cosine,
                           candidates[i].confidence, inliers[i]) for i in rerank_order(inliers)]
 
-    def record(self, anchor: Sighting) -> list[Candidate]:
-        """Propose candidates for a new sighting and store them as its proposals."""
-        candidates = self.propose(anchor)
-        self.store.set_proposals(anchor.id, [(c.image_id, c.individual, c.cosine, c.confidence, c.inliers)
-                                             for c in candidates])
-        return candidates

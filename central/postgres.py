@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from edge.local_broker import HOST, free_port, port_open
+from common.local_broker import HOST, free_port, port_open
 
 
 class PostgresMissing(RuntimeError):

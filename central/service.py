@@ -85,7 +85,7 @@ class CentralService:
         self.matcher = build_matcher(self.config, self.store)
         for model, dim in self.store.models().items():
             self.matcher.gallery(model, dim)
-        self.worker = threading.Thread(target=self._match_loop, name="central-match", daemon=True)
+        self.worker = threading.Thread(target=self._index_loop, name="central-index", daemon=True)
         self.worker.start()
         self.review = self._start_review() if self.config.review.enabled else None
         self.subscriber = Subscriber(self.config.broker, Ingestor(self.store, self.config.broker.prefix,
@@ -101,19 +101,19 @@ class CentralService:
         log.info("review UI on http://%s:%d/", self.config.review.host, server.port)
         return server
 
-    def _match_loop(self) -> None:
+    def _index_loop(self) -> None:
+        """Make each stored sighting searchable; the review page proposes candidates when it asks."""
         while True:
             sighting = self._pending.get()
             if sighting is None:
                 return
             try:
                 self.matcher.add(sighting)
-                self.matcher.record(sighting)
-            except Exception:  # one bad sighting must not stop matching of the next ones
-                log.exception("matching sighting %s failed", sighting.id)
+            except Exception:  # one bad sighting must not stop the next ones being indexed
+                log.exception("indexing sighting %s failed", sighting.id)
 
     def stop(self) -> None:
-        """Unsubscribe, finish matching what arrived, stop the UI, close the store."""
+        """Unsubscribe, finish indexing what arrived, stop the UI, close the store."""
         self.subscriber.stop()
         self._pending.put(None)
         self.worker.join(30)

@@ -1,6 +1,6 @@
-"""The central SQLite database: messages, rejections, sightings, proposals, review decisions.
+"""The central SQLite database: messages, rejections, sightings, review decisions.
 
-Same habits as ``edge.store``: WAL, a schema versioned by ``PRAGMA user_version`` and applied by
+Same habits as ``edge.storage.store``: WAL, a schema versioned by ``PRAGMA user_version`` and applied by
 ordered migrations, one connection shared under a lock. A message is stored once per ``id``: a
 redelivered QoS-1 message is recognised and ignored.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from central.ingest import Message, Rejected, Sighting
-from edge.store import apply_migrations, connect, utc_now
+from common.sqlite import apply_migrations, connect, utc_now
 
 MIGRATIONS: list[str] = [
     """
@@ -45,6 +45,11 @@ MIGRATIONS: list[str] = [
         verdict TEXT NOT NULL CHECK (verdict IN ('match', 'no_match')), cosine REAL, at TEXT NOT NULL,
         UNIQUE (anchor_id, candidate_id)
     );
+    """,
+    # 2: proposals are computed when the review page asks (against the gallery as it is then);
+    # the copy stored at ingest was never read
+    """
+    DROP TABLE proposals;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -156,22 +161,7 @@ class CentralStore:
         with self.lock:
             return dict(self.conn.execute("SELECT model, max(dim) FROM sightings GROUP BY model ORDER BY model"))
 
-    # --- proposals and review -----------------------------------------------------------------
-    def set_proposals(self, anchor_id: str, rows: list[tuple[str, str, float, float, int | None]]) -> None:
-        """Replace an anchor's proposals: (candidate image, individual, cosine, confidence, inliers) by rank."""
-        with self.lock:
-            self.conn.execute("DELETE FROM proposals WHERE anchor_id = ?", (anchor_id,))
-            self.conn.executemany(
-                "INSERT INTO proposals VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(anchor_id, rank, *row) for rank, row in enumerate(rows, 1)])
-
-    def proposals(self, anchor_id: str) -> list[tuple]:
-        """(rank, candidate image, individual, cosine, confidence, inliers) as stored at ingest."""
-        with self.lock:
-            return self.conn.execute(
-                "SELECT rank, candidate_id, individual, cosine, confidence, inliers FROM proposals "
-                "WHERE anchor_id = ? ORDER BY rank", (anchor_id,)).fetchall()
-
+    # --- review -------------------------------------------------------------------------------
     def decide(self, anchor_id: str, candidate_id: str, verdict: str, cosine: float | None = None) -> None:
         """Record (or change) the verdict on a pair of images."""
         with self.lock:

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central.config import BrokerConfig
-from edge.messages import KINDS
+from common.wire import KINDS
 
 log = logging.getLogger(__name__)
 

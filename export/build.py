@@ -19,8 +19,9 @@ import torch
 from tqdm import tqdm
 
 from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image
-from edge.detections import Detections
-from edge.runtime.bundle import load_bundle, sha256_file
+from edge.runtime.detections import Detections
+from common.hashing import sha256_file
+from edge.runtime.bundle import load_bundle
 from edge.runtime.manifest import MANIFEST_NAME, FileEntry, InputSpec, Manifest, ModelSpec
 from edge.runtime.models import Classifier, Detector, Embedder
 from edge.runtime.preprocess import letterbox, resize_whole, to_tensor
@@ -29,26 +30,9 @@ from export import gates
 from export.calibration import ExportImages, calibration_samples, default_images
 from export.onnx_export import OPSET, export_onnx, torch_vs_onnx
 from export.quantize import EFFICIENTNET_FRONT, quantize_int8
-from train.models.classifier import SharedCropModel, shares_backbone
+from train.models.classifier import CROP_INPUT, SharedCropModel, shares_backbone
+from train.models.yolox import DEFAULT_SIZE, DETECTION_THRESHOLD, NATIVE_SIZE, NMS_IOU, detector_input
 
-# YOLOX-tiny was trained on 640 x 640 letterboxes. A 4:3 frame fills 640 x 480 of that square at
-# the same scale, so the default (h, w) drops the padding rows: same boxes, 25% less compute.
-DETECTOR_NATIVE_SIZE = (640, 640)
-DETECTOR_SIZE = (480, 640)
-
-
-def detector_input(size: tuple[int, int] = DETECTOR_SIZE) -> InputSpec:
-    """The detector's input at ``size`` (h, w): raw 0-255 pixels, letterboxed from the top left with
-    bilinear resizing, as YOLOX's own preprocessing trained it (and 5x cheaper than area averaging)."""
-    if any(side % 32 for side in size):
-        raise ValueError(f"detector input size {size} must be multiples of 32 (the head's largest stride)")
-    return InputSpec(size=size, scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                     resize="letterbox", interpolation="linear", pad_value=0.0, pad_anchor="top_left")
-
-
-DETECTOR_INPUT = detector_input()
-CROP_INPUT = InputSpec(size=(224, 224), scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-                       resize="crop", interpolation="linear", crop_margin=0.1, crop_square=True)
 # per-task calibration: min-max keeps the detector's recall; 99.999th percentile ranges work
 # better for EfficientNet-Lite's long-tailed activations
 OUTPUT_TASK = {"raw": "detector", "probs": "classifier", "embedding": "embedder"}
@@ -74,9 +58,9 @@ class ExportOptions:
     out: Path
     data: Path
     name: str = "default"
-    detector_threshold: float = 0.25
-    nms_iou: float = 0.45
-    detector_size: tuple[int, int] = DETECTOR_SIZE
+    detector_threshold: float = DETECTION_THRESHOLD
+    nms_iou: float = NMS_IOU
+    detector_size: tuple[int, int] = DEFAULT_SIZE
     calibration: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CALIBRATION))
     images: ExportImages | None = None
 
@@ -262,7 +246,7 @@ class BundleBuilder:
 class NativeDetector:
     """The torch detector at the resolution it was trained at: the reference for a smaller input."""
 
-    def __init__(self, module: torch.nn.Module, spec: ModelSpec, size: tuple[int, int] = DETECTOR_NATIVE_SIZE):
+    def __init__(self, module: torch.nn.Module, spec: ModelSpec, size: tuple[int, int] = NATIVE_SIZE):
         self.module, self.spec, self.input = module.eval(), spec, detector_input(size)
         self.grid, self.strides = make_grid(size, list(spec.decode["strides"]))
 

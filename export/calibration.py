@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image, list_images
 from edge.runtime.manifest import InputSpec
-from edge.runtime.preprocess import letterbox, resize_whole, to_tensor
+from edge.runtime.preprocess import model_input
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,7 @@ def default_images(data: Path, calibration_count: int = 96) -> ExportImages:
     return split
 
 
-def input_tensor(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """One RGB image as a (1, 3, H, W) model input, preprocessed as the manifest says."""
-    if spec.resize == "letterbox":
-        canvas = letterbox(rgb, spec.size, spec.pad_value, spec.pad_anchor, spec.interpolation)[0]
-    else:
-        canvas = resize_whole(rgb, spec)
-    return to_tensor([canvas], spec)
-
-
 def calibration_samples(paths: Iterable[Path], spec: InputSpec) -> Iterator[np.ndarray]:
     """Each calibration image as a (1, 3, H, W) float32 input."""
     for path in paths:
-        yield input_tensor(decode_image(path, max_side=DEFAULT_MAX_SIDE).rgb, spec)
+        yield model_input(decode_image(path, max_side=DEFAULT_MAX_SIDE).rgb, spec)

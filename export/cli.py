@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from export.build import DETECTOR_SIZE, ExportOptions, TorchModels, build_bundle, detector_input, manifest_summary
+from export.build import ExportOptions, TorchModels, build_bundle, manifest_summary
+from train.models.yolox import DEFAULT_SIZE, detector_input
 from export.gates import GateError
 
 
@@ -16,7 +17,7 @@ def default_models(weights: Path) -> TorchModels:
     """The untrained bundle's models: camera-trap YOLOX-tiny, ImageNet EfficientNet-Lite0 twice."""
     from train.models.classifier import (ARCH, ImageNetGroupClassifier, PooledEmbedder, create_backbone,
                                          freeze_same_padding)
-    from export.build import CROP_INPUT
+    from train.models.classifier import CROP_INPUT
     from train.models.yolox import load_yolox
     from train.pretrained import path_of
 
@@ -36,7 +37,7 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     """Models from ``trapedge train``: its classifier and embedder, and its detector when it kept a
     fine-tuned one (``detector.pt``), else the pretrained detector."""
     from train.models.classifier import freeze_same_padding
-    from export.build import CROP_INPUT
+    from train.models.classifier import CROP_INPUT
 
     models = default_models(weights)
     classifier = torch.load(run_dir / "classifier.pt", map_location="cpu", weights_only=False).eval()
@@ -68,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=Path("models"), help="where `make models` put the weights")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="real images for calibration and checks")
     parser.add_argument("--threshold", type=float, default=0.25, help="detector confidence threshold for the manifest")
-    parser.add_argument("--detector-size", type=_size, default=DETECTOR_SIZE, metavar="HxW",
+    parser.add_argument("--detector-size", type=_size, default=DEFAULT_SIZE, metavar="HxW",
                         help="detector input (default 480x640: 4:3 frames without padding rows; 640x640 is native)")
     parser.add_argument("--trained", type=Path, help="a `trapedge train` output folder to export instead of the pretrained models")
     parser.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.detections import Detections
+from edge.runtime.detections import Detections
 from edge.runtime.yolox import box_iou
+from train.box_matching import matched_recall
 
 # The thresholds an export must meet (issue: foundation bundle).
 TORCH_ONNX_MAX_ABS = 1e-3
@@ -48,28 +49,6 @@ def enforce(gates: list[Gate]) -> None:
     failed = [str(g) for g in gates if not g.passed]
     if failed:
         raise GateError("export gates failed:\n  " + "\n  ".join(failed))
-
-
-def matched_recall(reference: list[Detections], candidate: list[Detections], iou: float = 0.5) -> tuple[float, int]:
-    """Share of reference boxes matched one-to-one by a same-class candidate box with IoU ≥ ``iou``.
-
-    Returns:
-        (recall, number of reference boxes); recall is 1.0 when there are none.
-    """
-    matched = total = 0
-    for ref, cand in zip(reference, candidate, strict=True):
-        total += len(ref)
-        free = np.ones(len(cand), bool)
-        for k in np.argsort(-ref.confidence):
-            ok = free & (cand.class_id == ref.class_id[k])
-            if not ok.any():
-                continue
-            ious = np.where(ok, box_iou(ref.xyxy[k], cand.xyxy), -1.0)
-            best = int(ious.argmax())
-            if ious[best] >= iou:
-                matched += 1
-                free[best] = False
-    return (matched / total if total else 1.0), total
 
 
 def recall_within_tolerance(reference: list[Detections], candidate: list[Detections], threshold: float,

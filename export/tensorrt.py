@@ -47,7 +47,7 @@ from export.calibration import calibration_samples, default_images
 PRECISIONS = ("fp16", "int8")
 INPUT_NAME = "images"  # the input name export.onnx_export gives every model
 # (min, opt, max) batch of each engine's optimisation profile: the edge detects frame by frame
-# and runs crops in chunks of up to 16 (edge.runtime.models._CropModel.batch_size)
+# and runs crops in chunks of _CropModel.batch_size (2 on the CPU); 16 leaves a GPU room to batch more
 BATCH_RANGE = {"detector": (1, 1, 4), "classifier": (1, 8, 16), "embedder": (1, 8, 16)}
 CALIBRATION_BATCH = 8
 

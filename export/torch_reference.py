@@ -1,7 +1,8 @@
 """The torch eager reference for ``trapedge bench``: the edge pipeline with torch models swapped in.
 
 Everything but the inference backend is the edge's own code, so the ratio measures the models.
-``python -m export.torch_reference FOLDER --bundle B --frames N`` prints one JSON line.
+``python -m export.torch_reference FOLDER --bundle B --frames N`` prints one JSON line, as
+``python -m edge.cli.bench`` does for the ONNX configurations.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge import bench
+from edge.cli import bench
+from edge.cli.options import DEFAULT_BUNDLE
 from edge.runtime.bundle import load_bundle
 from export.cli import default_models
 from train.models.classifier import SharedCropModel
@@ -32,19 +34,19 @@ class TorchBackend:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     bench.add_arguments(parser)
     parser.add_argument("--weights", type=Path, default=Path("models"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.precision = "fp32"
     modules = default_models(args.weights)
     backends = {"detector": TorchBackend(modules.detector)}
-    if load_bundle(args.bundle).spec("classifier").result:  # the bundle runs both on one backbone pass: so does torch
+    if load_bundle(args.bundle or DEFAULT_BUNDLE).spec("classifier").result:  # the bundle runs both on one backbone pass: so does torch
         backends["classifier"] = backends["embedder"] = TorchBackend(SharedCropModel(modules.classifier, modules.embedder))
     else:
         backends.update(classifier=TorchBackend(modules.classifier), embedder=TorchBackend(modules.embedder))
-    args.worker = "fp32"
     print(json.dumps(bench.run_worker(args, backends)))
     return 0
 

@@ -51,7 +51,7 @@ def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def mosquitto_factory(tmp_path: Path):
     """Start brokers (``users=``, ``persistence=`` as in ``edge/local_broker.py``); all end at teardown."""
-    from edge.local_broker import BrokerMissing, Mosquitto
+    from common.local_broker import BrokerMissing, Mosquitto
 
     brokers: list[Mosquitto] = []
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.bundles import BundleRoot, InstallError, frames_from, install, list_versions, switch
-from edge.runtime.bundle import load_bundle, sha256_file
+from edge.app.bundles import BundleRoot, InstallError, frames_from, install, list_versions, switch
+from common.hashing import sha256_file
+from edge.runtime.bundle import load_bundle
 
 VERSION_A, VERSION_B = "2026.01.01-000000", "2026.02.01-000000"
 
@@ -149,7 +150,8 @@ def test_no_smoke_frames_needs_allow_no_frames(tmp_path, sources):
 
 
 def test_smoke_frames_default_to_the_stores_most_recent_existing(tmp_path, data, sources):
-    from edge.store import Store, utc_now
+    from common.sqlite import utc_now
+    from edge.storage.store import Store
 
     store = Store(tmp_path / "trapedge.db")
     real = [data / "frames" / "ena24_small" / name for name in ("8831.jpg", "8786.jpg", "9455.jpg")]
@@ -187,7 +189,7 @@ def _install_tampered_as_current(root: BundleRoot, bundle_copy: Path, spoil=None
 
 
 def _service_config(tmp_path: Path, bundle_path: Path) -> Path:
-    config = {"device_id": "cam-roll", "bundle": {"path": str(bundle_path), "threads": 1},
+    config = {"device_id": "cam-roll", "bundle": {"path": str(bundle_path), "backend": {"type": "onnxruntime", "threads": 1}},
               "sources": [{"type": "folder", "id": "sd", "path": str(tmp_path / "incoming"), "settle_seconds": 0}],
               "store": {"path": str(tmp_path / "state" / "trapedge.db")}, "gate": {"enabled": False}}
     (tmp_path / "incoming").mkdir()
@@ -204,9 +206,9 @@ def _service_config(tmp_path: Path, bundle_path: Path) -> Path:
     ],
 )
 def test_service_rolls_back_a_tampered_current(tmp_path, data, sources, frames, bundle_copy, spoil, reason):
-    from edge.config import EdgeConfig
-    from edge.config_loader import load_config
-    from edge.service import Service
+    from edge.app.config import EdgeConfig
+    from common.config_loader import load_config
+    from edge.app.service import Service
 
     root = BundleRoot(tmp_path / "bundles")
     install(root, sources["A"], frames)
@@ -230,10 +232,10 @@ def test_service_rolls_back_a_tampered_current(tmp_path, data, sources, frames, 
 
 
 def test_service_without_previous_refuses_a_tampered_bundle(tmp_path, bundle_copy):
-    from edge.config import EdgeConfig
-    from edge.config_loader import load_config
+    from edge.app.config import EdgeConfig
+    from common.config_loader import load_config
     from edge.runtime.bundle import BundleError
-    from edge.service import Service
+    from edge.app.service import Service
 
     root = BundleRoot(tmp_path / "bundles")
     root.versions.mkdir(parents=True)

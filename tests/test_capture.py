@@ -5,18 +5,18 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
-from edge.capture import SourceUnavailable, available, create_source
+from edge.capture.sources import SourceUnavailable, available, create_source
 from edge.capture.decode import read_frame
-from edge.capture.folder import Config as FolderConfig
-from edge.capture.opencv import Config as OpenCVConfig
-from edge.capture.picamera2 import Config as PiConfig
+from edge.capture.sources.folder import Config as FolderConfig
+from edge.capture.sources.opencv import Config as OpenCVConfig
+from edge.capture.sources.picamera2 import Config as PiConfig
 
 
 @pytest.fixture
@@ -31,8 +31,10 @@ def test_exif_time_else_mtime(tmp_path, coyote):
     shutil.copy(coyote, tmp_path / "plain.jpg")
     os.utime(tmp_path / "plain.jpg", (1_700_000_000, 1_700_000_000))
     dated, plain = read_frame(tmp_path / "dated.jpg", "sd", "a"), read_frame(tmp_path / "plain.jpg", "sd", "b")
-    assert (dated.time, dated.time_source) == (datetime(2024, 6, 1, 3, 14, 15), "exif")
-    assert (plain.time, plain.time_source) == (datetime.fromtimestamp(1_700_000_000), "mtime")
+    # a camera time without an offset is read as this device's local time; mtimes are instants
+    assert (dated.time, dated.time_source) == (datetime(2024, 6, 1, 3, 14, 15).astimezone(), "exif")
+    assert (plain.time, plain.time_source) == (datetime.fromtimestamp(1_700_000_000, timezone.utc), "mtime")
+    assert dated.time.tzinfo is not None and plain.time.tzinfo is not None
     assert dated.ok and dated.rgb.shape[2] == 3
 
 
@@ -230,9 +232,26 @@ def test_exif_date_fallbacks(tmp_path, upright, original, plain, expected):
     os.utime(tmp_path / "d.jpg", (1_700_000_000, 1_700_000_000))
     frame = read_frame(tmp_path / "d.jpg", "sd", "k")
     if expected is None:
-        assert (frame.time, frame.time_source) == (datetime.fromtimestamp(1_700_000_000), "mtime")
+        assert (frame.time, frame.time_source) == (datetime.fromtimestamp(1_700_000_000, timezone.utc), "mtime")
     else:
-        assert (frame.time, frame.time_source) == (expected, "exif")
+        assert (frame.time, frame.time_source) == (expected.astimezone(), "exif")
+
+
+@pytest.mark.parametrize(
+    ("offset", "expected"),
+    [
+        ("+02:00", datetime(2024, 6, 1, 3, 14, 15, tzinfo=timezone(timedelta(hours=2)))),
+        ("-05:30", datetime(2024, 6, 1, 3, 14, 15, tzinfo=timezone(-timedelta(hours=5, minutes=30)))),
+        ("garbage", datetime(2024, 6, 1, 3, 14, 15).astimezone()),  # an unreadable offset: local time
+    ],
+)
+def test_exif_offset_time_is_kept(tmp_path, upright, offset, expected):
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[36867] = "2024:06:01 03:14:15"
+    exif.get_ifd(0x8769)[36881] = offset
+    upright.save(tmp_path / "o.jpg", exif=exif)
+    frame = read_frame(tmp_path / "o.jpg", "sd", "k")
+    assert frame.time == expected and frame.time.utcoffset() == expected.utcoffset()
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
@@ -330,7 +349,7 @@ def _write_clip(path, data, names=("8831.jpg", "8786.jpg", "9455.jpg"), repeat=1
      ("clips/visit.avi", True, False), ("/dev/video0", False, True)],
 )
 def test_opencv_live_or_file(url, live, is_file, monkeypatch):
-    monkeypatch.setattr("edge.capture.opencv.Source._read_live", lambda self: None)  # no camera here
+    monkeypatch.setattr("edge.capture.sources.opencv.Source._read_live", lambda self: None)  # no camera here
     source = create_source(OpenCVConfig(id="cam", url=url, live=live), lambda *_: False)
     assert source.is_file is is_file
     source.close()
@@ -345,7 +364,7 @@ def test_opencv_video_file_resumes_and_dates_frames_from_its_mtime(tmp_path, dat
     taken = [f for _ in range(3) for f in first.poll()]
     first.close()
     assert taken[0].time_source == "mtime"
-    assert taken[0].time == datetime.fromtimestamp(1_700_000_000 - 3.0)  # recording ended at the mtime
+    assert taken[0].time == datetime.fromtimestamp(1_700_000_000 - 3.0, timezone.utc)  # recording ended at the mtime
     assert (taken[1].time - taken[0].time).total_seconds() == pytest.approx(0.5, abs=0.01)
     done.update(("cam", f.key) for f in taken)
     again = create_source(OpenCVConfig(id="cam", url=str(path), fps=2), lambda sid, key: (sid, key) in done)

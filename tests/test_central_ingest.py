@@ -6,7 +6,7 @@ Embeddings are computed from the SpotID leopard crops by the default bundle's em
 import json
 import time
 from contextlib import nullcontext as does_not_raise
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +18,10 @@ from central.config import BrokerConfig, CentralConfig, ReviewConfig, StoreConfi
 from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
 from central.ingest import Message, Rejected, kind_of, parse, sighting_of
 from central.service import CentralService, Ingestor
-from central.store import CentralStore
-from edge import messages
-from edge.events import Event
+from central.matching import Matcher
+from central.store import SCHEMA_VERSION, CentralStore
+from edge.events.bursts import Event
+from edge.wire.messages import Box, EmbeddingMessage, EventMessage, Picture, StatusMessage
 
 PREFIX, DEVICE = "trapedge", "cam-ridge-01"
 
@@ -35,16 +36,23 @@ def leopards(data, bundle_dir):
 
 
 def embedding_message(vector, *, crop: bytes | None = None, device=DEVICE, event="ev-1") -> dict:
-    return messages.embedding_payload(
-        device, event_id=event, source_id="sd", frame_time=datetime(2019, 3, 1, 19, 49, 36), bbox=[0.1, 0.2, 0.3, 0.4],
-        confidence=0.9, label="leopard", label_score=0.8, vector=vector, model="m", model_version="1",
-        crop_jpeg=crop, crop_size=None if crop is None else (128, 64))
+    """A device's embedding payload, as the edge builds it."""
+    return EmbeddingMessage(
+        device=device, event_id=event, source_id="sd", frame_time=datetime(2019, 3, 1, 19, 49, 36, tzinfo=timezone.utc),
+        box=Box((0.1, 0.2, 0.3, 0.4), 0.9, "leopard", 0.8, "classifier"), vector=vector, model="m", model_version="1",
+        crop=None if crop is None else Picture(crop, 128, 64)).to_json()
 
 
 def event_message() -> dict:
-    event = Event(id="ev-1", source_id="sd", start=datetime(2019, 3, 1, 19, 49), end=datetime(2019, 3, 1, 19, 50),
-                  frames=3, label="leopard", score=0.9, probs={"leopard": 0.9}, counts={"leopard": 1}, closed=True)
-    return messages.event_payload(DEVICE, "north", event, alerted=False)
+    event = Event(id="ev-1", source_id="sd", start=datetime(2019, 3, 1, 19, 49, tzinfo=timezone.utc),
+                  end=datetime(2019, 3, 1, 19, 50, tzinfo=timezone.utc), frames=3, label="leopard", score=0.9,
+                  probs={"leopard": 0.9}, counts={"leopard": 1}, closed=True)
+    return EventMessage(device=DEVICE, site="north", event=event, alerted=False).to_json()
+
+
+def encode(payload: dict) -> bytes:
+    """The payload on the wire (compact JSON, as the edge writes it)."""
+    return json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
 
 
 def topic(kind: str, device: str = DEVICE) -> str:
@@ -98,7 +106,7 @@ def test_invalid_payloads_are_rejected_with_reason(leopards, make, reason):
 def test_valid_embedding_becomes_a_normalised_sighting_with_its_crop(leopards):
     _, path, vector = leopards[0]
     crop = jpeg_of(path, max_side=128)
-    result = parse(topic("embedding"), messages.encode(embedding_message(vector * 3.0, crop=crop)), PREFIX)
+    result = parse(topic("embedding"), encode(embedding_message(vector * 3.0, crop=crop)), PREFIX)
     assert isinstance(result, Message), getattr(result, "reason", "")
     sighting = sighting_of(result)
     assert sighting.crop_jpeg == crop
@@ -110,7 +118,7 @@ def test_valid_embedding_becomes_a_normalised_sighting_with_its_crop(leopards):
 def test_store_keeps_each_message_id_once(tmp_path, leopards):
     store = CentralStore(tmp_path / "central.db")
     ingest = Ingestor(store, PREFIX)
-    raw = messages.encode(embedding_message(leopards[0][2]))
+    raw = encode(embedding_message(leopards[0][2]))
     outcomes = [ingest(topic("embedding"), raw) for _ in range(3)]
     assert outcomes == ["stored", "duplicate", "duplicate"]
     assert (store.count("messages"), store.count("sightings")) == (1, 1)
@@ -119,9 +127,9 @@ def test_store_keeps_each_message_id_once(tmp_path, leopards):
 def test_a_known_model_with_another_dimension_is_rejected(tmp_path, leopards):
     store = CentralStore(tmp_path / "central.db")
     vector = leopards[0][2]
-    assert Ingestor(store, PREFIX)(topic("embedding"), messages.encode(embedding_message(vector))) == "stored"
+    assert Ingestor(store, PREFIX)(topic("embedding"), encode(embedding_message(vector))) == "stored"
     ingest = Ingestor(store, PREFIX)  # a restart: the known dimension comes from the store
-    shorter = messages.encode(embedding_message(vector[:100]))
+    shorter = encode(embedding_message(vector[:100]))
     assert ingest(topic("embedding"), shorter) == "rejected"
     (reason,) = [r[0] for r in store.conn.execute("SELECT reason FROM rejected")]
     assert f"has {vector.size} dimensions, this vector 100" in reason
@@ -130,11 +138,11 @@ def test_a_known_model_with_another_dimension_is_rejected(tmp_path, leopards):
 
 def test_store_reopens_at_the_same_schema(tmp_path, leopards):
     store = CentralStore(tmp_path / "central.db")
-    Ingestor(store, PREFIX)(topic("embedding"), messages.encode(embedding_message(leopards[0][2])))
+    Ingestor(store, PREFIX)(topic("embedding"), encode(embedding_message(leopards[0][2])))
     store.close()
     again = CentralStore(tmp_path / "central.db")
     assert again.count("sightings") == 1
-    assert again.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert again.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
 
 
 def publish(broker, items: list[tuple[str, bytes]]) -> None:
@@ -164,24 +172,23 @@ def test_service_ingests_through_the_broker_and_proposes_matches(mosquitto, tmp_
     try:
         assert service.subscriber.subscribed.wait(10)
         payloads = [embedding_message(v, event=f"ev-{i}") for i, (_, _, v) in enumerate(leopards[:12])]
-        items = [(topic("embedding"), messages.encode(p)) for p in payloads]
+        items = [(topic("embedding"), encode(p)) for p in payloads]
         items.append((topic("embedding"), items[0][1]))  # a QoS-1 redelivery
-        items += [(topic("event"), messages.encode(event_message())), (topic("alert"), b"{not json"),
-                  (topic("status"), messages.encode(messages.status_payload(DEVICE, "online")))]
+        items += [(topic("event"), encode(event_message())), (topic("alert"), b"{not json"),
+                  (topic("status"), encode(StatusMessage(device=DEVICE, state="online").to_json()))]
         publish(mosquitto, items)
         store = service.store
-        # each sighting is matched against what is stored when its turn comes: at least the ones before it
-        last = payloads[-1]["id"]
-        assert wait_until(lambda: len(store.proposals(last)) == 5 and store.count("rejected") == 1)
-        assert all(len(store.proposals(p["id"])) >= min(i, 5) for i, p in enumerate(payloads))
+        assert wait_until(lambda: len(service.matcher.gallery("m@1", 1280)) == 12 and store.count("rejected") == 1)
         assert store.count("messages") == 14 and store.count("sightings") == 12
         assert [r[2].split(":")[0] for r in store.rejections()] == ["payload is not JSON"]
-        proposals = store.proposals(last)
-        # independent expectation: the 5 most similar other images by brute-force cosine
+        # proposals come from the gallery the service indexed; independent expectation: the 5 most
+        # similar other images by brute-force cosine
+        anchor = store.sighting(payloads[-1]["id"])
+        candidates = Matcher(store).propose(anchor)
         vectors = np.stack([v / np.linalg.norm(v) for _, _, v in leopards[:12]])
         expected = np.argsort(-(vectors[:-1] @ vectors[-1]))[:5]
-        assert [row[1] for row in store.proposals(last)] == [payloads[i]["id"] for i in expected]
-        cosines = [row[3] for row in proposals]
+        assert [c.image_id for c in candidates] == [payloads[i]["id"] for i in expected]
+        cosines = [c.cosine for c in candidates]
         assert cosines == sorted(cosines, reverse=True)
     finally:
         service.stop()
@@ -193,7 +200,7 @@ def test_service_ingests_through_the_broker_and_proposes_matches(mosquitto, tmp_
     ("gallery:\n  backend: faiss\n", pytest.raises(Exception, match=r":2: gallery.backend")),
 ])
 def test_central_config_errors_name_line_and_key(tmp_path, yaml_text, expectation):
-    from edge.config_loader import load_config
+    from common.config_loader import load_config
 
     path = tmp_path / "central.yaml"
     path.write_text(yaml_text)
@@ -235,7 +242,7 @@ def test_cli_service_runs_until_sigterm(mosquitto, tmp_path, leopards):
                 except sqlite3.OperationalError:
                     return -1
         assert wait_until(lambda: stored() == 0, 20)
-        body = messages.encode(embedding_message(leopards[0][2]))
+        body = encode(embedding_message(leopards[0][2]))
         for _ in range(40):  # until subscribed: the same message again, as a device's retry would
             publish(mosquitto, [(topic("embedding"), body)])
             if wait_until(lambda: stored() == 1, 0.5):

@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from edge.runtime.preprocess import to_tensor
-from export.build import CROP_INPUT
+from train.models.classifier import CROP_INPUT
 from export.onnx_export import export_onnx, torch_vs_onnx
 from train.classifier import (TrainConfig, evaluate, frozen_forward, load_crop, train_classifier,
                               trainable_forward)
@@ -56,6 +56,8 @@ def test_confusion_matrix(y_true, y_pred, k, expected, raises):
         ([0, 1], [0, 0], ["a", "b"], 0.5, (2 / 3 + 0) / 2, {"a": (0.5, 1.0, 2 / 3, 1), "b": (0.0, 0.0, 0.0, 1)}),
         # b predicted but absent from the truth: F1 0, counted
         ([0, 0], [0, 1], ["a", "b"], 0.5, (2 / 3 + 0) / 2, {"a": (1.0, 0.5, 2 / 3, 2), "b": (0.0, 0.0, 0.0, 0)}),
+        # an empty split (e.g. no night frames): all zero, no error
+        ([], [], ["a", "b"], 0.0, 0.0, {"a": (0.0, 0.0, 0.0, 0), "b": (0.0, 0.0, 0.0, 0)}),
     ],
 )
 def test_classification_report(y_true, y_pred, labels, top1, macro_f1, per_class):
@@ -77,8 +79,11 @@ def test_classification_report(y_true, y_pred, labels, top1, macro_f1, per_class
         ([0.5, 0.5, 0.2], [1, 0, 0], [0, 0.5, 1], [0, 1, 1], 0.75, does_not_raise()),
         ([0.9, 0.8, 0.1], [1, 1, 0], [0, 0, 0, 1], [0, 0.5, 1, 1], 1.0, does_not_raise()),
         ([0.9, 0.1], [0, 1], [0, 1, 1], [0, 0, 1], 0.0, does_not_raise()),
+        # collinear points stay (no drop_intermediate): one point per distinct score
+        ([0.9, 0.8, 0.7, 0.1], [1, 1, 1, 0], [0, 0, 0, 0, 1], [0, 1 / 3, 2 / 3, 1, 1], 1.0, does_not_raise()),
         ([0.9, 0.1], [1, 1], None, None, None, pytest.raises(ValueError)),
         ([0.9, 0.1], [1], None, None, None, pytest.raises(ValueError)),
+        ([0.9, 0.1], [0, 0], None, None, None, pytest.raises(ValueError)),
     ],
 )
 def test_roc_curve_and_auc(scores, positives, fpr, tpr, area, raises):
@@ -90,9 +95,18 @@ def test_roc_curve_and_auc(scores, positives, fpr, tpr, area, raises):
         assert auc(got_fpr, got_tpr) == pytest.approx(area)
 
 
-def test_auc_refuses_decreasing_x():
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        ([0, 1, 0.5], [0, 1, 1]),  # not monotonic
+        ([1, 0], [1, 1]),  # decreasing: scikit-learn would take it, here it is a reversed curve
+        ([0], [1]),  # one point
+        ([0, 1], [0, 1, 1]),  # lengths differ
+    ],
+)
+def test_auc_refuses_bad_curves(x, y):
     with pytest.raises(ValueError):
-        auc([0, 1, 0.5], [0, 1, 1])
+        auc(x, y)
 
 
 # ---------------------------------------------------------------- training

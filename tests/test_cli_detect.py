@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -86,11 +87,68 @@ def test_edge_commands_never_import_torch(mixed_folder, bundle_dir, tmp_path):
 def test_thread_count_reaches_onnxruntime(bundle_dir):
     import argparse
 
-    from edge.cli_models import add_model_arguments, open_models
-    from edge.runtime.models import Detector
+    from edge.app.factory import build_analyzer
+    from edge.cli.options import add_model_arguments, command_config
 
     parser = argparse.ArgumentParser()
     add_model_arguments(parser)
-    _, (detector,) = open_models(parser.parse_args(["--bundle", str(bundle_dir), "--threads", "1"]), Detector)
+    config = command_config(parser.parse_args(["--bundle", str(bundle_dir), "--threads", "1"]), bundle_dir)
+    detector = build_analyzer(config).detector
     assert detector.backend.session.get_session_options().intra_op_num_threads == 1
     assert detector.precision == "int8"
+
+
+AGREEMENT_FRAMES = ["frames/ena24_small/8831.jpg", "frames/autofocus_gallery/coyote1.jpg",
+                    "frames/animl_samples/sample-img-fox.jpg", "frames/ena24_small/4383.jpg",
+                    "species/mlwic_ca01/images/CA-01_0006503.jpg", "species/mlwic_ca01/images/CA-01_0006505.jpg",
+                    "species/mlwic_ca01/images/CA-01_0006501.jpg", "boxes/wbia_voc/JPEGImages/2014_000001.jpg"]
+
+
+def _md_label(doc: dict, entry: dict) -> str:
+    """The label a MegaDetector consumer reads: the first classification, else the detector category."""
+    if entry.get("classifications"):
+        return doc["classification_categories"][entry["classifications"][0][0]]
+    return doc["detection_categories"][entry["category"]]
+
+
+def test_detect_and_the_service_agree_on_boxes_and_labels(data, bundle_dir, tmp_path):
+    """One device config, two commands: `trapedge run --once` over a drop folder and `trapedge detect
+    --config` over the same frames give the same boxes and the same labels (info bars cut in both)."""
+    import sqlite3
+
+    import yaml
+
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    names = []
+    for i, rel in enumerate(AGREEMENT_FRAMES):
+        source = data / rel
+        if source.is_file():
+            names.append(f"{i}_{source.name}")
+            shutil.copy(source, folder / names[-1])
+    assert len(names) == len(AGREEMENT_FRAMES)
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump({
+        "device_id": "cam-agree", "bundle": {"path": str(bundle_dir)},
+        "sources": [{"type": "folder", "id": "sd", "path": str(folder), "settle_seconds": 0}],
+        "preprocess": {"detect_info_bars": True}, "gate": {"enabled": False},
+        "store": {"path": str(tmp_path / "trapedge.db")}, "log_level": "WARNING"}))
+    assert main(["run", "--config", str(config), "--once"]) == 0
+    out = tmp_path / "md.json"
+    assert main(["detect", str(folder), "--config", str(config), "--output", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    conn = sqlite3.connect(tmp_path / "trapedge.db")
+    service = {}
+    for path, width, height, x1, y1, x2, y2, label in conn.execute(
+            "SELECT f.path, f.width, f.height, d.x1, d.y1, d.x2, d.y2, d.label FROM frames f "
+            "LEFT JOIN detections d ON d.frame_id = f.id ORDER BY f.path, d.idx"):
+        boxes = service.setdefault(Path(path).name, [])
+        if label is not None:
+            boxes.append(([x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height], label))
+    detected = {e["file"]: [(e2["bbox"], _md_label(doc, e2)) for e2 in e["detections"]] for e in doc["images"]}
+    assert sorted(service) == sorted(detected) == sorted(names)
+    assert sum(len(v) for v in service.values()) >= 6, "the frames must give boxes to compare"
+    for name in names:
+        assert [label for _, label in detected[name]] == [label for _, label in service[name]], name
+        for (md_box, _), (db_box, _) in zip(detected[name], service[name]):
+            assert md_box == pytest.approx(db_box, abs=1e-3), name

@@ -1,4 +1,4 @@
-"""edge.config_loader: line numbers, unknown keys, substitution, secrets kept out of error text."""
+"""common.config_loader: line numbers, unknown keys, substitution, secrets kept out of error text."""
 
 import traceback
 from contextlib import nullcontext as does_not_raise
@@ -7,7 +7,7 @@ from textwrap import dedent
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edge.config_loader import ConfigError, load_config, validate_config_command
+from common.config_loader import ConfigError, load_config, validate_config_command
 
 SECRET = "s3cr3t-hunter2"
 

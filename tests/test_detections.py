@@ -3,7 +3,7 @@ from contextlib import nullcontext as does_not_raise
 import numpy as np
 import pytest
 
-from edge.detections import Detections
+from edge.runtime.detections import Detections
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from edge.capture.decode import decode_image
-from edge.detections import Detections
+from edge.runtime.detections import Detections
 from edge.runtime.yolox import box_iou, decode_yolox, make_grid
 from train.detector import (
     DetectorConfig,
@@ -28,6 +28,7 @@ from train.detector import (
     split_detector_records,
     train_detector,
 )
+from train.detector_eval import average_precisions
 from train.models.yolox import STRIDES, load_yolox
 from train.models.yolox_loss import AnchorGrid, Targets, dynamic_k_matching, simota_assign, yolox_loss
 from train.records import Record
@@ -286,25 +287,55 @@ def dets(boxes, scores=None, classes=None) -> Detections:
 
 
 A, B = [0, 0, 10, 10], [20, 20, 30, 30]
+A_LOW = [0, 2, 10, 12]  # IoU with A 80/120 = 0.67
 
 
+# COCO AP is the mean, over the 101 recall points r = 0, 0.01, ..., 1, of the best precision at
+# any recall >= r (0 past the highest recall reached).
 @pytest.mark.parametrize(
     "truths, predictions, expected",
     [
-        ([dets([A])], [dets([A])], 1.0),  # perfect
-        ([dets([A, B])], [dets([A])], 0.5),  # one of two found, the only detection right
-        ([dets([A])], [dets([B, A], [0.9, 0.8])], 0.5),  # a false positive ranked first
+        ([dets([A])], [dets([A])], 1.0),  # perfect: precision 1 at every recall point
+        # one of two found, the only detection right: precision 1 at r = 0 ... 0.50, then 0: 51/101
+        # (VOC's all-point area gave 0.5)
+        ([dets([A, B])], [dets([A])], 51 / 101),
+        # a false positive ranked first: (recall, precision) (0, 0) then (1, 1/2), envelope 1/2 everywhere
+        ([dets([A])], [dets([B, A], [0.9, 0.8])], 0.5),
         ([dets([A])], [dets([A, B], [0.9, 0.8])], 1.0),  # a false positive ranked after
         ([dets([A])], [dets([A, A], [0.9, 0.8])], 1.0),  # a duplicate is a false positive, after
         ([dets([A]), dets([B])], [dets([B]), dets([A])], 0.0),  # right box, wrong image
         ([dets([A])], [dets([A], classes=[1])], 0.0),  # wrong class
         ([dets([A]), dets([B])], [dets([[0, 0, 10, 14]], [0.7]), dets([B], [0.9])], 1.0),  # IoU 0.71 counts
         ([dets([A])], [dets([[0, 0, 10, 21]])], 0.0),  # IoU 0.48 does not
+        # the second box's best truth (A, IoU 0.90) is taken, so it matches A_LOW (IoU 0.74): both
+        # found (VOC's rule, best truth or nothing, gave 0.5)
+        ([dets([A, A_LOW])], [dets([A, [0, 0.5, 10, 10.5]], [0.9, 0.8])], 1.0),
+        # 99 false positives, then the hit: precision 1/100 at every recall point
+        ([dets([A])], [dets([B] * 99 + [A], [0.9] * 99 + [0.1])], 1 / 100),
+        # 100 false positives push the hit past maxDets 100 of its image: not counted
+        ([dets([A])], [dets([B] * 100 + [A], [0.9] * 100 + [0.1])], 0.0),
+        ([dets([A]), dets([], classes=[])], [dets([], classes=[]), dets([], classes=[])], 0.0),  # nothing found
         ([dets([], classes=[])], [dets([A])], None),  # no truth: no AP
+        ([], [], None),  # no images
     ],
 )
 def test_average_precision(truths, predictions, expected):
     assert average_precision(truths, predictions, 0) == (None if expected is None else pytest.approx(expected))
+
+
+@pytest.mark.parametrize(
+    "truths, predictions, expected, expectation",
+    [
+        # class 0 found, class 1 never in the truth, class 2 missed
+        ([dets([A, B], classes=[0, 2])], [dets([A, B], classes=[0, 1])], {0: 1.0, 1: None, 2: 0.0},
+         does_not_raise()),
+        ([dets([A])], [], None, pytest.raises(ValueError)),  # not one prediction per image
+    ],
+)
+def test_average_precisions_per_class(truths, predictions, expected, expectation):
+    with expectation:
+        got = average_precisions(truths, predictions, [0, 1, 2])
+        assert got == {k: None if v is None else pytest.approx(v) for k, v in expected.items()}
 
 
 class Oracle(torch.nn.Module):
@@ -335,9 +366,10 @@ def input_boxes(record_boxes: np.ndarray, hw: tuple[int, int], size: tuple[int, 
     return record_boxes * np.array([w, h, w, h]) * ratio
 
 
-@pytest.mark.parametrize("found_in_second, expected_ap", [(True, 1.0), (False, 1 / 6)])
-def test_evaluate_detector_exact_ap_on_real_images(data, found_in_second, expected_ap):
-    """Giraffe photo (1 box) found; elephant photo (5 boxes) found or missed: AP 1 or 1/6."""
+# with 1 of 6 boxes found, precision is 1 up to recall 1/6, i.e. at the 17 recall points 0 ... 0.16
+@pytest.mark.parametrize("found_in_second, expected_ap, expected_recall", [(True, 1.0, 1.0), (False, 17 / 101, 1 / 6)])
+def test_evaluate_detector_exact_ap_on_real_images(data, found_in_second, expected_ap, expected_recall):
+    """Giraffe photo (1 box) found; elephant photo (5 boxes) found or missed: AP 1 or 17/101."""
     records = [r for r in detector_records(data, sources=("voc",))
                if r.path.name in ("2014_000003.jpg", "2014_000002.jpg")]
     size = (288, 384)
@@ -348,7 +380,8 @@ def test_evaluate_detector_exact_ap_on_real_images(data, found_in_second, expect
     report = evaluate_detector(Oracle(boxes, size), records, ["animal", "person", "vehicle"], size)
     assert (report["images"], report["boxes"]) == (2, 6)
     assert report["ap50"] == {"animal": pytest.approx(expected_ap)}
-    assert report["recall"] == pytest.approx(expected_ap)
+    assert report["map50"] == pytest.approx(expected_ap)
+    assert report["recall"] == pytest.approx(expected_recall)
 
 
 def test_detector_class_refuses_records_without_class(data):

@@ -1,20 +1,32 @@
-from datetime import datetime, timedelta
+"""Bursts and watch-list rules: pure functions of labelled detections and config."""
+
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
-from edge.detections import Detections
-from edge.events import BurstConfig, BurstState, Event, add_frame, aggregate_burst, confident_probs, event_id, joins
-from edge.rules import RulesConfig, WatchRule, decide_alert, thresholds_for
+from edge.analysis.labels import LabelSpace, combine_labels
+from edge.events.bursts import BurstConfig, BurstState, Event, add_frame, aggregate_burst, event_id, joins, voters
+from edge.events.rules import RulesConfig, WatchRule, decide_alert, thresholds_for
+from edge.runtime.detections import Detections
 
 LABELS = ["cat", "rat", "other"]
-T0 = datetime(2026, 5, 1, 21, 0, 0)
+SPACE = LabelSpace(("animal", "person", "vehicle"), tuple(LABELS))
+T0 = datetime(2026, 5, 1, 21, 0, 0, tzinfo=timezone(timedelta(hours=-8)))
+
+
+def _labelled(probs, class_ids=None) -> Detections:
+    """Boxes with the classifier's ``probs`` (one row per box) and their final labels."""
+    probs = np.array(probs, np.float32).reshape(-1, 3)
+    ids = np.zeros(len(probs), np.int64) if class_ids is None else np.array(class_ids)
+    det = Detections(np.zeros((len(probs), 4)), np.full(len(probs), 0.9), ids, {"species_probs": probs})
+    return combine_labels(det, SPACE)
 
 
 def _burst(*frames):
     state = BurstState("e1", "sd", T0, T0)
     for i, probs in enumerate(frames):
-        state = add_frame(state, T0 + timedelta(seconds=i), np.array(probs, np.float32).reshape(-1, 3), LABELS)
+        state = add_frame(state, T0 + timedelta(seconds=i), _labelled(probs), SPACE.labels)
     return state
 
 
@@ -37,9 +49,18 @@ def test_empty_burst_has_no_label():
     assert event.label is None and event.score == 0.0 and event.frames == 2
 
 
-def test_confident_probs_filters_by_detector_score():
-    det = Detections(np.zeros((2, 4)), [0.9, 0.1], [0, 0], {"species_probs": np.eye(2, 3)})
-    assert confident_probs(det, BurstConfig(min_crop_confidence=0.5)).tolist() == [[1, 0, 0]]
+def test_voters_are_the_confident_boxes():
+    det = combine_labels(Detections(np.zeros((2, 4)), [0.9, 0.1], [0, 0], {"species_probs": np.eye(2, 3)}), SPACE)
+    assert voters(det, BurstConfig(min_crop_confidence=0.5)).labels() == ["cat"]
+
+
+def test_a_person_box_votes_person_whatever_the_classifier_says():
+    """The reproduction: a detector ``person`` whose crop the classifier calls ``cat`` at 0.9."""
+    state = add_frame(BurstState("e1", "sd", T0, T0), T0, _labelled([[0.9, 0.05, 0.05]], class_ids=[1]), SPACE.labels)
+    event = aggregate_burst(state, BurstConfig())
+    assert (event.label, event.score, event.counts) == ("person", 1.0, {"person": 1})
+    assert "cat" not in event.probs
+    assert decide_alert(event, RulesConfig(watch=[WatchRule(label="cat", threshold=0.1)]), None, False) is None
 
 
 @pytest.mark.parametrize(("seconds", "expected"), [(0, True), (10, True), (10.5, False), (-3, True)])
@@ -50,7 +71,7 @@ def test_gap_joins(seconds, expected):
 
 
 def test_event_id_is_stable_and_distinct():
-    assert event_id("cam1", "sd", "a.jpg") == event_id("cam1", "sd", "a.jpg")
+    assert event_id("cam1", "sd", "a.jpg") == "57224a84-7f45-5070-816a-04bb1dabdab8"  # uuid5 in trapedge's namespace
     assert len({event_id("cam1", "sd", "a.jpg"), event_id("cam2", "sd", "a.jpg"), event_id("cam1", "sd", "b.jpg")}) == 3
 
 

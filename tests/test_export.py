@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.detections import Detections
+from edge.runtime.detections import Detections
 from export import gates
+from train.box_matching import matched_recall
 
 
 def _det(boxes, classes=None):
@@ -26,7 +27,7 @@ def _det(boxes, classes=None):
     ],
 )
 def test_matched_recall(reference, candidate, expected):
-    assert gates.matched_recall([_det(reference)], [_det(candidate)]) == pytest.approx(expected)
+    assert matched_recall([_det(reference)], [_det(candidate)]) == pytest.approx(expected)
 
 
 def test_recall_tolerates_scores_just_under_the_threshold():
@@ -51,7 +52,7 @@ def test_mean_box_iou_of_found_boxes():
 def test_detector_size_must_fit_the_strides():
     import argparse
 
-    from export.build import detector_input
+    from train.models.yolox import detector_input
     from export.cli import _size
 
     assert _size("480x640") == (480, 640) and detector_input((480, 640)).size == (480, 640)
@@ -61,7 +62,7 @@ def test_detector_size_must_fit_the_strides():
 
 
 def test_recall_requires_same_class():
-    assert gates.matched_recall([_det([[0, 0, 10, 10]], [1])], [_det([[0, 0, 10, 10]], [0])])[0] == 0.0
+    assert matched_recall([_det([[0, 0, 10, 10]], [1])], [_det([[0, 0, 10, 10]], [0])])[0] == 0.0
 
 
 def test_agreement_and_cosine():

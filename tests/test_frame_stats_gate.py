@@ -5,7 +5,7 @@ import pytest
 
 from edge.capture.decode import decode_image, list_images
 from edge.capture.frame_stats import detect_info_bars, is_night, mean_brightness, trim_info_bars
-from edge.gate import MotionGate, MotionGateConfig
+from edge.analysis.gate import MotionGate, MotionGateConfig
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.health import DiskConfig, DiskGuard, DiskUsage, disk_free_mb, disk_full, temperature_c
+from edge.app.health import DiskConfig, DiskGuard, DiskUsage, disk_free_mb, disk_full, temperature_c
 
 FRAMES = ["ena24_small/8831.jpg", "ena24_small/8786.jpg", "autofocus_gallery/coyote1.jpg",
           "ena24_small/4383.jpg", "autofocus_gallery/buck.jpeg", "animl_samples/sample-img-skunk-large.jpg"]
@@ -83,7 +83,7 @@ def _config(tmp_path: Path, bundle_dir: Path, state: Path, broker=None, **overri
     config = {
         "device_id": "cam-disk", "sources": [{"type": "folder", "id": "sd", "path": str(tmp_path / "incoming"),
                                               "settle_seconds": 0, "poll_seconds": 0.05}],
-        "bundle": {"path": str(bundle_dir), "threads": 1}, "gate": {"enabled": False},
+        "bundle": {"path": str(bundle_dir), "backend": {"type": "onnxruntime", "threads": 1}}, "gate": {"enabled": False},
         "bursts": {"gap_seconds": 1}, "store": {"path": str(state / "trapedge.db")},
         "mqtt": {"host": broker.host, "port": broker.port} if broker else None, "idle_sleep_s": 0.05,
         **overrides,
@@ -95,9 +95,9 @@ def _config(tmp_path: Path, bundle_dir: Path, state: Path, broker=None, **overri
 
 
 def _service(config: Path):
-    from edge.config import EdgeConfig
-    from edge.config_loader import load_config
-    from edge.service import Service
+    from edge.app.config import EdgeConfig
+    from common.config_loader import load_config
+    from edge.app.service import Service
 
     service = Service(load_config(config, EdgeConfig))
     service.start()

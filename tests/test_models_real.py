@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from edge.capture.decode import decode_image
-from edge.detections import Detections
+from edge.runtime.detections import Detections
 from edge.runtime.bundle import load_bundle
 from edge.runtime.models import Classifier, Detector, Embedder
-from export.gates import matched_recall
+from train.box_matching import matched_recall
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +86,9 @@ def test_classifier_and_embedder_of_one_graph_share_a_session_and_one_run(bundle
     from datetime import datetime
 
     from edge.capture.frame import Frame
-    from edge.gate import MotionGate, MotionGateConfig
-    from edge.pipeline import Analyzer, DetectionConfig, PreprocessConfig, PrivacyConfig
+    from edge.analysis.gate import MotionGate, MotionGateConfig
+    from edge.analysis.analyzer import Analyzer
+    from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
 
     bundle = load_bundle(bundle_dir)
     detector, classifier, embedder = Detector(bundle), Classifier(bundle), Embedder(bundle)
@@ -102,10 +103,10 @@ def test_classifier_and_embedder_of_one_graph_share_a_session_and_one_run(bundle
                             DetectionConfig(), PrivacyConfig(), 0.3).analyse(Frame("cam", "k", datetime(2026, 1, 1), "exif", rgb=rgb))
     finally:
         del classifier.backend.run
-    n = len(analysis.detections)
-    assert n >= 1 and analysis.embedded.any()
+    n, embedded = len(analysis.detections), analysis.detections.data["embedded"]
+    assert n >= 1 and embedded.any()
     assert sum(runs) == n  # every crop went through the shared graph once, not once per model
     separate = embedder.run_crops(embedder.crops_of(rgb, analysis.detections))
     vectors = analysis.detections.data["embedding"]
-    assert np.allclose(vectors[analysis.embedded], separate[analysis.embedded], atol=1e-5)
-    assert np.allclose(np.linalg.norm(vectors[analysis.embedded], axis=1), 1.0, atol=1e-4)
+    assert np.allclose(vectors[embedded], separate[embedded], atol=1e-5)
+    assert np.allclose(np.linalg.norm(vectors[embedded], axis=1), 1.0, atol=1e-4)

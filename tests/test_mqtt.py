@@ -1,4 +1,4 @@
-"""edge.mqtt against a real Mosquitto on loopback: order, acknowledgement, outages, last will."""
+"""edge.publish.mqtt against a real Mosquitto on loopback: order, acknowledgement, outages, last will."""
 
 import json
 import logging
@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter
 from contextlib import nullcontext as does_not_raise
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import jsonschema
@@ -19,16 +19,17 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from edge import messages
-from edge.events import Event
-from edge.mqtt import MqttConfig, Publisher
-from edge.store import Store
+from common.wire import load_schema, topic
+from edge.wire.messages import EventMessage
+from edge.events.bursts import Event
+from edge.publish.mqtt import MqttConfig, Publisher
+from edge.storage.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE, PREFIX = "cam-ridge-01", "trapedge"
 OUTAGE_S = float(os.environ.get("TRAPEDGE_OUTAGE_S", "3"))  # the reliability suite runs 30
-EVENT_SCHEMA = jsonschema.Draft202012Validator(messages.load_schema("event"))
-STATUS_SCHEMA = jsonschema.Draft202012Validator(messages.load_schema("status"))
+EVENT_SCHEMA = jsonschema.Draft202012Validator(load_schema("event"))
+STATUS_SCHEMA = jsonschema.Draft202012Validator(load_schema("status"))
 
 
 def wait_until(condition, timeout: float) -> bool:
@@ -90,13 +91,13 @@ def retained_status(broker, auth=None) -> dict:
 
 def queue_events(outbox, count: int, first: int = 0) -> list[str]:
     """Queue ``count`` event messages built from real-looking events; returns their ids in order."""
-    topic = messages.topic(PREFIX, DEVICE, "event")
     ids = []
     for n in range(first, first + count):
-        start = datetime(2024, 5, 1, 6, 0) + timedelta(minutes=n)
+        start = datetime(2024, 5, 1, 6, 0, tzinfo=timezone.utc) + timedelta(minutes=n)
         event = Event(f"event-{n:04d}", "sd", start, start + timedelta(seconds=4), 3, "fox", 0.87,
                       {"fox": 0.87, "other": 0.1}, {"fox": 1}, closed=True)
-        ids.append(outbox.add(topic, messages.event_payload(DEVICE, "north ridge", event, alerted=False)))
+        message = EventMessage(device=DEVICE, site="north ridge", event=event, alerted=False)
+        ids.append(outbox.add(topic(PREFIX, DEVICE, "event"), message))
     return ids
 
 
@@ -232,8 +233,8 @@ def test_messages_in_flight_at_a_broker_crash_are_resent_once_in_order(mosquitto
 
 PUBLISHER_PROCESS = """
 import sys, time
-from edge.mqtt import MqttConfig, Publisher
-from edge.store import Store
+from edge.publish.mqtt import MqttConfig, Publisher
+from edge.storage.store import Store
 store = Store(sys.argv[1])
 Publisher(MqttConfig(host=sys.argv[2], port=int(sys.argv[3])), sys.argv[4], store.outbox).start()
 time.sleep(60)
@@ -339,3 +340,22 @@ def test_password_file_is_read_and_never_shown(tmp_path):
     with pytest.raises(ValueError, match="password_file") as err:
         MqttConfig(host="b", username="cam", password_file=tmp_path / "missing").secret()
     assert "s3cr3t" not in str(err.value)
+
+
+def test_forgetting_pahos_copy_of_unacknowledged_publishes(store):
+    """The one paho internal the publisher reads (paho-mqtt is pinned below 3 for it): after a drop,
+    paho's own queue of unacknowledged QoS 1 publishes is emptied, so only the outbox re-sends."""
+    publisher = Publisher(MqttConfig(enabled=False), DEVICE, store.outbox)
+    client = publisher._client
+    info = client.publish(f"{PREFIX}/{DEVICE}/event", b"{}", qos=1)  # not connected: paho keeps it to re-send
+    assert info.rc == mqtt.MQTT_ERR_NO_CONN and len(client._out_messages) == 1
+    Publisher._forget_unacknowledged(client)
+    assert len(client._out_messages) == 0
+
+
+def test_outbox_refuses_what_is_not_json_and_queues_nothing(store):
+    bad = EventMessage(device=DEVICE, site=None, event=Event("e", "sd", datetime(2024, 5, 1, tzinfo=timezone.utc),
+                       datetime(2024, 5, 1, tzinfo=timezone.utc), 1, "fox", float("nan")), alerted=False)
+    with pytest.raises(ValueError, match="JSON compliant"):
+        store.outbox.add(topic(PREFIX, DEVICE, "event"), bad)
+    assert len(store.outbox) == 0

@@ -25,9 +25,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
-from edge.local_broker import BrokerTls, acl_for_devices
-from edge.mqtt import MqttConfig, Publisher
-from edge.store import Store
+from common.local_broker import BrokerTls, acl_for_devices
+from edge.publish.mqtt import MqttConfig, Publisher
+from edge.storage.store import Store
+from edge.wire.messages import StatusMessage
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENSSL = shutil.which("openssl")
@@ -190,8 +191,9 @@ def device(secure_broker, pki, store, tmp_path):
         publisher.stop(timeout=2)
 
 
-def alert(device_id: str) -> dict:
-    return {"device": device_id, "kind": "test-alert", "note": "security test"}
+def alert(device_id: str) -> StatusMessage:
+    """Any message of the device (the broker's ACL, not its content, is under test)."""
+    return StatusMessage(device=device_id, state="online", health={"note": "security test"})
 
 
 def test_publisher_over_tls_with_client_certificate_and_password(secure_broker, pki, device, store):
@@ -253,14 +255,14 @@ def test_password_is_never_logged(secure_broker, pki, device, store, caplog):
         bad.stop(timeout=2)
     finally:
         central.close()
-    assert any(r.name.startswith("edge.mqtt.paho") for r in caplog.records), "paho's DEBUG log was not captured"
+    assert any(r.name.startswith("edge.publish.mqtt.paho") for r in caplog.records), "paho's DEBUG log was not captured"
     for record in caplog.records:
         assert PASSWORDS["cam1"] not in record.getMessage()
         assert PASSWORDS["cam1"] not in repr(record.args)
 
 
 def test_password_is_not_in_validation_errors(tmp_path):
-    from edge.config_loader import ConfigError, load_config
+    from common.config_loader import ConfigError, load_config
 
     secret = "s3cr3t-Kx9"  # short, so that a repr of the input would show it whole
     with pytest.raises(ValidationError) as caught:

@@ -59,7 +59,7 @@ def write_config(tmp_path: Path, bundle_dir: Path, broker, **overrides) -> Path:
         "device_id": "cam-test", "site": "island",
         "sources": [{"type": "folder", "id": "sd", "path": str(tmp_path / "incoming"), "settle_seconds": 0.2,
                      "poll_seconds": 0.2}],
-        "bundle": {"path": str(bundle_dir), "threads": 1},
+        "bundle": {"path": str(bundle_dir), "backend": {"type": "onnxruntime", "threads": 1}},
         "rules": {"watch": [{"label": "bear", "threshold": 0.3}]},
         "bursts": {"gap_seconds": 60},
         "store": {"path": str(tmp_path / "state" / "trapedge.db")},
@@ -260,9 +260,9 @@ def _broken_inputs(data: Path, folder: Path) -> dict[str, str | None]:
 
 
 def test_every_broken_input_is_a_record_and_the_service_stays_up(tmp_path, data, bundle_dir):
-    from edge.config import EdgeConfig
-    from edge.config_loader import load_config
-    from edge.service import Service
+    from edge.app.config import EdgeConfig
+    from common.config_loader import load_config
+    from edge.app.service import Service
 
     # the copies show one scene: without motion the gate would rightly skip all but the first
     config = write_config(tmp_path, bundle_dir, None, gate={"enabled": False})

@@ -5,16 +5,22 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
+from common.wire import load_schema
+from edge.analysis.analyzer import Analyzer, FrameAnalysis
+from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
+from edge.analysis.gate import MotionGate, MotionGateConfig
+from edge.analysis.labels import LabelSpace, combine_labels
 from edge.capture.decode import decode_image
 from edge.capture.frame import Frame
-from edge.detections import Detections
-from edge.events import BurstConfig
-from edge.gate import MotionGate, MotionGateConfig
-from edge.pipeline import Analyzer, DetectionConfig, FrameAnalysis, PreprocessConfig, PrivacyConfig
-from edge.recorder import AlertConfig, Identity, Recorder
-from edge.rules import RulesConfig, WatchRule
-from edge.store import SCHEMA_VERSION, Store, StoreConfig, migrate
-from edge.thumbnails import blur, thumbnail_jpeg
+from edge.events.bursts import BurstConfig
+from edge.events.rules import RulesConfig, WatchRule
+from edge.runtime.detections import Detections
+from edge.storage.recorder import AlertConfig, Identity, Recorder
+from edge.storage.store import SCHEMA_VERSION, Store, StoreConfig, migrate
+from edge.wire.messages import StatusMessage
+from edge.wire.thumbnails import blur, thumbnail_jpeg
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 def test_migrations_are_versioned_and_idempotent(tmp_path):
@@ -40,7 +46,7 @@ def test_retention_never_touches_the_outbox(tmp_path):
     for i in range(5):
         _old_frame(store, f"old{i}", days_old=40)
         _old_frame(store, f"new{i}", days_old=1)
-        store.outbox.add("trapedge/cam/event", {"n": i, "pad": "x" * 20_000})
+        store.outbox.add("trapedge/cam/status", StatusMessage(device="cam", state="online", health={"pad": "x" * 20_000}))
     assert store.apply_retention(StoreConfig(path=store.path, retention_days=30)) == 5
     assert [k for (k,) in store.conn.execute("SELECT key FROM frames ORDER BY key")] == [f"new{i}" for i in range(5)]
     assert len(store.outbox) == 5
@@ -89,6 +95,10 @@ class CountingEmbedder:
 
 
 class FixedDetector:
+    """A single-class detector (as the pretrained bundle has) that finds one box in the middle."""
+
+    labels = ["animal"]
+
     def detect(self, rgb, confidence=None):
         h, w = rgb.shape[:2]
         return Detections([[w * 0.25, h * 0.25, w * 0.75, h * 0.75]], [0.9], [0])
@@ -102,9 +112,11 @@ def test_people_are_never_embedded(data, label, embedded, shared):
     analyzer = Analyzer(FixedDetector(), FixedClassifier(labels, label), embedder, MotionGate(MotionGateConfig()),
                         PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
     rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
-    analysis = analyzer.analyse(Frame("sd", "k", datetime(2026, 1, 1), "exif", rgb=rgb))
-    assert analysis.labels == [label]
-    assert bool(analysis.embedded[0]) is embedded and embedder.calls == int(embedded and not shared)
+    analysis = analyzer.analyse(Frame("sd", "k", T0, "exif", rgb=rgb))
+    assert analysis.detections.labels() == [label]
+    assert analysis.detections.data["label_source"].tolist() == ["classifier"]
+    assert bool(analysis.detections.data["embedded"][0]) is embedded
+    assert embedder.calls == int(embedded and not shared)
     # a person's vector never leaves the analysis, even when the shared graph computed it
     vectors = analysis.detections.data.get("embedding", np.zeros((1, 4)))
     assert bool(np.any(vectors[0])) is embedded
@@ -120,15 +132,15 @@ def test_person_thumbnails_are_blurred_in_store_and_alert(tmp_path, data):
     assert np.abs(np.diff(blur(patch).astype(int), axis=1)).mean() < np.abs(np.diff(patch.astype(int), axis=1)).mean() / 3
 
     store = Store(tmp_path / "p.db")
-    labels = ["fox", "person", "vehicle"]
+    space = LabelSpace(("animal",), ("fox", "person", "vehicle"))
     recorder = Recorder(store, Identity("cam", None, "trapedge", "emb", "v1"), BurstConfig(),
                         RulesConfig(watch=[WatchRule(label="person", threshold=0.5)]), AlertConfig(),
-                        PrivacyConfig(), labels)
+                        PrivacyConfig(), space.labels)
     probs = np.zeros((1, 3), np.float32)
     probs[0, 1] = 0.9
-    det = Detections([box], [0.9], [0], {"species_probs": probs})
-    frame = Frame("sd", "k1", datetime(2026, 1, 1), "exif", rgb=rgb)
-    result = recorder.record(FrameAnalysis(frame, det, ["person"], np.zeros(1, bool), False, 0.5, 1.0, False, (0, 0)))
+    det = combine_labels(Detections([box], [0.9], [0], {"species_probs": probs}), space)
+    frame = Frame("sd", "k1", T0, "exif", rgb=rgb)
+    result = recorder.record(FrameAnalysis(frame, det.with_data(embedded=np.zeros(1, bool)), False, 0.5, 1.0, False))
     assert result.alert == "person"
     (stored,) = store.conn.execute("SELECT thumbnail FROM events").fetchone()
     assert len(stored) < len(sharp) / 2
@@ -152,8 +164,31 @@ def test_a_detector_person_is_a_person_whatever_the_species_classifier_says(data
     analyzer = Analyzer(PersonDetector(), FixedClassifier(["fox", "person"], "fox"), embedder,
                         MotionGate(MotionGateConfig()), PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
     rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
-    analysis = analyzer.analyse(Frame("sd", "k", datetime(2026, 1, 1), "exif", rgb=rgb))
-    assert analysis.labels == ["person"] and not analysis.embedded.any() and embedder.calls == 0
+    analysis = analyzer.analyse(Frame("sd", "k", T0, "exif", rgb=rgb))
+    det = analysis.detections
+    assert det.labels() == ["person"] and det.data["label_source"].tolist() == ["detector"]
+    assert not det.data["embedded"].any() and embedder.calls == 0
+
+
+def test_a_detector_person_raises_no_fox_event_and_no_fox_alert(tmp_path, data):
+    """The reproduction: a three-class detector finds a person, the species classifier calls the crop
+    a fox, and the watch-list has fox. Events, alerts, rows and messages must all say person."""
+    analyzer = Analyzer(PersonDetector(), FixedClassifier(["fox", "person"], "fox"), CountingEmbedder(),
+                        MotionGate(MotionGateConfig()), PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
+    store = Store(tmp_path / "fox.db")
+    recorder = Recorder(store, Identity("cam", None, "trapedge", "emb", "v1"), BurstConfig(),
+                        RulesConfig(watch=[WatchRule(label="fox", threshold=0.3)]), AlertConfig(), PrivacyConfig(),
+                        analyzer.labels)
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
+    results = [recorder.record(analyzer.analyse(Frame("sd", f"k{i}", T0 + timedelta(seconds=i), "exif", rgb=rgb)))
+               for i in range(3)]
+    recorder.close_idle(idle_seconds=0)
+    assert [r.alert for r in results] == [None, None, None]
+    assert store.conn.execute("SELECT label FROM events").fetchall() == [("person",)]
+    assert store.conn.execute("SELECT DISTINCT label, label_source FROM detections").fetchall() == [("person", "detector")]
+    kinds = [m.topic.rsplit("/", 1)[1] for m in store.outbox.pending()]
+    assert kinds == ["event"]  # no alert, no embedding
+    assert '"label":"person"' in store.outbox.pending()[0].payload.decode()
 
 
 @pytest.mark.parametrize(("label", "blurred"), [("fox", False), ("vehicle", True)])
@@ -165,20 +200,19 @@ def test_embedding_messages_carry_the_crop_when_configured(tmp_path, data, label
     import jsonschema
     from PIL import Image
 
-    from edge.messages import load_schema
-
     rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=960).rgb
     box = np.array([300, 200, 700, 600], np.float32)
-    labels = ["fox", "person", "vehicle"]
+    space = LabelSpace(("animal",), ("fox", "person", "vehicle"))
     store = Store(tmp_path / "c.db")
-    identity = Identity("cam", None, "trapedge", "emb", "v1", embedding_crop_side=128)
+    identity = Identity("cam", None, "trapedge", "emb", "v1")
     recorder = Recorder(store, identity, BurstConfig(), RulesConfig(), AlertConfig(embedding_crop_max_side=128),
-                        PrivacyConfig(), labels)
+                        PrivacyConfig(), space.labels)
     probs = np.zeros((1, 3), np.float32)
-    probs[0, labels.index(label)] = 0.9
+    probs[0, space.index(label)] = 0.9
     det = Detections([box], [0.9], [0], {"species_probs": probs, "embedding": np.ones((1, 4), np.float32) / 2})
-    frame = Frame("sd", "k1", datetime(2026, 1, 1), "exif", rgb=rgb)
-    recorder.record(FrameAnalysis(frame, det, [label], np.ones(1, bool), False, 0.5, 1.0, False, (0, 0)))
+    det = combine_labels(det, space).with_data(embedded=np.ones(1, bool))
+    frame = Frame("sd", "k1", T0, "exif", rgb=rgb)
+    recorder.record(FrameAnalysis(frame, det, False, 0.5, 1.0, False))
     (message,) = [m for m in store.outbox.pending() if m.topic.endswith("/embedding")]
     payload = json.loads(message.payload)
     jsonschema.validate(payload, load_schema("embedding"))

@@ -1,4 +1,4 @@
-"""edge.systemd against real unix datagram sockets, and the shipped unit file checked by systemd-analyze."""
+"""edge.app.systemd against real unix datagram sockets, and the shipped unit file checked by systemd-analyze."""
 
 import logging
 import os
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge import systemd
-from edge.systemd import Watchdog, notify, watchdog_interval
+from edge.app import systemd
+from edge.app.systemd import Watchdog, notify, watchdog_interval
 
 UNIT = Path(__file__).resolve().parents[1] / "deploy" / "systemd" / "trapedge.service"
 
@@ -78,7 +78,7 @@ def test_notify_is_a_no_op_outside_systemd(monkeypatch, value):
 
 def test_notify_to_a_vanished_socket_logs_and_returns_false(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
-    with caplog.at_level(logging.WARNING, logger="edge.systemd"):
+    with caplog.at_level(logging.WARNING, logger="edge.app.systemd"):
         assert systemd.ready() is False
     assert "READY" in caplog.text and "gone" in caplog.text
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config_loader import ConfigError
+from common.config_loader import ConfigError
 from train.config import TrainingConfig, load_training_config, read_boxes, read_reid, read_species
 from train.records import Record
 

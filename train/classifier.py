@@ -30,7 +30,7 @@ from tqdm import tqdm
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image
 from edge.capture.frame_stats import detect_info_bars, is_night, trim_info_bars
 from edge.runtime.preprocess import crop, resize_whole, to_tensor
-from export.build import CROP_INPUT
+from train.models.classifier import CROP_INPUT
 from train.metrics import auc, classification_report, roc_curve
 from train.models.classifier import create_backbone, freeze_same_padding
 from train.records import Record

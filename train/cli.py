@@ -141,7 +141,7 @@ def detector_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | 
 
 def run(args: argparse.Namespace) -> int:
     if args.validate_config:
-        from edge.config_loader import validate_config_command
+        from common.config_loader import validate_config_command
 
         return validate_config_command(args.config, TrainingConfig)
     config = training_config(args)

@@ -106,9 +106,9 @@ def load_training_config(path: Path) -> TrainingConfig:
     """Read a training YAML; ``data_root`` relative to the file's folder.
 
     Raises:
-        edge.config_loader.ConfigError: listing every problem with its line and key.
+        common.config_loader.ConfigError: listing every problem with its line and key.
     """
-    from edge.config_loader import load_config
+    from common.config_loader import load_config
 
     config = load_config(path, TrainingConfig)
     if not config.data_root.is_absolute() and "data_root" in config.model_fields_set:

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from edge.runtime.manifest import InputSpec
-from export.build import detector_input
+from train.models.yolox import detector_input
 from train.models.yolox import STRIDES, YOLOX, load_yolox
 from train.models.yolox_loss import AnchorGrid, yolox_loss
 from train.detector_data import (PRIOR_PROB, InputImage, batches, box_images, detector_class, detector_records,

@@ -18,9 +18,9 @@ from tqdm import tqdm
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image
 from edge.runtime.manifest import InputSpec
 from edge.runtime.preprocess import Letterbox, letterbox, to_tensor
-from export.build import ExportOptions
 from train.datasets.megadetector import read_megadetector
 from train.datasets.voc import read_voc
+from train.models.yolox import DETECTION_THRESHOLD
 from train.models.yolox_loss import Targets
 from train.records import Record
 from train.splits import split_records
@@ -29,8 +29,7 @@ if TYPE_CHECKING:  # the config lives with the trainer, which imports this modul
     from train.detector import DetectorConfig
 
 MAX_SIDE = DEFAULT_MAX_SIDE  # decode size of training and evaluation frames, as on the edge
-MANIFEST_THRESHOLD = ExportOptions.detector_threshold  # the bundle's detection threshold (0.25)
-NMS_IOU = ExportOptions.nms_iou
+MANIFEST_THRESHOLD = DETECTION_THRESHOLD  # the bundle's detection threshold (0.25)
 PRIOR_PROB = 0.01  # YOLOX's initial class probability of a new output
 PERSON_LABELS = frozenset({"person", "people", "human", "humans"})
 VEHICLE_LABELS = frozenset({"vehicle", "vehicles", "car", "truck"})

@@ -1,22 +1,26 @@
 """Detector evaluation the way the edge runs it: letterbox, the edge's ``postprocess``, per-class
-AP at IoU 0.5 (VOC all-point interpolation) and recall at the bundle's threshold.
+AP at IoU 0.5 (pycocotools' COCOeval, 101-point interpolation) and recall at the bundle's threshold.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections import Counter
 from typing import Sequence
 
 import numpy as np
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from edge.capture.decode import ImageDecodeError, decode_image
-from edge.detections import Detections
+from edge.runtime.detections import Detections
 from edge.runtime.preprocess import letterbox, to_tensor
 from edge.runtime.yolox import box_iou, make_grid, postprocess
-from export.build import detector_input
-from export.gates import matched_recall
-from train.detector_data import MANIFEST_THRESHOLD, MAX_SIDE, NMS_IOU, BoxImage, box_images
+from train.models.yolox import NMS_IOU, detector_input
+from train.box_matching import matched_recall
+from train.detector_data import MANIFEST_THRESHOLD, MAX_SIDE, BoxImage, box_images
 from train.models.yolox import STRIDES, YOLOX
 from train.records import Record
 
@@ -39,45 +43,65 @@ def detect(model: YOLOX, images: Sequence[np.ndarray], input_size: tuple[int, in
     return out
 
 
+def average_precisions(truths: Sequence[Detections], predictions: Sequence[Detections], class_ids: Sequence[int],
+                       iou: float = 0.5) -> dict[int, float | None]:
+    """AP at one IoU threshold per class, by pycocotools' ``COCOeval`` (None for a class without truth).
+
+    COCO rules: detections of all images are ranked by confidence, only the 100 best of each image
+    and class count (``maxDets`` 100), each is a true positive when its best-IoU *still unmatched*
+    same-class truth box of its image has IoU ≥ ``iou``, area range "all", and AP is the mean of
+    the precision envelope at the 101 recall points 0, 0.01, …, 1 (not VOC's all-point area:
+    one of two boxes found scores 51/101, not 1/2).
+
+    Args:
+        truths: ground-truth boxes, one ``Detections`` per image.
+        predictions: detections of the same images, in the same order.
+        class_ids: the classes to score.
+        iou: IoU threshold of a match.
+
+    Returns:
+        class id → AP in [0, 1], or None where no image has a truth box of that class.
+    """
+    if len(truths) != len(predictions):
+        raise ValueError(f"{len(truths)} truth images but {len(predictions)} prediction images")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        ground = _coco(truths, class_ids)
+        found = _coco(predictions, class_ids, scored=True)
+        evaluation = COCOeval(ground, found, "bbox")
+        evaluation.params.iouThrs = np.array([iou])
+        evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0.0, 1e10]], ["all"]
+        evaluation.params.maxDets = [100]
+        evaluation.evaluate()
+        evaluation.accumulate()
+    precision = evaluation.eval["precision"][0, :, :, 0, 0]  # (recall points, classes)
+    return {k: None if np.all(precision[:, j] < 0) else float(precision[:, j].mean())
+            for j, k in enumerate(class_ids)}
+
+
 def average_precision(truths: Sequence[Detections], predictions: Sequence[Detections], class_id: int,
                       iou: float = 0.5) -> float | None:
-    """VOC all-point interpolated AP of one class (None when it has no ground truth box).
+    """COCO 101-point AP of one class (None when it has no ground truth box); see ``average_precisions``."""
+    return average_precisions(truths, predictions, [class_id], iou)[class_id]
 
-    Detections of all images are ranked by confidence; each is a true positive when its best
-    IoU with a still unmatched same-class truth box of its image is ≥ ``iou``.
+
+def _coco(images: Sequence[Detections], class_ids: Sequence[int], scored: bool = False) -> COCO:
+    """Boxes as an in-memory COCO dataset: image ``i`` and class ``k`` get ids ``i + 1`` and ``k + 1``.
+
+    Annotation ids also start at 1: COCOeval records a match as the partner's id, so id 0 would
+    read as "unmatched".
     """
-    gts = [t.xyxy[t.class_id == class_id] for t in truths]
-    n_gt = sum(len(g) for g in gts)
-    if n_gt == 0:
-        return None
-    ranked = sorted(((float(s), i, b) for i, p in enumerate(predictions)
-                     for s, b, c in zip(p.confidence, p.xyxy, p.class_id) if c == class_id), key=lambda t: -t[0])
-    taken = [np.zeros(len(g), bool) for g in gts]
-    hits = np.array([_claim(box, gts[i], taken[i], iou) for _, i, box in ranked], bool)
-    recall = np.cumsum(hits) / n_gt
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return _interpolated_area(recall, precision)
-
-
-def _claim(box: np.ndarray, gts: np.ndarray, taken: np.ndarray, iou: float) -> bool:
-    """Whether ``box`` matches its best-IoU truth box, still unclaimed (which it then claims)."""
-    if len(gts) == 0:
-        return False
-    ious = box_iou(box, gts)
-    best = int(ious.argmax())
-    if ious[best] < iou or taken[best]:
-        return False
-    taken[best] = True
-    return True
-
-
-def _interpolated_area(recall: np.ndarray, precision: np.ndarray) -> float:
-    """Area under the precision envelope (max precision at any higher recall), VOC 2010+ style."""
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+    annotations: list[dict] = []
+    for i, image in enumerate(images):
+        for box, score, k in zip(image.xyxy.tolist(), image.confidence.tolist(), image.class_id.tolist()):
+            x1, y1, x2, y2 = box
+            ann = {"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(k) + 1,
+                   "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+            annotations.append({**ann, "score": score} if scored else ann)
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i + 1} for i in range(len(images))], "annotations": annotations,
+                    "categories": [{"id": int(k) + 1} for k in class_ids]}
+    coco.createIndex()
+    return coco
 
 
 def _truth(image: BoxImage, hw: tuple[int, int]) -> Detections:
@@ -90,10 +114,11 @@ def evaluate_detector(model: YOLOX, records: Sequence[Record], classes: Sequence
     """Score a detector on boxed records the way the edge runs it.
 
     Returns:
-        ``images``, ``boxes``, ``boxes_per_class``, ``ap50`` (class → AP at IoU 0.5, classes
-        with ground truth only), ``map50`` (their mean; 0.0 without any box), ``recall`` (share of
-        truth boxes matched one-to-one at IoU 0.5 by a same-class detection scoring ≥
-        ``recall_threshold``, the manifest's 0.25) and ``failures`` (path, reason).
+        ``images``, ``boxes``, ``boxes_per_class``, ``ap50`` (class → COCO 101-point AP at IoU
+        0.5, see ``average_precisions``; classes with ground truth only), ``map50`` (their mean;
+        0.0 without any box), ``recall`` (share of truth boxes matched one-to-one at IoU 0.5 by a
+        same-class detection scoring ≥ ``recall_threshold``, the manifest's 0.25) and
+        ``failures`` (path, reason).
     """
     images = box_images(records, classes)
     pixels, kept, failures = [], [], []
@@ -105,8 +130,8 @@ def evaluate_detector(model: YOLOX, records: Sequence[Record], classes: Sequence
             failures.append((str(image.path), str(exc) or type(exc).__name__))
     truths = [_truth(im, px.shape[:2]) for im, px in zip(kept, pixels)]
     predictions = detect(model, pixels, input_size, threshold)
-    ap = {name: average_precision(truths, predictions, k) for k, name in enumerate(classes)}
-    ap = {name: value for name, value in ap.items() if value is not None}
+    per_class = average_precisions(truths, predictions, range(len(classes)))
+    ap = {classes[k]: value for k, value in per_class.items() if value is not None}
     recall, boxes = matched_recall(truths, [p[p.confidence >= MANIFEST_THRESHOLD] for p in predictions])
     counts = Counter(classes[c] for t in truths for c in t.class_id)
     return {"images": len(kept), "boxes": boxes, "boxes_per_class": dict(counts), "ap50": ap,

@@ -29,8 +29,8 @@ from torch import nn
 from tqdm import tqdm
 
 from edge.capture.decode import decode_image
-from export.build import CROP_INPUT
-from export.calibration import input_tensor
+from train.models.classifier import CROP_INPUT
+from edge.runtime.preprocess import model_input
 from train.models.classifier import create_backbone, freeze_same_padding
 from train.records import Record
 from train.reid_metrics import retrieval_metrics
@@ -221,9 +221,9 @@ def load_input(record: Record, edge_map: bool = False, rng: np.random.Generator 
         images.append(decode_image(edge_map_path(record.path)).rgb)
     if rng is not None:
         images = _augment(images, rng)
-    channels = [input_tensor(images[0], CROP_INPUT)[0]]
+    channels = [model_input(images[0], CROP_INPUT)[0]]
     if edge_map:
-        channels.append(input_tensor(images[1], CROP_INPUT)[0].mean(axis=0, keepdims=True))
+        channels.append(model_input(images[1], CROP_INPUT)[0].mean(axis=0, keepdims=True))
     return np.concatenate(channels)
 
 

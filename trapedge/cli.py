@@ -11,15 +11,15 @@ import sys
 
 # subcommand -> (module with add_arguments/run, one-line help)
 COMMANDS = {
-    "run": ("edge.cli_run", "run the appliance service (capture, detect, events, store, MQTT)"),
-    "detect": ("edge.cli_detect", "detect animals in every image under a folder (MegaDetector JSON)"),
-    "embed": ("edge.cli_embed", "embed the best detection (or whole image) of every image (JSON lines)"),
-    "bench": ("edge.bench", "benchmark the edge pipeline on real frames (INT8, fp32, torch eager)"),
+    "run": ("edge.cli.run", "run the appliance service (capture, detect, events, store, MQTT)"),
+    "detect": ("edge.cli.detect", "detect animals in every image under a folder (MegaDetector JSON)"),
+    "embed": ("edge.cli.embed", "embed the best detection (or whole image) of every image (JSON lines)"),
+    "bench": ("trapedge.bench", "benchmark the edge pipeline on real frames (INT8, fp32, torch eager)"),
     "train": ("train.cli", "train the species classifier and the re-ID embedder; write the report"),
     "export": ("export.cli", "build a model bundle: ONNX fp32 + INT8 with accuracy gates"),
     "export-tensorrt": ("export.tensorrt", "build TensorRT FP16/INT8 engines from a bundle (Jetson)"),
     "central": ("central.cli", "run the central matching service (ingest, match, review UI)"),
-    "bundle": ("edge.cli_bundle", "install, list or roll back model bundles (atomic switch, smoke check)"),
+    "bundle": ("edge.cli.bundle", "install, list or roll back model bundles (atomic switch, smoke check)"),
 }
 
 

@@ -120,6 +120,8 @@ def list_images(root: str | Path) -> list[Path]:
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 36867
 _DATETIME = 306
+_OFFSET_TIME_ORIGINAL = 36881
+_OFFSET_TIME = 36880
 
 
 def _exif_datetime(raw: object) -> datetime | None:
@@ -132,22 +134,35 @@ def _exif_datetime(raw: object) -> datetime | None:
         return None
 
 
+def _with_offset(time: datetime | None, raw: object) -> datetime | None:
+    """``time`` with the EXIF offset ``+HH:MM`` attached when one is given; naive otherwise."""
+    if time is None or not raw:
+        return time
+    text = (raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)).strip("\x00 ")
+    try:
+        return time.replace(tzinfo=datetime.strptime(text, "%z").tzinfo)
+    except ValueError:
+        return time
+
+
 def exif_time(image: Image.Image) -> datetime | None:
-    """EXIF DateTimeOriginal, else DateTime, as a naive datetime; None if both are absent or garbage."""
+    """EXIF DateTimeOriginal, else DateTime, with its EXIF offset when the camera wrote one (else
+    naive); None if both are absent or garbage."""
     try:
         exif = image.getexif()
-        original = exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL)
-        return _exif_datetime(original) or _exif_datetime(exif.get(_DATETIME))
+        ifd = exif.get_ifd(_EXIF_IFD)
+        original = _with_offset(_exif_datetime(ifd.get(_DATETIME_ORIGINAL)), ifd.get(_OFFSET_TIME_ORIGINAL))
+        return original or _with_offset(_exif_datetime(exif.get(_DATETIME)), ifd.get(_OFFSET_TIME))
     except Exception:  # a corrupt EXIF block (struct, Unicode or TIFF errors) must not cost the picture
         return None
 
 
 def file_time(path: Path) -> tuple[datetime, str]:
-    """The file's mtime (local time), or the clock when the file is gone."""
+    """The file's mtime (local time, with its offset), or the clock when the file is gone."""
     try:
-        return datetime.fromtimestamp(Path(path).stat().st_mtime), "mtime"
+        return datetime.fromtimestamp(Path(path).stat().st_mtime).astimezone(), "mtime"
     except OSError:
-        return datetime.now(), "clock"
+        return datetime.now().astimezone(), "clock"
 
 
 def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None = DEFAULT_MAX_SIDE) -> Frame:

@@ -12,6 +12,11 @@ import numpy as np
 TimeSource = Literal["exif", "mtime", "clock"]
 
 
+def camera_time(time: datetime) -> datetime:
+    """``time`` with a UTC offset: a naive camera time is read as this device's local time."""
+    return time if time.tzinfo is not None else time.astimezone()
+
+
 @dataclass(frozen=True)
 class Frame:
     """One picture from one source, or the record of why it could not be read.
@@ -20,8 +25,9 @@ class Frame:
         source_id: the configured id of the source (``sd``, ``usb0``…).
         key: identity of the picture within its source, stable across restarts (a folder source
             uses the relative path, size and mtime), so nothing is processed twice.
-        time: capture time (naive local camera time): EXIF DateTimeOriginal, else file mtime,
-            else the clock when it was grabbed.
+        time: capture time with its UTC offset: EXIF DateTimeOriginal (with OffsetTimeOriginal
+            when the camera wrote one, else read as the device's local time), else the file's
+            mtime, else the clock when it was grabbed. A naive time given here is read as local.
         time_source: which of those ``time`` came from.
         rgb: (H, W, 3) uint8 pixels, or None when the frame failed.
         path: the file, for file-based sources.
@@ -43,7 +49,15 @@ class Frame:
             raise ValueError("a Frame has either pixels or a failure, not both or neither")
         if self.rgb is not None and (self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8):
             raise ValueError(f"rgb must be (H, W, 3) uint8, got {self.rgb.shape} {self.rgb.dtype}")
+        object.__setattr__(self, "time", camera_time(self.time))
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The (H, W, 3) pixels of a frame that decoded; ValueError for a failure frame."""
+        if self.rgb is None:
+            raise ValueError(f"frame {self.source_id}/{self.key} has no pixels: {self.failure}")
+        return self.rgb

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from common.hashing import sha256_file
+
 from edge.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, FileEntry, Manifest, ModelSpec
 
 
 class BundleError(RuntimeError):
     """A bundle that must not be used: missing, malformed or tampered with."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

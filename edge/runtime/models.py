@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from edge.detections import Detections
-from edge.runtime.backends import create_backend
-from edge.runtime.bundle import Bundle
+from edge.runtime.backends import InferenceBackend, create_backend, plugin
+from edge.runtime.backends.onnxruntime import Config as OnnxRuntimeConfig
+from edge.runtime.bundle import Bundle, BundleError
+from edge.runtime.detections import Detections
 from edge.runtime.preprocess import crop, letterbox, resize_whole, to_tensor
 from edge.runtime.yolox import make_grid, postprocess
 
@@ -22,26 +23,40 @@ from edge.runtime.yolox import make_grid, postprocess
 _BACKENDS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def shared_backend(key: str, path: Path, outputs: list[str], config: BaseModel | None):
-    """The live backend for this file, outputs and settings, or a new one."""
-    cache_key = (key, str(Path(path).resolve()), tuple(outputs), config.model_dump_json() if config is not None else "")
+def shared_backend(config: BaseModel, path: Path, outputs: list[str], precision: str) -> InferenceBackend:
+    """The live backend for this file, outputs, precision and settings, or a new one."""
+    cache_key = (config.model_dump_json(), str(Path(path).resolve()), tuple(outputs), precision)
     backend = _BACKENDS.get(cache_key)
     if backend is None:
-        backend = create_backend(key, path, outputs, config)
+        backend = create_backend(config, path, outputs, precision)
         _BACKENDS[cache_key] = backend
     return backend
 
 
 class _BundleModel:
+    """One model of a bundle on one backend.
+
+    Args:
+        bundle: the verified bundle.
+        precision: what the backend runs (``int8``/``fp32`` on onnxruntime, ``fp16``/``int8`` on
+            TensorRT); the backend's ``PRECISIONS`` says which ONNX file of the bundle it uses.
+        backend: the backend's typed config (default: onnxruntime with its defaults).
+
+    Raises:
+        BundleError: the backend does not run ``precision`` or the bundle lacks its file.
+    """
+
     task = ""
 
-    def __init__(self, bundle: Bundle, precision: str = "int8", backend: str = "onnxruntime",
-                 backend_config: BaseModel | None = None):
+    def __init__(self, bundle: Bundle, precision: str = "int8", backend: BaseModel | None = None):
         self.spec = bundle.spec(self.task)
         self.precision = precision
-        # TensorRT engines are built from the fp32 ONNX (the engine's own precision is its config)
-        source = "fp32" if backend == "tensorrt" else precision
-        self.backend = shared_backend(backend, bundle.model_path(self.task, source), self.spec.outputs, backend_config)
+        config = backend if backend is not None else OnnxRuntimeConfig()
+        sources = plugin(config.type).PRECISIONS  # type: ignore[attr-defined]
+        if precision not in sources:
+            raise BundleError(f"backend {config.type} runs {', '.join(sources)}, not {precision}")  # type: ignore[attr-defined]
+        path = bundle.model_path(self.task, sources[precision])
+        self.backend: InferenceBackend = shared_backend(config, path, self.spec.outputs, precision)
         self.output_index = self.spec.outputs.index(self.spec.result) if self.spec.result else 0
 
     @property

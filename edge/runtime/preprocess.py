@@ -104,6 +104,15 @@ def resize_whole(image: np.ndarray, spec: InputSpec) -> np.ndarray:
     return crop(image, np.array([0, 0, w, h], np.float32), spec)
 
 
+def model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """One RGB image as a (1, 3, H, W) model input: letterboxed or cut whole, as ``spec`` says."""
+    if spec.resize == "letterbox":
+        canvas = letterbox(rgb, spec.size, spec.pad_value, spec.pad_anchor, spec.interpolation)[0]
+    else:
+        canvas = resize_whole(rgb, spec)
+    return to_tensor([canvas], spec)
+
+
 def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
     """Stack (h, w, 3) uint8 RGB images into a normalised float32 NCHW batch."""
     batch = np.asarray(images if isinstance(images, np.ndarray) and images.ndim == 4 else np.stack(images))

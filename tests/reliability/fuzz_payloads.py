@@ -1,7 +1,7 @@
 """Hypothesis strategies for what a broker may hand the central service.
 
 Each example is a ``Fuzzed(topic, raw, must_store)``: random bytes, random JSON (NaN and
-infinities included), valid payloads of every kind built by ``edge.messages`` (``must_store``),
+infinities included), valid payloads of every kind built by ``edge.wire.messages`` (``must_store``),
 the same payloads mutated (a key dropped or replaced, NaN, a huge vector, bytes cut or flipped),
 and valid payloads on wrong topics or devices.
 """
@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 import numpy as np
 from hypothesis import strategies as st
 
-from edge import messages
-from edge.events import Event
+from common.wire import KINDS
+from edge.wire import messages
+from edge.events.bursts import Event
 
 PREFIX, DEVICE = "trapedge", "cam-fuzz"
 
@@ -33,24 +34,29 @@ class Fuzzed:
 
 
 def _event(closed: bool = True) -> Event:
-    return Event(id=f"ev-{uuid.uuid4().hex[:8]}", source_id="sd", start=datetime(2024, 5, 1, 6, 0),
-                 end=datetime(2024, 5, 1, 6, 1), frames=3, label="bear", score=0.8, probs={"bear": 0.8, "fox": 0.1},
+    return Event(id=f"ev-{uuid.uuid4().hex[:8]}", source_id="sd", start=datetime(2024, 5, 1, 6, 0, tzinfo=timezone.utc),
+                 end=datetime(2024, 5, 1, 6, 1, tzinfo=timezone.utc), frames=3, label="bear", score=0.8, probs={"bear": 0.8, "fox": 0.1},
                  counts={"bear": 1}, closed=closed)
 
 
-def _payload(kind: str, dim: int, seed: int, thumbnail: bytes) -> dict:
+def _message(kind: str, dim: int, seed: int, thumbnail: bytes) -> messages.Message:
+    picture = messages.Picture(thumbnail, 64, 48)
     if kind == "status":
-        return messages.status_payload(DEVICE, "online", bundle_version="1", health={"frames": seed, "disk_full": False})
+        return messages.StatusMessage(device=DEVICE, state="online", bundle_version="1",
+                                      health={"frames": seed, "disk_full": False})
     if kind == "event":
-        return messages.event_payload(DEVICE, "island", _event(), alerted=bool(seed % 2))
+        return messages.EventMessage(device=DEVICE, site="island", event=_event(), alerted=bool(seed % 2))
     if kind == "alert":
-        return messages.alert_payload(DEVICE, "island", _event(), thumbnail_jpeg=thumbnail, thumbnail_size=(64, 48))
+        return messages.AlertMessage(device=DEVICE, site="island", event=_event(), thumbnail=picture)
     vector = np.random.default_rng(seed).normal(size=dim)
-    return messages.embedding_payload(DEVICE, event_id="ev-1", source_id="sd", frame_time=datetime(2024, 5, 1, 6, 0),
-                                      bbox=[0.1, 0.2, 0.3, 0.4], confidence=0.9, label="bear", label_score=0.7,
-                                      vector=vector, model=f"embedder-{dim}", model_version="1",
-                                      crop_jpeg=thumbnail if seed % 3 == 0 else None,
-                                      crop_size=(64, 48) if seed % 3 == 0 else None)
+    return messages.EmbeddingMessage(
+        device=DEVICE, event_id="ev-1", source_id="sd", frame_time=datetime(2024, 5, 1, 6, 0, tzinfo=timezone.utc),
+        box=messages.Box((0.1, 0.2, 0.3, 0.4), 0.9, "bear", 0.7, "classifier"), vector=vector,
+        model=f"embedder-{dim}", model_version="1", crop=picture if seed % 3 == 0 else None)
+
+
+def _payload(kind: str, dim: int, seed: int, thumbnail: bytes) -> dict:
+    return _message(kind, dim, seed, thumbnail).to_json()
 
 
 def topic_of(kind: str, device: str = DEVICE) -> str:
@@ -68,7 +74,7 @@ def _dumps(value) -> bytes:
 
 @st.composite
 def valid(draw, thumbnail: bytes) -> tuple[str, dict]:
-    kind = draw(st.sampled_from(messages.KINDS))
+    kind = draw(st.sampled_from(KINDS))
     return kind, _payload(kind, draw(st.sampled_from([8, 128, 1280])), draw(st.integers(0, 2**31)), thumbnail)
 
 
@@ -104,18 +110,18 @@ def misaddressed(draw, thumbnail: bytes) -> Fuzzed:
     kind, payload = draw(valid(thumbnail))
     topic = draw(st.sampled_from([
         topic_of(kind, "cam-other"), f"{PREFIX}/{DEVICE}/frames", f"other/{DEVICE}/{kind}",
-        f"{PREFIX}/{DEVICE}/{kind}/extra", f"{PREFIX}//{kind}", topic_of(draw(st.sampled_from(messages.KINDS))),
+        f"{PREFIX}/{DEVICE}/{kind}/extra", f"{PREFIX}//{kind}", topic_of(draw(st.sampled_from(KINDS))),
     ]))
     return Fuzzed(topic, _dumps(payload), False, "misaddressed")
 
 
 def fuzzed(thumbnail: bytes) -> st.SearchStrategy[Fuzzed]:
     """Every family, about evenly."""
-    any_topic = st.sampled_from([topic_of(k) for k in messages.KINDS])
+    any_topic = st.sampled_from([topic_of(k) for k in KINDS])
     return st.one_of(
         st.builds(lambda t, b: Fuzzed(t, b, False, "random bytes"), any_topic, st.binary(max_size=2048)),
         st.builds(lambda t, v: Fuzzed(t, _dumps(v), False, "random json"), any_topic, json_values),
-        valid(thumbnail).map(lambda kp: Fuzzed(topic_of(kp[0]), messages.encode(kp[1]), True, "valid")),
+        valid(thumbnail).map(lambda kp: Fuzzed(topic_of(kp[0]), json.dumps(kp[1], separators=(",", ":")).encode(), True, "valid")),
         mutated(thumbnail),
         misaddressed(thumbnail),
     )

@@ -36,7 +36,7 @@ def write_edge_config(workdir: Path, bundle_dir: Path, broker, store: Path | Non
         "device_id": DEVICE, "site": "island",
         "sources": [{"type": "folder", "id": "sd", "path": str(workdir / "incoming"), "settle_seconds": 0.2,
                      "poll_seconds": 0.2}],
-        "bundle": {"path": str(bundle_dir), "threads": 1},
+        "bundle": {"path": str(bundle_dir), "backend": {"type": "onnxruntime", "threads": 1}},
         "rules": {"watch": [{"label": "bear", "threshold": 0.3}]},
         "bursts": {"gap_seconds": 1},
         "store": {"path": str(store or workdir / "state" / "trapedge.db")},

@@ -27,7 +27,8 @@ from hypothesis import settings as hsettings  # noqa: E402
 
 from central.service import Ingestor  # noqa: E402
 from central.store import CentralStore  # noqa: E402
-from edge import messages  # noqa: E402
+from common.wire import KINDS  # noqa: E402
+from edge.wire import messages  # noqa: E402
 
 from .fuzz_payloads import DEVICE, PREFIX, Fuzzed, fuzzed, topic_of  # noqa: E402
 from .harness import query, scalar, wait_for  # noqa: E402
@@ -72,7 +73,7 @@ def ingest_in_process(store: CentralStore, payloads: list[Fuzzed]) -> tuple[list
 
 
 def subscribed(topic: str) -> bool:
-    return any(mqtt.topic_matches_sub(f"{PREFIX}/+/{kind}", topic) for kind in messages.KINDS)
+    return any(mqtt.topic_matches_sub(f"{PREFIX}/+/{kind}", topic) for kind in KINDS)
 
 
 def start_central(tmp_path, broker) -> subprocess.Popen:
@@ -118,8 +119,8 @@ def test_fuzzed_payloads_never_crash_central(tmp_path, data, mosquitto, settings
                 publish_all(mosquitto, [(p.topic, p.raw) for p, _ in chunk])
                 expected += sum(1 for _, o in chunk if o in ("stored", "rejected"))  # a crash leaves no row
                 _wait_for_progress(lambda: central_handled(db), expected, stall_s=20)
-            canary = messages.status_payload(DEVICE, "online", bundle_version="canary", health={})
-            publish_all(mosquitto, [(topic_of("status"), messages.encode(canary))])
+            canary = messages.StatusMessage(device=DEVICE, state="online", bundle_version="canary", health={})
+            publish_all(mosquitto, [(topic_of("status"), canary.encode())])
             canary_stored = _eventually(lambda: query(db, "SELECT 1 FROM messages WHERE id = ?", canary["id"]), 15)
         finally:
             alive = central.poll() is None

@@ -8,10 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.runtime.manifest import InputSpec
 from train.labels import DEFAULT_LABELS, imagenet_group_matrix
 from train.torchvision_compat import timm
 
 ARCH = "tf_efficientnet_lite0"
+# what the classifier and embedder see: square detection crops with a 10 % margin, 224 x 224, mean/std 0.5
+CROP_INPUT = InputSpec(size=(224, 224), scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                       resize="crop", interpolation="linear", crop_margin=0.1, crop_square=True)
 
 
 def create_backbone(weights: str | Path | None = None) -> nn.Module:

@@ -1,22 +1,23 @@
 """Inference backends as plugins: one module each, owning its key, typed config and class.
 
-A backend whose vendor package does not import is reported as unavailable with the reason;
-it never breaks the appliance.
+Every module in this package is a plugin when it defines ``KEY``, ``Config`` (a pydantic model whose
+``type`` field is ``Literal[KEY]``), ``Backend``, ``PRECISIONS`` (each precision it runs, mapped to
+the bundle's ONNX file it is built from) and ``UNAVAILABLE_REASON``. The registry, the config union
+that edge.yaml's ``bundle.backend`` is validated against and the list of keys are all derived from
+those modules, as Frigate derives its detector types. A backend whose vendor package does not import
+is reported as unavailable with the reason; it never breaks the appliance.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from pathlib import Path
-from typing import Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Protocol, Union
 
 import numpy as np
-from pydantic import BaseModel
-
-PLUGINS = {
-    "onnxruntime": "edge.runtime.backends.onnxruntime",
-    "tensorrt": "edge.runtime.backends.tensorrt",
-}
+from pydantic import BaseModel, Field
 
 
 class BackendUnavailable(RuntimeError):
@@ -29,28 +30,47 @@ class InferenceBackend(Protocol):
     def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
 
 
-def _plugin(key: str):
+def _discover() -> dict[str, ModuleType]:
+    plugins = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "KEY"):
+            plugins[module.KEY] = module
+    return plugins
+
+
+PLUGINS: dict[str, ModuleType] = _discover()
+
+if TYPE_CHECKING:
+    BackendConfig = BaseModel
+else:
+    BackendConfig = Annotated[Union[tuple(m.Config for m in PLUGINS.values())], Field(discriminator="type")]
+
+
+def plugin(key: str) -> ModuleType:
+    """The plugin module of backend ``key``."""
     if key not in PLUGINS:
         raise ValueError(f"unknown backend {key!r}; known: {', '.join(PLUGINS)}")
-    module = importlib.import_module(PLUGINS[key])
+    return PLUGINS[key]
+
+
+def precisions(key: str) -> dict[str, str]:
+    """Precision -> the bundle ONNX file (``fp32``/``int8``) backend ``key`` builds it from."""
+    return dict(plugin(key).PRECISIONS)
+
+
+def create_backend(config: BaseModel, model_path: Path, outputs: list[str], precision: str) -> InferenceBackend:
+    """Instantiate the backend ``config`` describes for one model file.
+
+    Raises:
+        BackendUnavailable: the backend's vendor package does not import here.
+    """
+    module = plugin(config.type)  # type: ignore[attr-defined]
     if module.UNAVAILABLE_REASON:
-        raise BackendUnavailable(f"backend {key!r} unavailable: {module.UNAVAILABLE_REASON}")
-    return module
-
-
-def config_class(key: str) -> type[BaseModel]:
-    """The typed config of a backend (importable even when the backend is unavailable)."""
-    if key not in PLUGINS:
-        raise ValueError(f"unknown backend {key!r}; known: {', '.join(PLUGINS)}")
-    return importlib.import_module(PLUGINS[key]).Config
-
-
-def create_backend(key: str, model_path: Path, outputs: list[str], config: BaseModel | None = None) -> InferenceBackend:
-    """Instantiate backend ``key`` for one model file."""
-    module = _plugin(key)
-    return module.Backend(Path(model_path), outputs, config or module.Config())
+        raise BackendUnavailable(f"backend {module.KEY!r} unavailable: {module.UNAVAILABLE_REASON}")
+    return module.Backend(Path(model_path), outputs, config, precision)
 
 
 def available() -> dict[str, str]:
     """Each backend key mapped to ``"ok"`` or the reason it is unavailable."""
-    return {key: importlib.import_module(path).UNAVAILABLE_REASON or "ok" for key, path in PLUGINS.items()}
+    return {key: module.UNAVAILABLE_REASON or "ok" for key, module in PLUGINS.items()}

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 KEY = "onnxruntime"
+PRECISIONS = {"fp32": "fp32", "int8": "int8"}  # runs each ONNX file of the bundle as it is
 
 try:
     import onnxruntime as ort
@@ -22,6 +24,7 @@ class Config(BaseModel):
     """ONNX Runtime settings."""
 
     model_config = ConfigDict(extra="forbid")
+    type: Literal["onnxruntime"] = "onnxruntime"
     threads: int = Field(0, ge=0, title="Intra-op threads (0 = one per core)")
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], title="Execution providers")
     memory_arena: bool = Field(False, title="Keep ORT's memory arena (faster large batches, far more RSS)")
@@ -31,7 +34,7 @@ class Config(BaseModel):
 class Backend:
     """One ONNX model in an ``InferenceSession``."""
 
-    def __init__(self, path: Path, outputs: list[str], config: Config):
+    def __init__(self, path: Path, outputs: list[str], config: Config, precision: str = "int8"):
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.hashing import sha256_file
+
 KEY = "tensorrt"
+# engines of either precision are built from the bundle's fp32 ONNX (``trapedge export-tensorrt``)
+PRECISIONS = {"fp16": "fp32", "int8": "fp32"}
 
 try:
     import tensorrt as trt
@@ -32,8 +37,9 @@ class Config(BaseModel):
     """TensorRT settings."""
 
     model_config = ConfigDict(extra="forbid")
-    engine_cache: Path = Field(Path("/var/lib/trapedge/engines"), title="Directory of built engines")
-    precision: str = Field("fp16", pattern="^(fp16|int8)$", title="Engine precision to load")
+    type: Literal["tensorrt"] = "tensorrt"
+    engine_cache: Path = Field(Path("/var/lib/trapedge/engines"), title="Directory of built engines "
+                               "(where `trapedge export-tensorrt --cache` wrote them)")
     device_name: str | None = Field(None, title="Override the GPU name used in the cache key")
 
 
@@ -60,24 +66,18 @@ def _check(err) -> None:
         raise RuntimeError(f"CUDA error {err}")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class Backend:
     """One cached TensorRT engine with device buffers sized for the largest batch seen."""
 
-    def __init__(self, path: Path, outputs: list[str], config: Config):
+    def __init__(self, path: Path, outputs: list[str], config: Config, precision: str = "fp16"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"TensorRT engines are {' or '.join(PRECISIONS)}, not {precision}")
         device = config.device_name or current_device_name()
-        key = engine_key(device, trt.__version__, _sha256(path), config.precision)
+        key = engine_key(device, trt.__version__, sha256_file(path), precision)
         engine_file, _ = engine_paths(config.engine_cache, key)
         if not engine_file.is_file():
             raise FileNotFoundError(
-                f"no TensorRT engine for {path.name} ({config.precision}, {device}, TensorRT {trt.__version__}) "
+                f"no TensorRT engine for {path.name} ({precision}, {device}, TensorRT {trt.__version__}) "
                 f"in {config.engine_cache}: build it with `trapedge export-tensorrt --bundle {path.parent}`"
             )
         logger = trt.Logger(trt.Logger.WARNING)

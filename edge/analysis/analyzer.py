@@ -1,0 +1,147 @@
+"""One frame through the models: trim, gate, detect, classify, label, embed → a ``FrameAnalysis``.
+
+No storage and no network here; the recorder turns analyses into rows and messages. Every command
+that runs models (``run``, ``detect``, ``embed``, ``bench``, the demo, the bundle smoke check)
+builds this one class through ``edge.app.factory.build_analyzer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
+from edge.analysis.gate import MotionGate
+from edge.analysis.labels import LabelSpace, combine_labels
+from edge.capture.frame import Frame
+from edge.capture.frame_stats import detect_info_bars, is_night, mean_brightness, trim_info_bars
+from edge.runtime.detections import Detections
+from edge.runtime.models import Classifier, Detector, Embedder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FrameAnalysis:
+    """What the models saw in one frame (boxes in full-frame pixels, each with its final label).
+
+    Attributes:
+        frame: the decoded frame.
+        detections: boxes with ``label``, ``label_score``, ``label_source``, ``label_probs`` and
+            ``embedded`` columns (and ``species_probs`` / ``embedding`` when those models ran).
+        night, brightness: frame statistics of the trimmed frame.
+        motion: the gate's score (nan when the gate is off).
+        gated: the gate skipped the models.
+        timings: seconds per stage (``gate``, ``detect``, ``classify``, ``embed``).
+    """
+
+    frame: Frame
+    detections: Detections
+    night: bool
+    brightness: float
+    motion: float
+    gated: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The frame's pixels (an analysed frame always has them)."""
+        return self.frame.pixels
+
+
+@dataclass(frozen=True)
+class FrameFailure:
+    """A frame that gave no analysis, and why (recorded, never dropped)."""
+
+    frame: Frame
+    reason: str
+
+
+class Analyzer:
+    """Runs the models on frames, as configured."""
+
+    def __init__(self, detector: Detector, classifier: Classifier | None, embedder: Embedder | None,
+                 gate: MotionGate, preprocess: PreprocessConfig, detection: DetectionConfig, privacy: PrivacyConfig,
+                 min_crop_confidence: float):
+        self.detector, self.classifier, self.embedder = detector, classifier, embedder
+        self.gate, self.preprocess, self.detection, self.privacy = gate, preprocess, detection, privacy
+        self.min_crop_confidence = min_crop_confidence
+        self.space = LabelSpace(tuple(detector.labels), tuple(classifier.labels) if classifier else ())
+
+    @property
+    def labels(self) -> list[str]:
+        """Every label a box (and so an event) can have."""
+        return self.space.labels
+
+    def _trim(self, rgb: np.ndarray) -> tuple[int, int]:
+        if self.preprocess.detect_info_bars:
+            return detect_info_bars(rgb)
+        return self.preprocess.trim_top, self.preprocess.trim_bottom
+
+    def process(self, frame: Frame) -> FrameAnalysis | FrameFailure:
+        """What every command does with a frame: its analysis, or a failure record saying why there is
+        none (it did not decode, or a model raised on it); one bad frame never stops a batch."""
+        if not frame.ok:
+            return FrameFailure(frame, f"image unreadable: {frame.failure}")
+        try:
+            return self.analyse(frame)
+        except Exception as exc:  # noqa: BLE001 - any model error on one frame is that frame's failure
+            log.exception("analysing %s/%s failed", frame.source_id, frame.key)
+            return FrameFailure(frame, f"analysis failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+    def analyse(self, frame: Frame) -> FrameAnalysis:
+        """Analyse one decoded frame."""
+        rgb = frame.pixels
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        top, bottom = self._trim(rgb)
+        work = trim_info_bars(rgb, top, bottom)
+        night, brightness = is_night(work), mean_brightness(work)
+        passes, motion = self.gate.passes(frame.source_id, work)
+        timings["gate"] = time.perf_counter() - start
+        detections = self._detect(work, top, timings) if passes else Detections.empty()
+        detections = self._classify(rgb, detections, timings)
+        detections = combine_labels(detections, self.space)
+        detections = self._embed(rgb, detections, timings)
+        return FrameAnalysis(frame, detections, night, brightness, motion, not passes, timings)
+
+    def _detect(self, work: np.ndarray, top: int, timings: dict[str, float]) -> Detections:
+        start = time.perf_counter()
+        detections = self.detector.detect(work, self.detection.confidence)
+        timings["detect"] = time.perf_counter() - start
+        return detections.shifted(0, top) if top else detections
+
+    def _classify(self, rgb: np.ndarray, detections: Detections, timings: dict[str, float]) -> Detections:
+        if self.classifier is None or not len(detections):
+            return detections
+        start = time.perf_counter()
+        outputs = self.classifier.run_all(self.classifier.crops_of(rgb, detections))
+        detections = detections.with_data(species_probs=self.classifier.result_of(outputs))
+        if self.embedder is not None and self.embedder.shares_run_with(self.classifier):
+            # one graph for both: the embeddings came with the probabilities (_embed keeps the eligible ones)
+            detections = detections.with_data(embedding=self.embedder.result_of(outputs))
+        timings["classify"] = time.perf_counter() - start
+        return detections
+
+    def eligible_for_embedding(self, detections: Detections) -> np.ndarray:
+        """Confident crops whose final label may be embedded (never people, by default)."""
+        never = set(self.privacy.never_embed_labels)
+        allowed = np.array([label not in never for label in detections.labels()], bool).reshape(-1)
+        return (detections.confidence >= self.min_crop_confidence) & allowed
+
+    def _embed(self, rgb: np.ndarray, detections: Detections, timings: dict[str, float]) -> Detections:
+        eligible = self.eligible_for_embedding(detections)
+        if self.embedder is None:
+            return detections.with_data(embedded=np.zeros(len(detections), bool))
+        start = time.perf_counter()
+        vectors = np.zeros((len(detections), self.embedder.output_dim), np.float32)
+        if "embedding" in detections.data:  # computed with the classifier: only the eligible rows survive
+            vectors[eligible] = detections.data["embedding"][eligible]
+        elif eligible.any():
+            vectors[eligible] = self.embedder.run_crops(self.embedder.crops_of(rgb, detections[eligible]))
+        if eligible.any():
+            timings["embed"] = time.perf_counter() - start
+        return detections.with_data(embedding=vectors, embedded=eligible)

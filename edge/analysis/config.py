@@ -1,0 +1,33 @@
+"""What the analysis of each frame does: info bars, detection, privacy."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PreprocessConfig(BaseModel):
+    """Burned-in info bars: fixed rows, or detected per frame."""
+
+    model_config = ConfigDict(extra="forbid")
+    trim_top: int = Field(0, ge=0, title="Rows of info bar to cut at the top")
+    trim_bottom: int = Field(0, ge=0, title="Rows of info bar to cut at the bottom")
+    detect_info_bars: bool = Field(False, title="Find the bars in each frame instead of fixed rows")
+
+
+class DetectionConfig(BaseModel):
+    """What runs on each frame."""
+
+    model_config = ConfigDict(extra="forbid")
+    confidence: float | None = Field(None, ge=0, le=1, title="Detector threshold (default: the bundle manifest's)")
+    classify: bool = Field(True, title="Run the species classifier on crops")
+    embed: bool = Field(True, title="Run the embedder on eligible crops")
+
+
+class PrivacyConfig(BaseModel):
+    """People and vehicles."""
+
+    model_config = ConfigDict(extra="forbid")
+    blur_labels: list[str] = Field(["person", "vehicle"], title="Labels whose crops are blurred in thumbnails")
+    never_embed_labels: list[str] = Field(
+        ["person"], title="Labels whose embeddings never leave the analysis (zeroed when the classifier's graph "
+                          "computed them, never stored nor published)")

@@ -1,0 +1,1 @@
+"""The appliance shell: its config, the pipeline factory, the service, bundle installs, health, systemd."""

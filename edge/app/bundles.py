@@ -1,0 +1,312 @@
+"""Installed model bundles: staging, verification, smoke inference, atomic switch and rollback.
+
+Layout under a bundles root (default ``/var/lib/trapedge/bundles``)::
+
+    versions/<name>-<version>/   one directory per installed bundle
+    current  -> versions/...     what the service loads (``bundle.path``)
+    previous -> versions/...     what ``rollback`` (or the service itself) goes back to
+
+``current`` and ``previous`` are relative symlinks, replaced with ``os.replace`` of a fresh temp
+link, so a reader sees the old bundle or the new one, never none.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tarfile
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from edge.analysis.analyzer import Analyzer, FrameAnalysis
+from edge.app.config import EdgeConfig, command_defaults
+from edge.app.factory import build_analyzer
+from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image, list_images
+from edge.capture.frame import Frame
+from edge.runtime.backends import BackendUnavailable
+from edge.runtime.bundle import BundleError, load_bundle, read_manifest
+from edge.runtime.manifest import MANIFEST_NAME
+
+DEFAULT_ROOT = Path("/var/lib/trapedge/bundles")
+SMOKE_FRAMES = 3
+
+
+class InstallError(RuntimeError):
+    """A bundle was refused; the message is one line saying why."""
+
+
+@dataclass(frozen=True)
+class BundleRoot:
+    """The directory that holds ``versions/``, ``current`` and ``previous``."""
+
+    path: Path
+
+    @property
+    def versions(self) -> Path:
+        return self.path / "versions"
+
+    @property
+    def current(self) -> Path:
+        return self.path / "current"
+
+    @property
+    def previous(self) -> Path:
+        return self.path / "previous"
+
+    def target(self, link: Path) -> Path | None:
+        """The version directory a link points at (None when the link is absent)."""
+        return (link.parent / os.readlink(link)).resolve() if link.is_symlink() else None
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    """What the smoke inference saw."""
+
+    frames: int
+    boxes: int
+    ms_per_frame: float
+    crops: int
+
+    def describe(self) -> str:
+        if self.frames == 0:
+            return "smoke: no frames (allowed with --allow-no-frames): the models were built, not run"
+        return (f"smoke: {self.frames} frame(s), {self.boxes} box(es), {self.ms_per_frame:.1f} ms/frame detector; "
+                f"classifier + embedder on {self.crops} crop(s): finite")
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """One switch of ``current``."""
+
+    old: str | None
+    new: str
+    smoke: SmokeResult
+
+
+# --- switching --------------------------------------------------------------------------------
+def point(link: Path, target: Path) -> None:
+    """Make ``link`` a relative symlink to ``target`` atomically (temp link + ``os.replace``)."""
+    temp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}")
+    os.symlink(os.path.relpath(target, link.parent), temp)
+    os.replace(temp, link)
+
+
+def switch(root: BundleRoot, target: Path) -> str | None:
+    """``current`` -> ``target``; ``previous`` -> the old current. Returns the old version dir name."""
+    old = root.target(root.current)
+    if old is not None and old != target.resolve():
+        point(root.previous, old)
+    point(root.current, target)
+    return old.name if old is not None else None
+
+
+def rollback(root: BundleRoot) -> tuple[str, str]:
+    """Swap ``current`` and ``previous``; returns (was current, now current).
+
+    Raises:
+        InstallError: when either link is missing.
+    """
+    current, previous = root.target(root.current), root.target(root.previous)
+    if current is None or previous is None:
+        raise InstallError(f"nothing to roll back to: {root.path} needs both current and previous")
+    point(root.current, previous)
+    point(root.previous, current)
+    return current.name, previous.name
+
+
+def self_rollback(path: Path) -> tuple[str, str] | None:
+    """At service start: if ``path`` is a ``current`` link with a sibling ``previous`` that
+    loads, point ``current`` at it. Returns (bad version dir, good version dir), or None when
+    there is nothing to go back to."""
+    path = Path(path)
+    root = BundleRoot(path.parent)
+    if path.name != "current" or not path.is_symlink() or not root.previous.is_symlink():
+        return None
+    bad, good = root.target(root.current), root.target(root.previous)
+    if good is None or good == bad:
+        return None
+    load_bundle(good)  # raises if the previous bundle is bad too
+    point(root.current, good)
+    return (bad.name if bad else "?"), good.name
+
+
+def list_versions(root: BundleRoot) -> list[tuple[str, str]]:
+    """Installed version dirs, each with its marker (``current``, ``previous`` or ``""``)."""
+    if not root.versions.is_dir():
+        return []
+    current, previous = root.target(root.current), root.target(root.previous)
+    rows = []
+    for entry in sorted(p for p in root.versions.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        marks = [name for name, t in (("current", current), ("previous", previous)) if t == entry.resolve()]
+        rows.append((entry.name, ",".join(marks)))
+    return rows
+
+
+# --- staging ----------------------------------------------------------------------------------
+def _extract(archive: Path, dest: Path) -> None:
+    """Unpack a .tar/.tar.gz, refusing members that would land outside ``dest``."""
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name)
+            if name.is_absolute() or ".." in name.parts:
+                raise InstallError(f"{archive.name}: member {member.name!r} escapes the bundle directory")
+        try:
+            tar.extractall(dest, filter="data")
+        except tarfile.FilterError as exc:
+            raise InstallError(f"{archive.name}: {exc}") from exc
+
+
+def _bundle_root_in(unpacked: Path) -> Path:
+    """The directory holding manifest.json: the unpacked folder or its only sub-folder."""
+    if (unpacked / MANIFEST_NAME).is_file():
+        return unpacked
+    children = [p for p in unpacked.iterdir()]
+    if len(children) == 1 and (children[0] / MANIFEST_NAME).is_file():
+        return children[0]
+    raise InstallError(f"not a model bundle: no {MANIFEST_NAME} at its top (or in its only folder)")
+
+
+def stage(root: BundleRoot, source: Path) -> Path:
+    """Copy or unpack ``source`` into ``versions/.staging-*``, then rename it to
+    ``versions/<name>-<version>``. Returns the final directory (the staging dir is gone)."""
+    root.versions.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.versions))
+    try:
+        unpacked = staging / "bundle"
+        if source.is_dir():
+            shutil.copytree(source, unpacked)
+        elif tarfile.is_tarfile(source):
+            unpacked.mkdir()
+            _extract(source, unpacked)
+        else:
+            raise InstallError(f"{source} is neither a bundle directory nor a .tar/.tar.gz of one")
+        bundle = _bundle_root_in(unpacked)
+        try:
+            manifest = read_manifest(bundle)
+        except BundleError as exc:
+            raise InstallError(str(exc)) from exc
+        final = root.versions / f"{manifest.name}-{manifest.version}"
+        if final.exists():
+            raise InstallError(f"{final.name} is already installed (use `trapedge bundle rollback`, or remove it)")
+        bundle.rename(final)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- smoke check ------------------------------------------------------------------------------
+def store_frames(store: Path, limit: int = 50) -> list[Path]:
+    """The most recent frame paths the service recorded that still exist (read-only access)."""
+    if not Path(store).is_file():
+        return []
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = conn.execute("SELECT path FROM frames WHERE path IS NOT NULL ORDER BY id DESC LIMIT ?", (limit,))
+        return [Path(p) for (p,) in rows if Path(p).is_file()]
+    finally:
+        conn.close()
+
+
+def smoke_images(paths: list[Path], count: int = SMOKE_FRAMES) -> list[np.ndarray]:
+    """Decode up to ``count`` of ``paths``, skipping ones that do not decode."""
+    images = []
+    for path in paths:
+        try:
+            images.append(decode_image(path, DEFAULT_MAX_SIDE).rgb)
+        except ImageDecodeError:
+            continue
+        if len(images) == count:
+            break
+    return images
+
+
+def _finite(name: str, array: np.ndarray) -> None:
+    if not np.all(np.isfinite(array)):
+        raise InstallError(f"smoke check: {name} produced non-finite values")
+
+
+def _check_analysis(analysis: FrameAnalysis) -> int:
+    """Raise on any non-finite output of one analysed frame; returns how many crops were classified."""
+    det = analysis.detections
+    _finite("detector", np.concatenate([det.xyxy.ravel(), det.confidence]))
+    for column in ("species_probs", "embedding", "label_probs"):
+        if column in det.data:
+            _finite(column, det.data[column])
+    return len(det) if "species_probs" in det.data else 0
+
+
+def _check_crop_models(analyzer: Analyzer, image: np.ndarray) -> int:
+    """Run the crop models on the whole frame (when no box gave them a crop); returns 1."""
+    for name, model in (("classifier", analyzer.classifier), ("embedder", analyzer.embedder)):
+        if model is not None:
+            _finite(name, model.run_crops([model.whole(image)]))
+    return 1
+
+
+def smoke_check(analyzer: Analyzer, images: list[np.ndarray]) -> SmokeResult:
+    """Run the analyzer a command or the service built on real frames: every output must be finite.
+
+    The detector's raw output is checked on the first frame; when no frame had a box, the crop
+    models run on the first whole frame, so every model of the bundle ran.
+
+    Raises:
+        InstallError: when a model does not run or yields NaN/inf.
+    """
+    try:
+        crops, boxes, started = 0, 0, time.perf_counter()
+        for i, image in enumerate(images):
+            analysis = analyzer.analyse(Frame(f"smoke-{i}", "smoke", datetime.now(), "clock", rgb=image))
+            crops += _check_analysis(analysis)
+            boxes += len(analysis.detections)
+        elapsed = (time.perf_counter() - started) * 1000
+        for image in images[:1]:
+            _finite("detector raw output", analyzer.detector.raw_batch([image])[0])
+            crops = crops or _check_crop_models(analyzer, image)
+    except InstallError:
+        raise
+    except Exception as exc:  # a model that does not build or run: the reason, on one line
+        raise InstallError(f"smoke check: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    return SmokeResult(len(images), boxes, elapsed / max(len(images), 1), crops)
+
+
+# --- install ----------------------------------------------------------------------------------
+def install(root: BundleRoot, source: Path, frames: list[Path], config: EdgeConfig | None = None, *,
+            allow_no_frames: bool = False) -> InstallResult:
+    """Stage, verify, smoke-check (the analyzer ``config`` describes) and switch ``current`` to one bundle.
+
+    Any failure before the switch removes the staged copy and leaves ``current`` untouched.
+
+    Raises:
+        InstallError: naming the reason in one line.
+    """
+    images = smoke_images(frames)
+    if not images and not allow_no_frames:
+        raise InstallError("no frames for the smoke check (give --frames DIR or --store DB with recorded "
+                           "frames, or --allow-no-frames to install without running the models)")
+    staged = stage(root, Path(source))
+    try:
+        try:
+            bundle = load_bundle(staged)
+            analyzer = build_analyzer(config or command_defaults(), bundle)
+        except (BundleError, BackendUnavailable) as exc:
+            raise InstallError(str(exc)) from exc
+        smoke = smoke_check(analyzer, images)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    old = switch(root, staged)
+    return InstallResult(old, staged.name, smoke)
+
+
+def frames_from(directory: Path | None, store: Path | None) -> list[Path]:
+    """Smoke frames: the images under ``directory``, else the store's most recent ones."""
+    if directory is not None:
+        return list_images(directory)
+    return store_frames(store) if store is not None else []

@@ -1,0 +1,49 @@
+"""The appliance's one typed configuration, loaded once from YAML (``edge.yaml``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
+from edge.analysis.gate import MotionGateConfig
+from edge.app.health import DiskConfig
+from edge.capture.sources import SourceConfig
+from edge.events.bursts import BurstConfig
+from edge.events.rules import RulesConfig
+from edge.publish.mqtt import MqttConfig
+from edge.runtime.config import BundleConfig
+from edge.storage.recorder import AlertConfig
+from edge.storage.store import StoreConfig
+
+
+class EdgeConfig(BaseModel):
+    """Everything one appliance needs."""
+
+    model_config = ConfigDict(extra="forbid")
+    device_id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", title="Unique device id (used in MQTT topics)")
+    site: str | None = Field(None, title="Site name, for per-site alert thresholds")
+    sources: list[SourceConfig] = Field(min_length=1, title="Frame sources")
+    bundle: BundleConfig = Field(default_factory=BundleConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    gate: MotionGateConfig = Field(default_factory=MotionGateConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    bursts: BurstConfig = Field(default_factory=BurstConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    alerts: AlertConfig = Field(default_factory=AlertConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    disk: DiskConfig = Field(default_factory=DiskConfig, title="Disk-full policy for the store's filesystem")
+    mqtt: MqttConfig | None = Field(None, title="Broker; without it messages wait in the outbox")
+    status_interval_s: float = Field(60, gt=0, title="Seconds between status messages")
+    retention_interval_s: float = Field(3600, gt=0, title="Seconds between retention passes")
+    idle_sleep_s: float = Field(0.5, gt=0, title="Sleep when no source has a frame")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+def command_defaults(folder: str = ".", **settings: Any) -> EdgeConfig:
+    """The defaults for a command that is not a device (``detect`` without ``--config``, a bundle
+    smoke check): device ``trapedge`` reading one folder, with ``settings`` on top."""
+    return EdgeConfig.model_validate({"device_id": "trapedge",
+                                      "sources": [{"type": "folder", "id": "images", "path": folder}], **settings})

@@ -1,0 +1,217 @@
+"""``trapedge run``: the appliance's main loop under systemd.
+
+Start-up is a short list of named steps; each frame goes capture → analyse → record → publish.
+SIGTERM stops it cleanly; READY and WATCHDOG go to systemd when it runs under it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edge.analysis.analyzer import Analyzer, FrameFailure
+from edge.app import systemd
+from edge.app.bundles import self_rollback, smoke_check, smoke_images, store_frames
+from edge.app.config import EdgeConfig
+from edge.app.factory import build_analyzer, build_recorder
+from edge.app.health import THERMAL_ROOT, DiskGuard, temperature_c
+from edge.capture.frame import Frame
+from edge.capture.sources import create_source
+from edge.publish.mqtt import Publisher
+from edge.runtime.bundle import Bundle, BundleError, load_bundle
+from edge.storage.recorder import Recorder
+from edge.storage.store import Store
+
+log = logging.getLogger("trapedge")
+
+
+@dataclass
+class Counters:
+    """What the service did since it started (for status messages and the demo)."""
+
+    frames: int = 0
+    failures: int = 0
+    gated: int = 0
+    detections: int = 0
+    alerts: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_error: str | None = None
+
+
+class Service:
+    """One appliance: sources, models, store, publisher."""
+
+    def __init__(self, config: EdgeConfig):
+        self.config = config
+        self.stop_requested = threading.Event()
+        self.counters = Counters()
+        self.bundle: Bundle | None = None
+        self.publisher: Publisher | None = None
+        self.bundle_rollback: dict | None = None
+        self.thermal_root = THERMAL_ROOT
+
+    # --- start-up -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the store, load the models, open the sources, connect the broker."""
+        self.store = Store(self.config.store.path)
+        self.disk = DiskGuard(self.config.store.path, self.config.disk)
+        self.disk.check()
+        self._load_models()
+        self.recorder: Recorder = build_recorder(self.config, self.store, self.analyzer, self.bundle)
+        self.sources = [create_source(cfg, self.store.is_done) for cfg in self.config.sources]
+        self.publisher = self._build_publisher()
+        log.info("trapedge %s: bundle %s, %d source(s), broker %s", self.config.device_id,
+                 self.bundle.manifest.version, len(self.sources), "on" if self.publisher else "off (outbox only)")
+
+    def _load_models(self) -> None:
+        """Load the bundle and build the models; if that fails and ``bundle.path`` is a
+        ``current`` link with a ``previous`` one that loads, switch back to it and go on."""
+        path = self.config.bundle.path
+        try:
+            self._try_bundle(path)
+            return
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            rolled = self._roll_back(path, reason)
+            if rolled is None:
+                raise
+        log.error("bundle %s failed (%s): rolled back to %s", rolled[0], reason, rolled[1])
+        self.bundle_rollback = {"bad": rolled[0], "now": rolled[1], "reason": reason[:300]}
+        self._try_bundle(path)
+
+    @staticmethod
+    def _roll_back(path: Path, reason: str) -> tuple[str, str] | None:
+        try:
+            return self_rollback(path)
+        except (BundleError, OSError) as exc:
+            log.error("bundle at %s failed (%s); cannot roll back to previous: %s", path, reason, exc)
+            return None
+
+    def _try_bundle(self, path: Path) -> None:
+        """Load the bundle, build the analyzer and smoke-check it on one frame (a recorded one,
+        else a gray one), as ``trapedge bundle install`` does."""
+        self.bundle = load_bundle(path)
+        self.analyzer: Analyzer = build_analyzer(self.config, self.bundle)
+        images = smoke_images(store_frames(self.config.store.path), count=1)
+        h, w = self.analyzer.detector.spec.input.size
+        smoke_check(self.analyzer, images or [np.full((h, w, 3), 114, np.uint8)])
+
+    def _build_publisher(self) -> Publisher | None:
+        mqtt = self.config.mqtt
+        if mqtt is None or not mqtt.enabled:
+            return None
+        publisher = Publisher(mqtt, self.config.device_id, self.store.outbox, self.health)
+        publisher.start()
+        return publisher
+
+    # --- the loop -----------------------------------------------------------------------------
+    def health(self) -> dict:
+        """Figures for status messages."""
+        c = self.counters
+        return {"uptime_s": round(time.monotonic() - c.started, 1), "frames": c.frames, "failures": c.failures,
+                "gated": c.gated, "detections": c.detections, "alerts": c.alerts,
+                "queue_depth": len(self.store.outbox), "bundle_version": self.bundle.manifest.version,
+                "last_error": c.last_error, **self.disk.figures(), "temperature_c": temperature_c(self.thermal_root),
+                "bundle_rollback": self.bundle_rollback}
+
+    def process(self, frame: Frame) -> None:
+        """One frame, start to finish: its analysis (or failure) recorded and its messages sent."""
+        result = self.analyzer.process(frame)
+        if isinstance(result, FrameFailure):
+            self.recorder.record_failure(result)
+            self.counters.failures += 1
+            self.counters.last_error = result.reason if frame.ok else self.counters.last_error
+            log.warning("frame %s/%s failed: %s", frame.source_id, frame.key, result.reason)
+            return
+        recorded = self.recorder.record(result)
+        self.counters.frames += 1
+        self.counters.gated += int(result.gated)
+        self.counters.detections += len(result.detections)
+        if recorded.alert:
+            self.counters.alerts += 1
+            log.info("ALERT %s in event %s (%s)", recorded.alert, recorded.event_id, frame.key)
+        if recorded.messages and self.publisher:
+            self.publisher.kick()
+
+    def poll_once(self) -> int:
+        """Process every frame the sources have now; returns how many. Takes none while the
+        store's disk is full (the sources keep them for later)."""
+        if self.disk.check() and self.publisher:
+            self.publisher.publish_status()
+        if not self.disk.accepting:
+            return 0
+        count = 0
+        for source in self.sources:
+            for frame in source.poll():
+                if self.stop_requested.is_set():
+                    return count
+                try:
+                    self.process(frame)
+                except Exception as exc:  # one bad frame must not stop the appliance
+                    self.counters.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("processing %s/%s failed", frame.source_id, frame.key)
+                count += 1
+        return count
+
+    def run(self, once: bool = False) -> None:
+        """Loop until SIGTERM (or, with ``once``, until the sources are drained and bursts closed)."""
+        watchdog = systemd.Watchdog()
+        systemd.ready()
+        next_retention = next_status = time.monotonic()
+        while not self.stop_requested.is_set():
+            handled = self.poll_once()
+            watchdog.tick()
+            if once and handled == 0:
+                self.recorder.close_idle(idle_seconds=0)
+                break
+            if self.recorder.close_idle() and self.publisher:
+                self.publisher.kick()
+            now = time.monotonic()
+            if now >= next_retention:
+                self.store.apply_retention(self.config.store)
+                next_retention = now + self.config.retention_interval_s
+            if now >= next_status and self.publisher:
+                self.publisher.publish_status()
+                next_status = now + self.config.status_interval_s
+            if handled == 0:
+                self.stop_requested.wait(self.config.idle_sleep_s)
+
+    def stop(self, drain_seconds: float = 5.0) -> None:
+        """Close sources, flush the outbox if connected, close the store."""
+        systemd.stopping()
+        for source in getattr(self, "sources", []):
+            source.close()
+        if self.publisher:
+            self.publisher.stop(timeout=drain_seconds)
+        if hasattr(self, "store"):
+            self.store.close()
+
+
+def install_signal_handlers(service: Service) -> None:
+    """SIGTERM and SIGINT request a clean stop."""
+    def handler(signum, _frame):
+        log.info("signal %d: stopping", signum)
+        service.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(config: EdgeConfig, once: bool = False) -> int:
+    """Start, run, stop."""
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = Service(config)
+    install_signal_handlers(service)
+    try:
+        service.start()
+        service.run(once=once)
+    finally:
+        service.stop()
+    return 0
+

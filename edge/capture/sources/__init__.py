@@ -1,0 +1,70 @@
+"""Frame sources as plugins (``folder``, ``opencv``, ``picamera2``).
+
+Every module in this package is a plugin when it defines ``KEY``, ``Config`` (a pydantic model whose
+``type`` field is ``Literal[KEY]``), ``Source`` and ``UNAVAILABLE_REASON``. The registry and the
+config union that edge.yaml's ``sources`` are validated against are derived from those modules; a
+vendor import that fails disables only that plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import TYPE_CHECKING, Annotated, Protocol, Union
+
+from pydantic import BaseModel, Field
+
+from edge.capture.frame import Frame
+
+IsDone = Callable[[str, str], bool]
+
+
+class SourceUnavailable(RuntimeError):
+    """The source's vendor package is missing on this device."""
+
+
+class FrameSource(Protocol):
+    """What every source offers."""
+
+    id: str
+
+    def poll(self) -> Iterable[Frame]: ...
+
+    def close(self) -> None: ...
+
+
+def _discover() -> dict[str, ModuleType]:
+    plugins = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "KEY"):
+            plugins[module.KEY] = module
+    return plugins
+
+
+PLUGINS: dict[str, ModuleType] = _discover()
+
+if TYPE_CHECKING:
+    SourceConfig = BaseModel
+else:
+    SourceConfig = Annotated[Union[tuple(m.Config for m in PLUGINS.values())], Field(discriminator="type")]
+
+
+def create_source(config: BaseModel, is_done: IsDone) -> FrameSource:
+    """Open the source ``config`` describes; ``is_done(source_id, key)`` says what was recorded.
+
+    Raises:
+        SourceUnavailable: the source's vendor package does not import here.
+    """
+    module = PLUGINS[config.type]  # type: ignore[attr-defined]
+    if module.UNAVAILABLE_REASON:
+        raise SourceUnavailable(f"source {config.id!r} ({module.KEY}) unavailable: {module.UNAVAILABLE_REASON}")  # type: ignore[attr-defined]
+    source: FrameSource = module.Source(config, is_done)
+    return source
+
+
+def available() -> dict[str, str]:
+    """Each source type mapped to ``"ok"`` or why it is unavailable."""
+    return {key: module.UNAVAILABLE_REASON or "ok" for key, module in PLUGINS.items()}

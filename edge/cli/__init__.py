@@ -1,0 +1,1 @@
+"""The edge commands: ``run``, ``detect``, ``embed``, ``bundle``, one ``bench`` configuration and the demo."""

@@ -1,0 +1,1 @@
+"""Bursts of frames become events; watch-list rules decide alerts (pure functions)."""

@@ -1,0 +1,1 @@
+"""The outbox drained to an MQTT broker."""

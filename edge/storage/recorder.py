@@ -1,0 +1,258 @@
+"""Analyses become rows and outbox messages, one transaction per frame.
+
+Keeps the open burst of each source (persisted in the ``events`` table, so a restart carries on
+with the same event), raises at most one alert per event and queues alert and embedding messages
+in the same transaction as the rows they describe; an event message is queued once, when its
+burst closes. Every label here is the box's final label (``Detections.data["label"]``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.sqlite import utc_now
+from common.wire import MAX_CROP_BYTES, topic
+from edge.analysis.analyzer import FrameAnalysis, FrameFailure
+from edge.analysis.config import PrivacyConfig
+from edge.capture.frame import camera_time
+from edge.events.bursts import BurstConfig, BurstState, Event, add_frame, aggregate_burst, event_id, joins, voters
+from edge.events.rules import RulesConfig, decide_alert
+from edge.storage.store import Store
+from edge.wire.messages import AlertMessage, Box, EmbeddingMessage, EventMessage, Message, Picture
+from edge.wire.thumbnails import thumbnail_jpeg
+
+
+class AlertConfig(BaseModel):
+    """Pictures that leave the device: alert thumbnails and, optionally, each embedding's crop."""
+
+    model_config = ConfigDict(extra="forbid")
+    thumbnail_max_side: int = Field(320, ge=32, title="Longer side of the alert thumbnail, pixels")
+    thumbnail_max_bytes: int = Field(40_000, ge=2_000, title="Largest alert thumbnail, bytes")
+    embedding_crop_max_side: int | None = Field(
+        None, ge=32, le=1024, title="Attach each embedding's crop as a JPEG of this longer side (central re-ranks and "
+                                    "shows them); unset: vectors only, the smallest messages")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is publishing: the device, its site, the topic prefix and the embedder's name and version."""
+
+    device_id: str
+    site: str | None
+    prefix: str
+    embedder_model: str
+    bundle_version: str
+
+
+@dataclass
+class _OpenBurst:
+    state: BurstState
+    alerted: bool
+    thumbnail: Picture | None
+    thumbnail_score: float
+    updated: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording one frame did."""
+
+    frame_id: int | None
+    event_id: str | None
+    alert: str | None
+    messages: int
+
+
+def _picture(thumb: bytes | None) -> Picture | None:
+    if not thumb:
+        return None
+    width, height = Image.open(io.BytesIO(thumb)).size
+    return Picture(thumb, width, height)
+
+
+class Recorder:
+    """Writes frames, detections, embeddings and events; queues their messages.
+
+    Args:
+        labels: the names of the ``label_probs`` columns (``Analyzer.labels``).
+    """
+
+    def __init__(self, store: Store, identity: Identity, bursts: BurstConfig, rules: RulesConfig,
+                 alerts: AlertConfig, privacy: PrivacyConfig, labels: list[str]):
+        self.store, self.identity, self.bursts, self.rules = store, identity, bursts, rules
+        self.alerts, self.privacy, self.labels = alerts, privacy, labels
+        self.open: dict[str, _OpenBurst] = self._load_open()
+
+    # --- bursts -------------------------------------------------------------------------------
+    def _load_open(self) -> dict[str, _OpenBurst]:
+        rows = self.store.conn.execute(
+            "SELECT id, source_id, start, end, frames, crops, probs_sum, counts, alerted, thumbnail, "
+            "thumbnail_score, updated_at FROM events WHERE closed = 0").fetchall()
+        result = {}
+        for eid, source, start, end, frames, crops, sums, counts, alerted, thumb, score, updated in rows:
+            state = BurstState(eid, source, camera_time(datetime.fromisoformat(start)),
+                               camera_time(datetime.fromisoformat(end)), frames, crops, json.loads(sums),
+                               json.loads(counts))
+            result[source] = _OpenBurst(state, bool(alerted), _picture(thumb), score,
+                                        camera_time(datetime.fromisoformat(updated)))
+        return result
+
+    def _queue(self, message: Message) -> None:
+        self.store.outbox.add(topic(self.identity.prefix, self.identity.device_id, message.kind), message)
+
+    def _close(self, source_id: str) -> int:
+        burst = self.open.pop(source_id)
+        event = aggregate_burst(burst.state, self.bursts, closed=True)
+        self._save_event(event, burst)
+        self._queue(EventMessage(device=self.identity.device_id, site=self.identity.site, event=event,
+                                 alerted=burst.alerted))
+        return 1
+
+    def close_idle(self, idle_seconds: float | None = None) -> int:
+        """Close bursts that have seen no frame for the burst gap (wall clock); returns messages queued."""
+        idle = self.bursts.gap_seconds if idle_seconds is None else idle_seconds
+        now = datetime.now(timezone.utc)
+        idle_sources = [s for s, burst in self.open.items() if (now - burst.updated).total_seconds() >= idle]
+        if not idle_sources:
+            return 0
+        with self.store.transaction():
+            return sum(self._close(source_id) for source_id in idle_sources)
+
+    def _save_event(self, event: Event, burst: _OpenBurst) -> None:
+        s = burst.state
+        self.store.conn.execute(
+            "INSERT INTO events (id, source_id, start, end, frames, label, score, probs, counts, crops, probs_sum, "
+            "thumbnail, thumbnail_score, closed, alerted, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (id) DO UPDATE SET end=excluded.end, start=excluded.start, frames=excluded.frames, "
+            "label=excluded.label, score=excluded.score, probs=excluded.probs, counts=excluded.counts, "
+            "crops=excluded.crops, probs_sum=excluded.probs_sum, thumbnail=excluded.thumbnail, "
+            "thumbnail_score=excluded.thumbnail_score, closed=excluded.closed, alerted=excluded.alerted, "
+            "updated_at=excluded.updated_at",
+            (event.id, event.source_id, s.start.isoformat(), s.end.isoformat(), event.frames, event.label,
+             event.score, json.dumps(event.probs), json.dumps(event.counts), s.crops, json.dumps(s.probs_sum),
+             burst.thumbnail.jpeg if burst.thumbnail else None, burst.thumbnail_score, int(event.closed),
+             int(burst.alerted), utc_now()),
+        )
+
+    # --- frames -------------------------------------------------------------------------------
+    def record_failure(self, failure: FrameFailure) -> Recorded:
+        """A frame without an analysis: a failure row with the reason, nothing else."""
+        frame = failure.frame
+        with self.store.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO failures (source_id, key, path, reason, at) VALUES (?,?,?,?,?)",
+                         (frame.source_id, frame.key, str(frame.path or ""), failure.reason, utc_now()))
+        return Recorded(None, None, None, 0)
+
+    def record(self, analysis: FrameAnalysis) -> Recorded:
+        """Store one analysed frame and queue what it causes, atomically."""
+        before = len(self.store.outbox)
+        with self.store.transaction():
+            burst = self._assign(analysis)
+            frame_id = self._insert_frame(analysis, burst.state.id if burst else None)
+            detection_ids = self._insert_detections(frame_id, analysis)
+            alert = None
+            if burst is not None:
+                self._update_thumbnail(burst, analysis)
+                alert = self._maybe_alert(burst)
+                self._save_event(aggregate_burst(burst.state, self.bursts), burst)
+                self._insert_embeddings(analysis, detection_ids, burst.state.id)
+        return Recorded(frame_id, burst.state.id if burst else None, alert, len(self.store.outbox) - before)
+
+    def _assign(self, analysis: FrameAnalysis) -> _OpenBurst | None:
+        frame = analysis.frame
+        burst = self.open.get(frame.source_id)
+        if burst is not None and not joins(burst.state, frame.time, self.bursts):
+            self._close(frame.source_id)
+            burst = None
+        votes = voters(analysis.detections, self.bursts)
+        if burst is None:
+            if not len(votes):
+                return None
+            state = BurstState(event_id(self.identity.device_id, frame.source_id, frame.key), frame.source_id,
+                               frame.time, frame.time)
+            burst = self.open[frame.source_id] = _OpenBurst(state, False, None, 0.0)
+        burst.state = add_frame(burst.state, frame.time, votes, self.labels)
+        burst.updated = datetime.now(timezone.utc)
+        return burst
+
+    def _blurred(self, label: str) -> bool:
+        return label in set(self.privacy.blur_labels)
+
+    def _update_thumbnail(self, burst: _OpenBurst, analysis: FrameAnalysis) -> None:
+        det = analysis.detections
+        if not len(det) or float(det.confidence.max()) <= burst.thumbnail_score:
+            return
+        best = int(det.confidence.argmax())
+        jpeg, (width, height) = thumbnail_jpeg(analysis.rgb, det.xyxy[best], self.alerts.thumbnail_max_side,
+                                               self.alerts.thumbnail_max_bytes, self._blurred(det.labels()[best]))
+        burst.thumbnail, burst.thumbnail_score = Picture(jpeg, width, height), float(det.confidence[best])
+
+    def _maybe_alert(self, burst: _OpenBurst) -> str | None:
+        event = aggregate_burst(burst.state, self.bursts)
+        decision = decide_alert(event, self.rules, self.identity.site, burst.alerted)
+        if decision is None:
+            return None
+        burst.alerted = True
+        self._queue(AlertMessage(device=self.identity.device_id, site=self.identity.site, event=event,
+                                 thumbnail=burst.thumbnail))
+        return decision.label
+
+    def _insert_frame(self, analysis: FrameAnalysis, event: str | None) -> int:
+        f = analysis.frame
+        h, w = analysis.rgb.shape[:2]
+        cursor = self.store.conn.execute(
+            "INSERT INTO frames (source_id, key, time, time_source, path, width, height, night, brightness, motion, "
+            "gated, flags, event_id, processed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (f.source_id, f.key, f.time.isoformat(), f.time_source, str(f.path or ""), w, h, int(analysis.night),
+             analysis.brightness, analysis.motion, int(analysis.gated), ",".join(f.flags), event, utc_now()),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def _insert_detections(self, frame_id: int, analysis: FrameAnalysis) -> list[int]:
+        det = analysis.detections
+        probs = det.data.get("species_probs")
+        ids = []
+        for i, label in enumerate(det.labels()):
+            cursor = self.store.conn.execute(
+                "INSERT INTO detections (frame_id, idx, x1, y1, x2, y2, confidence, class_id, label, label_score, "
+                "label_source, probs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (frame_id, i, *map(float, det.xyxy[i]), float(det.confidence[i]), int(det.class_id[i]), label,
+                 float(det.data["label_score"][i]), str(det.data["label_source"][i]),
+                 json.dumps(np.round(probs[i], 4).tolist()) if probs is not None else None),
+            )
+            ids.append(int(cursor.lastrowid or 0))
+        return ids
+
+    def _insert_embeddings(self, analysis: FrameAnalysis, detection_ids: list[int], event: str) -> None:
+        det, frame = analysis.detections, analysis.frame
+        boxes = det.normalised_xywh(analysis.rgb.shape[:2])
+        for i in np.flatnonzero(det.data["embedded"]):
+            vector = det.data["embedding"][i]
+            self.store.conn.execute(
+                "INSERT INTO embeddings (detection_id, event_id, model, model_version, dim, vector) VALUES (?,?,?,?,?,?)",
+                (detection_ids[i], event, self.identity.embedder_model, self.identity.bundle_version, len(vector),
+                 vector.astype(np.float32).tobytes()),
+            )
+            box = Box(tuple(boxes[i]), float(det.confidence[i]), det.labels()[i], float(det.data["label_score"][i]),
+                      det.data["label_source"][i])
+            self._queue(EmbeddingMessage(
+                device=self.identity.device_id, event_id=event, source_id=frame.source_id, frame_time=frame.time,
+                box=box, vector=vector, model=self.identity.embedder_model, model_version=self.identity.bundle_version,
+                crop=self._embedding_crop(analysis, i)))
+
+    def _embedding_crop(self, analysis: FrameAnalysis, index: int) -> Picture | None:
+        """One embedding's crop as a JPEG (None unless ``alerts.embedding_crop_max_side`` is set)."""
+        side = self.alerts.embedding_crop_max_side
+        if side is None:
+            return None
+        det = analysis.detections
+        jpeg, (width, height) = thumbnail_jpeg(analysis.rgb, det.xyxy[index], side, MAX_CROP_BYTES,
+                                               self._blurred(det.labels()[index]))
+        return Picture(jpeg, width, height)

@@ -1,0 +1,158 @@
+"""The appliance's SQLite database: frames, detections, events, embeddings, failures, outbox.
+
+WAL journal, a schema versioned with ``PRAGMA user_version`` and applied by ordered migrations,
+and retention by age and size that never deletes an unsent outbox message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from common.sqlite import apply_migrations, connect
+from edge.storage.outbox import Outbox
+
+MIGRATIONS: list[str] = [
+    # 1: first schema
+    """
+    CREATE TABLE frames (
+        id INTEGER PRIMARY KEY, source_id TEXT NOT NULL, key TEXT NOT NULL, time TEXT NOT NULL,
+        time_source TEXT NOT NULL, path TEXT, width INTEGER, height INTEGER, night INTEGER,
+        brightness REAL, motion REAL, gated INTEGER NOT NULL DEFAULT 0, flags TEXT NOT NULL DEFAULT '',
+        event_id TEXT, processed_at TEXT NOT NULL, UNIQUE (source_id, key)
+    );
+    CREATE INDEX frames_time ON frames (processed_at);
+    CREATE TABLE detections (
+        id INTEGER PRIMARY KEY, frame_id INTEGER NOT NULL REFERENCES frames (id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL, x1 REAL, y1 REAL, x2 REAL, y2 REAL, confidence REAL NOT NULL,
+        class_id INTEGER NOT NULL, label TEXT, label_score REAL, probs TEXT
+    );
+    CREATE INDEX detections_frame ON detections (frame_id);
+    CREATE TABLE embeddings (
+        id INTEGER PRIMARY KEY, detection_id INTEGER NOT NULL REFERENCES detections (id) ON DELETE CASCADE,
+        event_id TEXT, model TEXT NOT NULL, model_version TEXT NOT NULL, dim INTEGER NOT NULL,
+        vector BLOB NOT NULL
+    );
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY, source_id TEXT NOT NULL, start TEXT NOT NULL, end TEXT NOT NULL,
+        frames INTEGER NOT NULL, label TEXT, score REAL, probs TEXT NOT NULL DEFAULT '{}',
+        counts TEXT NOT NULL DEFAULT '{}', crops INTEGER NOT NULL DEFAULT 0, probs_sum TEXT NOT NULL DEFAULT '{}',
+        thumbnail BLOB, thumbnail_score REAL NOT NULL DEFAULT 0,
+        closed INTEGER NOT NULL DEFAULT 0, alerted INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL
+    );
+    CREATE INDEX events_open ON events (closed);
+    CREATE TABLE failures (
+        id INTEGER PRIMARY KEY, source_id TEXT NOT NULL, key TEXT NOT NULL, path TEXT, reason TEXT NOT NULL,
+        at TEXT NOT NULL, UNIQUE (source_id, key)
+    );
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT NOT NULL UNIQUE, topic TEXT NOT NULL,
+        payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, created TEXT NOT NULL
+    );
+    """,
+    # 2: each box's one final label says which model decided it
+    """
+    ALTER TABLE detections ADD COLUMN label_source TEXT;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreConfig(BaseModel):
+    """Where the database lives and how long it keeps things."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: Path = Field(Path("/var/lib/trapedge/trapedge.db"), title="SQLite database file")
+    retention_days: float = Field(30, gt=0, title="Delete frames, detections and events older than this")
+    max_mb: float = Field(2048, gt=0, title="Delete the oldest frames while the database is larger than this")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every migration newer than the database's ``user_version``; returns the new version."""
+    return apply_migrations(conn, MIGRATIONS)
+
+
+class Store:
+    """The database of one appliance. Thread-safe through one lock around its connection."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.conn = connect(self.path)
+        self.lock = threading.RLock()
+        with self.lock:
+            migrate(self.conn)
+        self.outbox = Outbox(self.conn, self.lock)
+
+    def transaction(self):
+        """``with store.transaction():`` — one atomic unit (frame rows + its outbox messages)."""
+        return _Transaction(self)
+
+    def is_done(self, source_id: str, key: str) -> bool:
+        """Whether a frame (or its failure) was already recorded: the exactly-once check."""
+        with self.lock:
+            row = self.conn.execute(
+                "SELECT 1 FROM frames WHERE source_id = ? AND key = ? UNION ALL "
+                "SELECT 1 FROM failures WHERE source_id = ? AND key = ? LIMIT 1",
+                (source_id, key, source_id, key),
+            ).fetchone()
+        return row is not None
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check`` result (``ok`` when healthy)."""
+        with self.lock:
+            return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+    def size_mb(self) -> float:
+        """Database size including its WAL."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        return (self.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)) / 1e6
+
+    def apply_retention(self, config: StoreConfig, now: datetime | None = None) -> int:
+        """Delete old frames (their detections and embeddings cascade), old closed events and
+        failures; then the oldest frames while over ``max_mb``. Never touches the outbox.
+
+        Returns:
+            Number of frames deleted.
+        """
+        now = now or datetime.now(timezone.utc)
+        cutoff = (now - timedelta(days=config.retention_days)).isoformat(timespec="milliseconds")
+        with self.transaction():
+            deleted = self.conn.execute("DELETE FROM frames WHERE processed_at < ?", (cutoff,)).rowcount
+            self.conn.execute("DELETE FROM events WHERE closed = 1 AND updated_at < ?", (cutoff,))
+            self.conn.execute("DELETE FROM failures WHERE at < ?", (cutoff,))
+        while self.size_mb() > config.max_mb:
+            with self.transaction():
+                batch = self.conn.execute(
+                    "DELETE FROM frames WHERE id IN (SELECT id FROM frames ORDER BY processed_at LIMIT 100)"
+                ).rowcount
+            with self.lock:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self.conn.execute("VACUUM")
+            deleted += batch
+            if batch == 0:
+                break
+        return deleted
+
+
+class _Transaction:
+    def __init__(self, store: Store):
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store.lock.acquire()
+        self.store.conn.execute("BEGIN IMMEDIATE")
+        return self.store.conn
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.store.lock.release()

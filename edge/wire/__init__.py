@@ -1,0 +1,1 @@
+"""What leaves the device: typed MQTT messages, MegaDetector output, thumbnails."""
