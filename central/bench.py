@@ -87,8 +87,8 @@ def bench_ingest(count: int, dim: int) -> dict:
 
     from central.config import BrokerConfig, CentralConfig, ReviewConfig, StoreConfig
     from central.service import CentralService
-    from edge.wire import messages
     from common.local_broker import Mosquitto
+    from edge.wire import messages
 
     work = Path(tempfile.mkdtemp(prefix="central-bench-"))
     broker = Mosquitto(work / "broker")

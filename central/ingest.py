@@ -11,7 +11,7 @@ import binascii
 import json
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import jsonschema
 import numpy as np
@@ -74,7 +74,7 @@ class Sighting:
         object.__setattr__(self, "vector", vector / norm)
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(kind: str) -> jsonschema.Draft202012Validator:
     """The compiled JSON Schema validator of one kind."""
     return jsonschema.Draft202012Validator(load_schema(kind))

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
 from central.calibration import Calibration, calibrate
 from central.gallery import Gallery, Hit, NumpyGallery
 from central.graph import Individuals, build

@@ -42,11 +42,19 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from central import review
+from central.auth import (
+    CSRF_HEADER,
+    LOGIN_COOKIE,
+    LOGIN_FORM_S,
+    PBKDF2_ITERATIONS,
+    SESSION_COOKIE,
+    Auth,
+    hash_password,
+    verify_password,
+)
 from central.config import ReviewLogin
 from central.matching import Matcher
 from central.store import CentralStore
-from central.auth import (CSRF_HEADER, LOGIN_COOKIE, LOGIN_FORM_S, PBKDF2_ITERATIONS, SESSION_COOKIE, Auth,
-                          hash_password, verify_password)
 
 __all__ = ["CSRF_HEADER", "ReviewServer", "create_app", "hash_password", "main", "verify_password"]
 

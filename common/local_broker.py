@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class BrokerTls:
     key: Path
 
 
-def acl_for_devices(prefix: str, readers: list[str] = ()) -> str:
+def acl_for_devices(prefix: str, readers: Sequence[str] = ()) -> str:
     """An ACL where each device writes only under ``<prefix>/<its user name>/`` and reads nothing,
     and each of ``readers`` (e.g. the central service) reads everything under ``<prefix>/``."""
     lines = [f"pattern write {prefix}/%u/#"]
@@ -148,20 +149,27 @@ class Mosquitto:
         """End the broker abruptly (SIGKILL)."""
         self._end(signal.SIGKILL, 10.0)
 
+    def _process(self) -> subprocess.Popen:
+        if self.process is None:
+            raise RuntimeError("the broker was never started")
+        return self.process
+
     def pause(self) -> None:
         """Freeze the broker: connections stay open, nothing is answered."""
-        self.process.send_signal(signal.SIGSTOP)
+        self._process().send_signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self.process.send_signal(signal.SIGCONT)
+        """Let a paused broker go on."""
+        self._process().send_signal(signal.SIGCONT)
 
     def _end(self, sig: signal.Signals, timeout: float) -> None:
         if not self.running:
             return
-        self.process.send_signal(sig)
-        self.process.send_signal(signal.SIGCONT)  # a paused broker must see the signal
+        process = self._process()
+        process.send_signal(sig)
+        process.send_signal(signal.SIGCONT)  # a paused broker must see the signal
         try:
-            self.process.wait(timeout)
+            process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+            process.kill()
+            process.wait(5)

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image
-from edge.runtime.detections import Detections
 from common.hashing import sha256_file
+from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image
 from edge.runtime.bundle import load_bundle
+from edge.runtime.detections import Detections
 from edge.runtime.manifest import MANIFEST_NAME, FileEntry, InputSpec, Manifest, ModelSpec
 from edge.runtime.models import Classifier, Detector, Embedder
 from edge.runtime.preprocess import letterbox, resize_whole, to_tensor
@@ -205,7 +205,8 @@ class BundleBuilder:
         found: dict[str, list[Detections]] = {"fp32": [], "int8": [], "native": []}
         native = NativeDetector(self.models.detector, bundle.spec("detector"))
         crops = [resize_whole(rgb, CROP_INPUT) for rgb in _frames(self.images.check_crops)]
-        for rgb in tqdm(_frames(self.images.check_frames), total=len(self.images.check_frames), desc="check", leave=False, disable=None):
+        check_frames = self.images.check_frames
+        for rgb in tqdm(_frames(check_frames), total=len(check_frames), desc="check", leave=False, disable=None):
             for p in ("fp32", "int8"):
                 found[p].append(det[p].detect(rgb, threshold - gates.DETECTOR_SCORE_TOLERANCE))
             found["native"].append(native.detect(rgb, threshold))

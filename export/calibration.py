@@ -9,10 +9,9 @@ manifest.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -60,7 +59,8 @@ def default_images(data: Path, calibration_count: int = 96) -> ExportImages:
     voc = images("boxes/wbia_voc/JPEGImages")
     reid_calib = images("reid/leopard_spotid/crops") + images("reid/lion/train")
     frames = images("frames/ena24_small") + images("frames/animl_samples") + images("frames/autofocus_gallery")
-    check_crops = _every(images("reid/lion/val"), 48) + images("formats/camtrapR_thumbnails/inst/pictures/sample_images_species_dir")
+    thumbnails = images("formats/camtrapR_thumbnails/inst/pictures/sample_images_species_dir")
+    check_crops = _every(images("reid/lion/val"), 48) + thumbnails
     split = ExportImages(
         detector_calibration=_every(mlwic, calibration_count - len(voc)) + voc,
         crop_calibration=_every(mlwic, calibration_count // 2) + _every(reid_calib, calibration_count // 2),

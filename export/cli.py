@@ -9,15 +9,20 @@ from pathlib import Path
 import torch
 
 from export.build import ExportOptions, TorchModels, build_bundle, manifest_summary
-from train.models.yolox import DEFAULT_SIZE, detector_input
 from export.gates import GateError
+from train.models.yolox import DEFAULT_SIZE, detector_input
 
 
 def default_models(weights: Path) -> TorchModels:
     """The untrained bundle's models: camera-trap YOLOX-tiny, ImageNet EfficientNet-Lite0 twice."""
-    from train.models.classifier import (ARCH, ImageNetGroupClassifier, PooledEmbedder, create_backbone,
-                                         freeze_same_padding)
-    from train.models.classifier import CROP_INPUT
+    from train.models.classifier import (
+        ARCH,
+        CROP_INPUT,
+        ImageNetGroupClassifier,
+        PooledEmbedder,
+        create_backbone,
+        freeze_same_padding,
+    )
     from train.models.yolox import load_yolox
     from train.pretrained import path_of
 
@@ -36,8 +41,7 @@ def default_models(weights: Path) -> TorchModels:
 def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     """Models from ``trapedge train``: its classifier and embedder, and its detector when it kept a
     fine-tuned one (``detector.pt``), else the pretrained detector."""
-    from train.models.classifier import freeze_same_padding
-    from train.models.classifier import CROP_INPUT
+    from train.models.classifier import CROP_INPUT, freeze_same_padding
 
     models = default_models(weights)
     classifier = torch.load(run_dir / "classifier.pt", map_location="cpu", weights_only=False).eval()
@@ -71,7 +75,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.25, help="detector confidence threshold for the manifest")
     parser.add_argument("--detector-size", type=_size, default=DEFAULT_SIZE, metavar="HxW",
                         help="detector input (default 480x640: 4:3 frames without padding rows; 640x640 is native)")
-    parser.add_argument("--trained", type=Path, help="a `trapedge train` output folder to export instead of the pretrained models")
+    parser.add_argument("--trained", type=Path,
+                        help="a `trapedge train` output folder to export instead of the pretrained models")
     parser.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
                         help="calibration method for all three models (default: per model, see export.build)")
 

@@ -75,7 +75,8 @@ def mean_box_iou(reference: list[Detections], candidate: list[Detections], thres
     return float(np.mean(ious)) if ious else 1.0
 
 
-def top1_agreement(reference: np.ndarray, candidate: np.ndarray, confident: float = CLASSIFIER_CONFIDENT) -> tuple[float, int]:
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray,
+                   confident: float = CLASSIFIER_CONFIDENT) -> tuple[float, int]:
     """Top-1 agreement on the rows where the reference's top probability ≥ ``confident``.
 
     Returns:

@@ -8,8 +8,8 @@ prediction convs and reshapes zeroes scores.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -64,7 +64,8 @@ def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarra
         weight_type=QuantType.QInt8,
         per_channel=True,
         nodes_to_exclude=excluded,
-        calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method],
+        calibrate_method={"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                          "entropy": CalibrationMethod.Entropy}[method],
         extra_options={"CalibPercentile": 99.999} if method == "percentile" else {},
     )
     prepared.unlink()

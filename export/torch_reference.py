@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args.precision = "fp32"
     modules = default_models(args.weights)
     backends = {"detector": TorchBackend(modules.detector)}
-    if load_bundle(args.bundle or DEFAULT_BUNDLE).spec("classifier").result:  # the bundle runs both on one backbone pass: so does torch
+    # the bundle runs classifier and embedder in one backbone pass: so does torch
+    if load_bundle(args.bundle or DEFAULT_BUNDLE).spec("classifier").result:
         backends["classifier"] = backends["embedder"] = TorchBackend(SharedCropModel(modules.classifier, modules.embedder))
     else:
         backends.update(classifier=TorchBackend(modules.classifier), embedder=TorchBackend(modules.embedder))

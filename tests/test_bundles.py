@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge.app.bundles import BundleRoot, InstallError, frames_from, install, list_versions, switch
 from common.hashing import sha256_file
+from edge.app.bundles import BundleRoot, InstallError, frames_from, install, list_versions, switch
 from edge.runtime.bundle import load_bundle
 
 VERSION_A, VERSION_B = "2026.01.01-000000", "2026.02.01-000000"
@@ -206,8 +206,8 @@ def _service_config(tmp_path: Path, bundle_path: Path) -> Path:
     ],
 )
 def test_service_rolls_back_a_tampered_current(tmp_path, data, sources, frames, bundle_copy, spoil, reason):
-    from edge.app.config import EdgeConfig
     from common.config_loader import load_config
+    from edge.app.config import EdgeConfig
     from edge.app.service import Service
 
     root = BundleRoot(tmp_path / "bundles")
@@ -232,10 +232,10 @@ def test_service_rolls_back_a_tampered_current(tmp_path, data, sources, frames, 
 
 
 def test_service_without_previous_refuses_a_tampered_bundle(tmp_path, bundle_copy):
-    from edge.app.config import EdgeConfig
     from common.config_loader import load_config
-    from edge.runtime.bundle import BundleError
+    from edge.app.config import EdgeConfig
     from edge.app.service import Service
+    from edge.runtime.bundle import BundleError
 
     root = BundleRoot(tmp_path / "bundles")
     root.versions.mkdir(parents=True)

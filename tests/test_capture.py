@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge.capture.sources import SourceUnavailable, available, create_source
 from edge.capture.decode import read_frame
+from edge.capture.sources import SourceUnavailable, available, create_source
 from edge.capture.sources.folder import Config as FolderConfig
 from edge.capture.sources.opencv import Config as OpenCVConfig
 from edge.capture.sources.picamera2 import Config as PiConfig

@@ -17,8 +17,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from central.config import BrokerConfig, CentralConfig, ReviewConfig, StoreConfig
 from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
 from central.ingest import Message, Rejected, kind_of, parse, sighting_of
-from central.service import CentralService, Ingestor
 from central.matching import Matcher
+from central.service import CentralService, Ingestor
 from central.store import SCHEMA_VERSION, CentralStore
 from edge.events.bursts import Event
 from edge.wire.messages import Box, EmbeddingMessage, EventMessage, Picture, StatusMessage

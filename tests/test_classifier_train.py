@@ -12,12 +12,11 @@ import torch
 from pydantic import ValidationError
 
 from edge.runtime.preprocess import to_tensor
-from train.models.classifier import CROP_INPUT
 from export.onnx_export import export_onnx, torch_vs_onnx
-from train.classifier import (TrainConfig, evaluate, frozen_forward, load_crop, train_classifier,
-                              trainable_forward)
+from train.classifier import TrainConfig, evaluate, frozen_forward, load_crop, train_classifier, trainable_forward
 from train.datasets import read_csv
 from train.metrics import auc, classification_report, confusion_matrix, roc_curve
+from train.models.classifier import CROP_INPUT
 from train.splits import FRAME_NUMBER, split_records
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,8 +14,17 @@ from pathlib import Path
 import pytest
 
 from train.datasets import (
-    SPOTID_FILENAME, DatasetError, format_summary, read_camtrap_dp, read_coco_camera_traps, read_csv,
-    read_folders, read_megadetector, read_voc, save_summary, summarise,
+    SPOTID_FILENAME,
+    DatasetError,
+    format_summary,
+    read_camtrap_dp,
+    read_coco_camera_traps,
+    read_csv,
+    read_folders,
+    read_megadetector,
+    read_voc,
+    save_summary,
+    summarise,
 )
 from train.labelmap import LabelMap, LabelMapError
 from train.records import Record

@@ -11,12 +11,20 @@ import pytest
 import torch
 
 from train.datasets import SPOTID_FILENAME, read_folders
-from train.embedder import (ArcFaceHead, CosFaceHead, EmbedderConfig, EmbeddingModel, adaptive_margins,
-                            edge_map_path, embed_records, load_input, train_embedder)
+from train.embedder import (
+    ArcFaceHead,
+    CosFaceHead,
+    EmbedderConfig,
+    EmbeddingModel,
+    adaptive_margins,
+    edge_map_path,
+    embed_records,
+    load_input,
+    train_embedder,
+)
 from train.models.classifier import PooledEmbedder, create_backbone
 from train.reid_metrics import retrieval_metrics
 from train.splits import verify_disjoint_individuals
-
 
 
 def _unit(degrees: list[float]) -> np.ndarray:

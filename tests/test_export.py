@@ -52,8 +52,8 @@ def test_mean_box_iou_of_found_boxes():
 def test_detector_size_must_fit_the_strides():
     import argparse
 
-    from train.models.yolox import detector_input
     from export.cli import _size
+    from train.models.yolox import detector_input
 
     assert _size("480x640") == (480, 640) and detector_input((480, 640)).size == (480, 640)
     for bad in ("500x640", "640", "axb"):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from edge.analysis.gate import MotionGate, MotionGateConfig
 from edge.capture.decode import decode_image, list_images
 from edge.capture.frame_stats import detect_info_bars, is_night, mean_brightness, trim_info_bars
-from edge.analysis.gate import MotionGate, MotionGateConfig
 
 
 @pytest.mark.parametrize(

@@ -95,8 +95,8 @@ def _config(tmp_path: Path, bundle_dir: Path, state: Path, broker=None, **overri
 
 
 def _service(config: Path):
-    from edge.app.config import EdgeConfig
     from common.config_loader import load_config
+    from edge.app.config import EdgeConfig
     from edge.app.service import Service
 
     service = Service(load_config(config, EdgeConfig))

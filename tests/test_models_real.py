@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edge.capture.decode import decode_image
-from edge.runtime.detections import Detections
 from edge.runtime.bundle import load_bundle
+from edge.runtime.detections import Detections
 from edge.runtime.models import Classifier, Detector, Embedder
 from train.box_matching import matched_recall
 
@@ -85,10 +85,10 @@ def test_classifier_and_embedder_of_one_graph_share_a_session_and_one_run(bundle
     """The pretrained bundle exports them as one graph: one session, one run per crop batch."""
     from datetime import datetime
 
-    from edge.capture.frame import Frame
-    from edge.analysis.gate import MotionGate, MotionGateConfig
     from edge.analysis.analyzer import Analyzer
     from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
+    from edge.analysis.gate import MotionGate, MotionGateConfig
+    from edge.capture.frame import Frame
 
     bundle = load_bundle(bundle_dir)
     detector, classifier, embedder = Detector(bundle), Classifier(bundle), Embedder(bundle)

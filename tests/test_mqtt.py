@@ -20,10 +20,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
 from common.wire import load_schema, topic
-from edge.wire.messages import EventMessage
 from edge.events.bursts import Event
 from edge.publish.mqtt import MqttConfig, Publisher
 from edge.storage.store import Store
+from edge.wire.messages import EventMessage
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE, PREFIX = "cam-ridge-01", "trapedge"

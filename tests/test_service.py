@@ -209,7 +209,7 @@ def test_kill_9_resumes_without_loss_or_repeat(tmp_path, data, bundle_dir, mosqu
     for _ in range(3):
         process = start_service(config, log)
         target = min(len(frames), (kills + 1) * len(frames) // 4)
-        wait_for(lambda: frame_count(db) >= target, 120, "progress")
+        wait_for(lambda target=target: frame_count(db) >= target, 120, "progress")
         process.kill()
         process.wait(10)
         kills += 1
@@ -260,8 +260,8 @@ def _broken_inputs(data: Path, folder: Path) -> dict[str, str | None]:
 
 
 def test_every_broken_input_is_a_record_and_the_service_stays_up(tmp_path, data, bundle_dir):
-    from edge.app.config import EdgeConfig
     from common.config_loader import load_config
+    from edge.app.config import EdgeConfig
     from edge.app.service import Service
 
     # the copies show one scene: without motion the gate would rightly skip all but the first

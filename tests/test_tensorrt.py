@@ -320,7 +320,7 @@ def fake_tensorrt(monkeypatch):
 )
 def test_command_builds_only_what_is_not_cached(bundle, tmp_path, fake_tensorrt, argv, expected, cached, capsys):
     cache = tmp_path / "engines"
-    for task, data in (("detector", b"dummy detector.fp32.onnx"), ("classifier", b"dummy classifier.fp32.onnx")):
+    for data in (b"dummy detector.fp32.onnx", b"dummy classifier.fp32.onnx"):
         for precision in ("fp16", "int8"):
             key = engine_key(DEVICE, TRT_VERSION, sha(data), precision)
             cache.mkdir(exist_ok=True)

@@ -17,9 +17,9 @@ import copy
 import hashlib
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -30,9 +30,8 @@ from tqdm import tqdm
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image
 from edge.capture.frame_stats import detect_info_bars, is_night, trim_info_bars
 from edge.runtime.preprocess import crop, resize_whole, to_tensor
-from train.models.classifier import CROP_INPUT
 from train.metrics import auc, classification_report, roc_curve
-from train.models.classifier import create_backbone, freeze_same_padding
+from train.models.classifier import CROP_INPUT, create_backbone, freeze_same_padding
 from train.records import Record
 
 CACHE_VERSION = 2  # bump when the pixel pipeline changes: old cached features then miss
@@ -59,13 +58,13 @@ class TrainConfig(BaseModel):
     progress: bool = Field(True, title="Show tqdm progress bars")
 
     @model_validator(mode="after")
-    def _input_contract(self) -> "TrainConfig":
+    def _input_contract(self) -> TrainConfig:
         if (self.image_size, self.image_size) != tuple(CROP_INPUT.size):
             raise ValueError(f"image_size {self.image_size}: the bundle's classifier input is {CROP_INPUT.size}")
         return self
 
     @classmethod
-    def quick(cls, **overrides) -> "TrainConfig":
+    def quick(cls, **overrides) -> TrainConfig:
         """The quick profile: 2 epochs, last block only, 200 training records."""
         return cls(**{"epochs": 2, "trainable_blocks": 1, "max_train": 200, "lr": 3e-3, **overrides})
 

@@ -29,7 +29,8 @@ from train.splits import FRAME_NUMBER, load_or_make_split, split_individuals, ve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="training YAML (see deploy/train.example.yaml); default: the shared data")
+    parser.add_argument("--config", type=Path,
+                        help="training YAML (see deploy/train.example.yaml); default: the shared data")
     parser.add_argument("--data", type=Path, help="data_root: where relative dataset paths start (default ../shared/data)")
     parser.add_argument("--out", type=Path, help="checkpoints, splits and report (default runs/trained)")
     parser.add_argument("--weights", type=Path, default=Path("models"), help="pretrained weights (make models)")
@@ -66,7 +67,8 @@ def species_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | N
     save_summary(summary, config.out / "dataset_summary")
     labels = sorted({r.label for r in records})
     # the full profile: last two blocks, as measured best on MLWIC (0.878 top-1 vs 0.785 with one)
-    defaults = TrainConfig.quick(seed=config.seed) if quick else TrainConfig(seed=config.seed, trainable_blocks=2, patience=4)
+    full = TrainConfig(seed=config.seed, trainable_blocks=2, patience=4)
+    defaults = TrainConfig.quick(seed=config.seed) if quick else full
     train_config = defaults.model_copy(update=config.classifier)
     TrainConfig.model_validate(train_config.model_dump())  # overrides from the YAML are checked too
     model, _ = train_classifier(splits["train"], splits["val"], labels, weights, train_config, config.out / "cache")
@@ -115,8 +117,14 @@ def detector_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | 
     """
     if not config.boxes:
         return None
-    from train.detector import (DetectorConfig, evaluate_detector, expand_classes, kept_detections,
-                                split_detector_records, train_detector)
+    from train.detector import (
+        DetectorConfig,
+        evaluate_detector,
+        expand_classes,
+        kept_detections,
+        split_detector_records,
+        train_detector,
+    )
     from train.models.yolox import load_yolox
 
     splits = split_detector_records(read_boxes(config), config.seed)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from train.datasets.inventory import Inventory
 from train.records import Record
 
 
@@ -69,7 +70,8 @@ class TrainingConfig(_Strict):
     crop_bundle: Path = Field(Path("bundles/default"), title="Bundle whose detector cuts crops when crops: detector")
     reid_train: list[ReidSource] = Field(default_factory=list, title="Individuals to train the embedder on")
     reid_eval: list[ReidSource] = Field(default_factory=list, title="Held-out individuals to evaluate on")
-    boxes: list[BoxSource] = Field(default_factory=list, title="Detector fine-tune data (empty: keep the pretrained detector)")
+    boxes: list[BoxSource] = Field(default_factory=list,
+                                   title="Detector fine-tune data (empty: keep the pretrained detector)")
     detector_classes: list[str] = Field(["animal", "person", "vehicle"], min_length=1, title="Detector class names")
     classifier: dict[str, Any] = Field(default_factory=dict, title="train.classifier.TrainConfig overrides")
     embedder: dict[str, Any] = Field(default_factory=dict, title="train.embedder.EmbedderConfig overrides")
@@ -83,7 +85,7 @@ class TrainingConfig(_Strict):
         return classes
 
     @classmethod
-    def default(cls, data_root: Path = Path("../shared/data"), **overrides) -> "TrainingConfig":
+    def default(cls, data_root: Path = Path("../shared/data"), **overrides) -> TrainingConfig:
         """The datasets shipped in ``../shared/data``."""
         return cls(
             data_root=data_root,
@@ -116,9 +118,35 @@ def load_training_config(path: Path) -> TrainingConfig:
     return config
 
 
+def _read_species(source: SpeciesSource, where: Path, images: Path | None) -> Inventory:
+    """The inventory of one species source, read by its format's reader."""
+    from train.datasets import read_camtrap_dp, read_coco_camera_traps, read_csv, read_folders, read_megadetector
+
+    if source.format == "csv":
+        return read_csv(where, images, label_columns=source.label_columns, path_column=source.path_column,
+                        event_column=source.event_column, location_column=source.location_column)
+    if source.format == "folders":
+        return read_folders(where)
+    if source.format == "coco":
+        return read_coco_camera_traps(where, images)
+    if source.format == "megadetector":
+        return read_megadetector(where, images, threshold=source.threshold)
+    return read_camtrap_dp(where)
+
+
+def _read_boxes(source: BoxSource, where: Path, images: Path | None) -> Inventory:
+    """The inventory of one box source, read by its format's reader."""
+    from train.datasets import read_coco_camera_traps, read_megadetector, read_voc
+
+    if source.format == "megadetector":
+        return read_megadetector(where, images, threshold=source.threshold)
+    if source.format == "voc":
+        return read_voc(where)
+    return read_coco_camera_traps(where, images)
+
+
 def read_species(config: TrainingConfig) -> tuple[list[Record], list[str]]:
     """Records of every species source (labelmap and priority rules applied) and reading problems."""
-    from train.datasets import read_camtrap_dp, read_coco_camera_traps, read_csv, read_folders, read_megadetector
     from train.labelmap import LabelMap
 
     records, problems = [], []
@@ -127,14 +155,7 @@ def read_species(config: TrainingConfig) -> tuple[list[Record], list[str]]:
         images = config.resolve(source.images) if source.images else None
         if not where.exists():
             raise FileNotFoundError(f"species source {where} not found (data_root {config.data_root})")
-        inventory = {
-            "csv": lambda: read_csv(where, images, label_columns=source.label_columns, path_column=source.path_column,
-                                    event_column=source.event_column, location_column=source.location_column),
-            "folders": lambda: read_folders(where),
-            "coco": lambda: read_coco_camera_traps(where, images),
-            "megadetector": lambda: read_megadetector(where, images, threshold=source.threshold),
-            "camtrap_dp": lambda: read_camtrap_dp(where),
-        }[source.format]()
+        inventory = _read_species(source, where, images)
         records += list(inventory)
         problems += [f"{where}: {p}" for p in inventory.problems]
     kept, dropped = LabelMap.from_dict(config.labelmap).apply(records, keep_multilabel=config.keep_multilabel)
@@ -159,15 +180,11 @@ def read_reid(config: TrainingConfig, sources: list[ReidSource]) -> dict[str, li
 
 def read_boxes(config: TrainingConfig) -> list[Record]:
     """One record per box (and one box-less record per empty image) of every box source."""
-    from train.datasets import read_coco_camera_traps, read_megadetector, read_voc
-
     records = []
     for source in config.boxes:
         where = config.resolve(source.path)
         images = config.resolve(source.images) if source.images else None
         if not where.exists():
             raise FileNotFoundError(f"box source {where} not found (data_root {config.data_root})")
-        reader = {"megadetector": lambda: read_megadetector(where, images, threshold=source.threshold),
-                  "voc": lambda: read_voc(where), "coco": lambda: read_coco_camera_traps(where, images)}[source.format]
-        records += list(reader())
+        records += list(_read_boxes(source, where, images))
     return records

@@ -17,9 +17,10 @@ import copy
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,12 +29,20 @@ from torch import nn
 from tqdm import tqdm
 
 from edge.runtime.manifest import InputSpec
-from train.models.yolox import detector_input
-from train.models.yolox import STRIDES, YOLOX, load_yolox
-from train.models.yolox_loss import AnchorGrid, yolox_loss
-from train.detector_data import (PRIOR_PROB, InputImage, batches, box_images, detector_class, detector_records,
-                                 prepare, prepare_all, split_detector_records)
+from train.detector_data import (
+    PRIOR_PROB,
+    InputImage,
+    batches,
+    box_images,
+    detector_class,
+    detector_records,
+    prepare,
+    prepare_all,
+    split_detector_records,
+)
 from train.detector_eval import average_precision, detect, evaluate_detector, kept_detections
+from train.models.yolox import STRIDES, YOLOX, detector_input, load_yolox
+from train.models.yolox_loss import AnchorGrid, yolox_loss
 from train.records import Record
 
 __all__ = ["DetectorConfig", "DetectorHistory", "average_precision", "box_images", "detect", "detector_class",
@@ -74,7 +83,7 @@ class DetectorConfig(BaseModel):
         return size
 
     @classmethod
-    def quick(cls, **overrides) -> "DetectorConfig":
+    def quick(cls, **overrides) -> DetectorConfig:
         """The quick profile for tests: 3 epochs at 288 × 384."""
         return cls(**{"epochs": 3, "input_size": (288, 384), "lr": 3e-4, **overrides})
 

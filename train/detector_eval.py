@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -17,11 +17,10 @@ from pycocotools.cocoeval import COCOeval
 from edge.capture.decode import ImageDecodeError, decode_image
 from edge.runtime.detections import Detections
 from edge.runtime.preprocess import letterbox, to_tensor
-from edge.runtime.yolox import box_iou, make_grid, postprocess
-from train.models.yolox import NMS_IOU, detector_input
+from edge.runtime.yolox import make_grid, postprocess
 from train.box_matching import matched_recall
 from train.detector_data import MANIFEST_THRESHOLD, MAX_SIDE, BoxImage, box_images
-from train.models.yolox import STRIDES, YOLOX
+from train.models.yolox import NMS_IOU, STRIDES, YOLOX, detector_input
 from train.records import Record
 
 

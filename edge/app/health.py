@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +39,11 @@ class DiskUsage(NamedTuple):
 DiskUsageFn = Callable[[Path], DiskUsage]
 
 
+def _disk_usage(path: Path) -> DiskUsage:
+    total, used, free = shutil.disk_usage(path)
+    return DiskUsage(total, used, free)
+
+
 def existing_parent(path: Path) -> Path:
     """``path`` or its nearest existing ancestor (the store file may not exist yet)."""
     path = Path(path).absolute()
@@ -46,7 +52,7 @@ def existing_parent(path: Path) -> Path:
     return path
 
 
-def disk_free_mb(path: Path, usage: DiskUsageFn = shutil.disk_usage) -> float:
+def disk_free_mb(path: Path, usage: DiskUsageFn = _disk_usage) -> float:
     """Free megabytes (1e6 bytes) on the filesystem holding ``path``."""
     return usage(existing_parent(path)).free / 1e6
 
@@ -71,7 +77,7 @@ def disk_full(free_mb: float, config: DiskConfig, was_full: bool) -> bool:
 class DiskGuard:
     """Tracks free space on the store's filesystem and says whether frames may be taken."""
 
-    def __init__(self, path: Path, config: DiskConfig, usage: DiskUsageFn = shutil.disk_usage):
+    def __init__(self, path: Path, config: DiskConfig, usage: DiskUsageFn = _disk_usage):
         self.path, self.config, self.usage = Path(path), config, usage
         self.full = False
         self.free_mb: float | None = None

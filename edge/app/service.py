@@ -47,11 +47,12 @@ class Counters:
 class Service:
     """One appliance: sources, models, store, publisher."""
 
+    bundle: Bundle  # set by start(), as are the analyzer, recorder, store and sources
+
     def __init__(self, config: EdgeConfig):
         self.config = config
         self.stop_requested = threading.Event()
         self.counters = Counters()
-        self.bundle: Bundle | None = None
         self.publisher: Publisher | None = None
         self.bundle_rollback: dict | None = None
         self.thermal_root = THERMAL_ROOT
@@ -195,7 +196,7 @@ class Service:
 
 def install_signal_handlers(service: Service) -> None:
     """SIGTERM and SIGINT request a clean stop."""
-    def handler(signum, _frame):
+    def handler(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
         service.stop_requested.set()
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from edge.capture.frame import Frame
+from edge.capture.frame import Frame, TimeSource
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 MAX_PIXELS = 80_000_000
@@ -157,7 +157,7 @@ def exif_time(image: Image.Image) -> datetime | None:
         return None
 
 
-def file_time(path: Path) -> tuple[datetime, str]:
+def file_time(path: Path) -> tuple[datetime, TimeSource]:
     """The file's mtime (local time, with its offset), or the clock when the file is gone."""
     try:
         return datetime.fromtimestamp(Path(path).stat().st_mtime).astimezone(), "mtime"
@@ -172,7 +172,11 @@ def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None 
         decoded = decode_image(path, max_side=max_side)
     except (ImageDecodeError, OSError, ValueError, SyntaxError, MemoryError) as exc:
         return Frame(source_id, key, *file_time(path), path=path, failure=str(exc) or type(exc).__name__)
-    time_taken, time_source = (decoded.exif_time, "exif") if decoded.exif_time else file_time(path)
+    time_source: TimeSource
+    if decoded.exif_time is not None:
+        time_taken, time_source = decoded.exif_time, "exif"
+    else:
+        time_taken, time_source = file_time(path)
     flags = tuple(name for name, on in (("truncated", decoded.truncated), ("reduced", decoded.reduced)) if on)
     return Frame(source_id, key, time_taken, time_source, rgb=decoded.rgb, path=path, flags=flags)
 

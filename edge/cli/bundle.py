@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from common.config_loader import load_config
-from edge.app.config import EdgeConfig, command_defaults
 from edge.app.bundles import DEFAULT_ROOT, BundleRoot, InstallError, frames_from, install, list_versions, rollback
+from edge.app.config import EdgeConfig, command_defaults
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +38,8 @@ def _smoke_config(args: argparse.Namespace, config: EdgeConfig | None) -> EdgeCo
     """The device's config (or the defaults) with ``--precision``: the smoke check runs what the service will."""
     config = config or command_defaults()
     if args.precision:
-        config = EdgeConfig.model_validate({**config.model_dump(mode="json"),
-                                            "bundle": {**config.bundle.model_dump(mode="json"), "precision": args.precision}})
+        bundle = {**config.bundle.model_dump(mode="json"), "precision": args.precision}
+        config = EdgeConfig.model_validate({**config.model_dump(mode="json"), "bundle": bundle})
     return config
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from edge.capture.decode import list_images
-from edge.app.config import EdgeConfig
 from common.local_broker import BrokerMissing, Mosquitto
+from edge.app.config import EdgeConfig
 from edge.app.service import Service
+from edge.capture.decode import list_images
 
 DEMO_WATCH = [{"label": "bear", "threshold": 0.4}, {"label": "fox", "threshold": 0.5},
               {"label": "wolf_coyote", "threshold": 0.5}]

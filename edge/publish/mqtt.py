@@ -21,11 +21,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal
 from pathlib import Path
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from common.wire import check_device, check_prefix, topic
@@ -237,11 +238,11 @@ class Publisher:
 
     # -- paho callbacks (paho's network thread)
 
-    def _on_pre_connect(self, client: mqtt.Client, userdata) -> None:
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
         # A fresh will for each connection, so that its id is new each time it may be sent.
         client.will_set(self.status_topic, self._status("offline"), qos=1, retain=True)
 
-    def _on_connect(self, client: mqtt.Client, userdata, flags, reason, properties) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         if reason.is_failure:
             log.warning("broker %s:%d refused the connection: %s", self.config.host, self.config.port, reason)
             return
@@ -251,10 +252,11 @@ class Publisher:
         log.info("connected to %s:%d; %d messages pending", self.config.host, self.config.port, len(self.outbox))
         self._wake.set()
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata) -> None:
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         log.debug("cannot reach broker %s:%d; retrying", self.config.host, self.config.port)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata, flags, reason, properties) -> None:
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                       properties: Any) -> None:
         with self._lock:
             self._settle_acks()  # acks that arrived before the connection dropped still count
             was_connected, self._connected = self._connected, False
@@ -264,7 +266,7 @@ class Publisher:
         if was_connected and not self._closing:
             log.warning("disconnected from the broker (%s); %d messages wait in the outbox", reason, len(self.outbox))
 
-    def _on_publish(self, client: mqtt.Client, userdata, mid: int, reason, properties) -> None:
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
         self._acks.put((self._session, mid))
         self._wake.set()
 
@@ -290,7 +292,7 @@ class Publisher:
             client.tls_insecure_set(tls.insecure)
         client.enable_logger(log.getChild("paho"))  # paho logs flags, never the password
         client.suppress_exceptions = True  # a failing callback is logged; paho's thread goes on
-        client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)
+        client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]  # paho takes float seconds; its stub says int
         client.max_inflight_messages_set(0)  # our window is the limit; paho must never queue behind it
         client.on_pre_connect = self._on_pre_connect
         client.on_connect = self._on_connect

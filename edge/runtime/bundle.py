@@ -9,7 +9,6 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from common.hashing import sha256_file
-
 from edge.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, FileEntry, Manifest, ModelSpec
 
 
@@ -27,7 +26,7 @@ class Bundle:
     def spec(self, task: str) -> ModelSpec:
         """The manifest entry of one model (``detector``, ``classifier`` or ``embedder``)."""
         try:
-            return self.manifest.models[task]
+            return self.manifest.models[task]  # type: ignore[index]  # an unknown task is the KeyError below
         except KeyError:
             raise BundleError(f"bundle {self.root} has no {task} model") from None
 

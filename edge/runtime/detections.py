@@ -66,7 +66,8 @@ class Detections:
 
     def shifted(self, dx: float, dy: float) -> Detections:
         """A copy with every box moved by (dx, dy) pixels (e.g. back over a trimmed info bar)."""
-        return Detections(self.xyxy + np.float32([dx, dy, dx, dy]), self.confidence, self.class_id, self.data)
+        offset = np.array([dx, dy, dx, dy], np.float32)
+        return Detections(self.xyxy + offset, self.confidence, self.class_id, self.data)
 
     def labels(self) -> list[str]:
         """Each box's final label (``data["label"]``); raises when the labels were never decided."""

@@ -16,9 +16,8 @@ from edge.runtime.backends import InferenceBackend, create_backend, plugin
 from edge.runtime.backends.onnxruntime import Config as OnnxRuntimeConfig
 from edge.runtime.bundle import Bundle, BundleError
 from edge.runtime.detections import Detections
-from edge.runtime.preprocess import crop, letterbox, resize_whole, to_tensor
+from edge.runtime.preprocess import Letterbox, crop, letterbox, resize_whole, to_tensor
 from edge.runtime.yolox import make_grid, postprocess
-
 
 _BACKENDS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -69,16 +68,19 @@ class Detector(_BundleModel):
 
     task = "detector"
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.grid, self.strides = make_grid(self.spec.input.size, list(self.spec.decode["strides"]))
+    def __init__(self, bundle: Bundle, precision: str = "int8", backend: BaseModel | None = None):
+        super().__init__(bundle, precision, backend)
+        strides = self.spec.decode["strides"]
+        if not isinstance(strides, list):
+            raise BundleError(f"detector decode.strides must be a list, got {strides!r}")
+        self.grid, self.strides = make_grid(self.spec.input.size, [int(s) for s in strides])
 
-    def preprocess(self, image: np.ndarray):
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
         """Letterbox one RGB image as the manifest says."""
         spec = self.spec.input
         return letterbox(image, spec.size, spec.pad_value, spec.pad_anchor, spec.interpolation)
 
-    def raw_batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, list]:
+    def raw_batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
         """Undecoded head output (B, A, 5 + C) and each image's letterbox."""
         boxed = [self.preprocess(image) for image in images]
         (raw,) = self.backend.run(to_tensor([canvas for canvas, _ in boxed], self.spec.input))
@@ -109,6 +111,11 @@ class _CropModel(_BundleModel):
 
     batch_size = 2  # crops per run: larger batches are barely faster per crop on a CPU and cost RSS
 
+    @property
+    def output_dim(self) -> int:
+        """Width of this model's result (classes or embedding size)."""
+        raise NotImplementedError
+
     def run_all(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         """Every output of the model file for already-cut (h, w, 3) crops, in chunks of ``batch_size``."""
         chunks = [self.backend.run(to_tensor(crops[i : i + self.batch_size], self.spec.input))
@@ -125,7 +132,7 @@ class _CropModel(_BundleModel):
         """This model's output for already-cut (h, w, 3) crops."""
         return self.result_of(self.run_all(crops))
 
-    def shares_run_with(self, other: "_CropModel | None") -> bool:
+    def shares_run_with(self, other: _CropModel | None) -> bool:
         """True when one run of ``other`` also gives this model's result (one graph, one session)."""
         return other is not None and other.backend is self.backend and other.spec.input == self.spec.input
 
@@ -159,7 +166,9 @@ class Embedder(_CropModel):
 
     @property
     def output_dim(self) -> int:
-        return int(self.spec.embedding_dim)
+        if self.spec.embedding_dim is None:
+            raise BundleError("the embedder's manifest entry has no embedding_dim")
+        return self.spec.embedding_dim
 
     def result_of(self, outputs: list[np.ndarray]) -> np.ndarray:
         vectors = outputs[self.output_index]

@@ -115,7 +115,7 @@ def model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
     """Stack (h, w, 3) uint8 RGB images into a normalised float32 NCHW batch."""
-    batch = np.asarray(images if isinstance(images, np.ndarray) and images.ndim == 4 else np.stack(images))
+    batch = images if isinstance(images, np.ndarray) and images.ndim == 4 else np.stack(list(images))
     tensor = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
     scale = np.float32(spec.scale) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
     shift = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)

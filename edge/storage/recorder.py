@@ -240,12 +240,13 @@ class Recorder:
                 (detection_ids[i], event, self.identity.embedder_model, self.identity.bundle_version, len(vector),
                  vector.astype(np.float32).tobytes()),
             )
-            box = Box(tuple(boxes[i]), float(det.confidence[i]), det.labels()[i], float(det.data["label_score"][i]),
+            x, y, w, h = boxes[i]
+            box = Box((x, y, w, h), float(det.confidence[i]), det.labels()[i], float(det.data["label_score"][i]),
                       det.data["label_source"][i])
             self._queue(EmbeddingMessage(
                 device=self.identity.device_id, event_id=event, source_id=frame.source_id, frame_time=frame.time,
                 box=box, vector=vector, model=self.identity.embedder_model, model_version=self.identity.bundle_version,
-                crop=self._embedding_crop(analysis, i)))
+                crop=self._embedding_crop(analysis, int(i))))
 
     def _embedding_crop(self, analysis: FrameAnalysis, index: int) -> Picture | None:
         """One embedding's crop as a JPEG (None unless ``alerts.embedding_crop_max_side`` is set)."""

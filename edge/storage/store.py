@@ -87,7 +87,7 @@ class Store:
             migrate(self.conn)
         self.outbox = Outbox(self.conn, self.lock)
 
-    def transaction(self):
+    def transaction(self) -> _Transaction:
         """``with store.transaction():`` — one atomic unit (frame rows + its outbox messages)."""
         return _Transaction(self)
 
@@ -151,7 +151,7 @@ class _Transaction:
         self.store.conn.execute("BEGIN IMMEDIATE")
         return self.store.conn
 
-    def __exit__(self, exc_type, *_) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
             self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:

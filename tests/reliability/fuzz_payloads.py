@@ -17,8 +17,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from common.wire import KINDS
-from edge.wire import messages
 from edge.events.bursts import Event
+from edge.wire import messages
 
 PREFIX, DEVICE = "trapedge", "cam-fuzz"
 

@@ -10,8 +10,16 @@ import time
 
 import pytest
 
-from .harness import (CountingSubscriber, EdgeProcess, Feeder, drain, integrity, outbox_left,
-                      real_frames, write_edge_config)
+from .harness import (
+    CountingSubscriber,
+    EdgeProcess,
+    Feeder,
+    drain,
+    integrity,
+    outbox_left,
+    real_frames,
+    write_edge_config,
+)
 
 pytestmark = pytest.mark.reliability
 

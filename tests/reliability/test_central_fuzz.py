@@ -133,11 +133,11 @@ def test_fuzzed_payloads_never_crash_central(tmp_path, data, mosquitto, settings
             scalar(db, "SELECT COUNT(*) FROM rejected")
         reasonless = scalar(db, "SELECT COUNT(*) FROM rejected WHERE reason = ''")
         broker_crash = int(not alive or not canary_stored)
-        match_errors = (tmp_path / "central.log").read_text(errors="replace").count("ERROR trapedge.central: matching")
+        match_errors = (tmp_path / "central.log").read_text(errors="replace").count("ERROR trapedge.central: indexing")
         r.figures = {"payloads": len(payloads), "stored": by_outcome["stored"], "rejected": by_outcome["rejected"],
                      "duplicate ids": by_outcome["duplicate"], "crashes": len(crashes) + broker_crash,
                      "valid not stored": unstored_valid, "via broker": f"{len(routed)} sent/{stored} stored/"
-                     f"{rejected} rejected", "matching errors (log)": match_errors}
+                     f"{rejected} rejected", "indexing errors (log)": match_errors}
         r.note = "; ".join(sorted({c[:110] for c in crashes})[:2])
         if broker_crash:
             r.note += f"; central {'exited ' + str(rc) if not alive else 'alive but stopped ingesting'} " \

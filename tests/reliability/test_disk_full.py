@@ -15,8 +15,18 @@ import uuid
 
 import pytest
 
-from .harness import (CountingSubscriber, EdgeProcess, Feeder, drain, frame_figures, integrity,
-                      real_frames, scalar, wait_for, write_edge_config)
+from .harness import (
+    CountingSubscriber,
+    EdgeProcess,
+    Feeder,
+    drain,
+    frame_figures,
+    integrity,
+    real_frames,
+    scalar,
+    wait_for,
+    write_edge_config,
+)
 
 pytestmark = pytest.mark.reliability
 

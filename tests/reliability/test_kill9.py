@@ -11,8 +11,18 @@ import random
 
 import pytest
 
-from .harness import (CountingSubscriber, EdgeProcess, Feeder, drain, frame_figures, integrity,
-                      outbox_left, random_pause, real_frames, write_edge_config)
+from .harness import (
+    CountingSubscriber,
+    EdgeProcess,
+    Feeder,
+    drain,
+    frame_figures,
+    integrity,
+    outbox_left,
+    random_pause,
+    real_frames,
+    write_edge_config,
+)
 
 pytestmark = pytest.mark.reliability
 

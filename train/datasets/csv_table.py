@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from train.datasets.inventory import DatasetError, Inventory, parse_time
 from train.records import Record

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 from train.records import Record
 

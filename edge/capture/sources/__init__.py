@@ -10,30 +10,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Iterable
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Protocol, Union
+from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import BaseModel, Field
 
-from edge.capture.frame import Frame
+from edge.capture.sources.base import FrameSource, IsDone, SourceUnavailable
 
-IsDone = Callable[[str, str], bool]
-
-
-class SourceUnavailable(RuntimeError):
-    """The source's vendor package is missing on this device."""
-
-
-class FrameSource(Protocol):
-    """What every source offers."""
-
-    id: str
-
-    def poll(self) -> Iterable[Frame]: ...
-
-    def close(self) -> None: ...
-
+__all__ = ["PLUGINS", "FrameSource", "IsDone", "SourceConfig", "SourceUnavailable", "available", "create_source"]
 
 def _discover() -> dict[str, ModuleType]:
     plugins = {}
@@ -49,7 +33,7 @@ PLUGINS: dict[str, ModuleType] = _discover()
 if TYPE_CHECKING:
     SourceConfig = BaseModel
 else:
-    SourceConfig = Annotated[Union[tuple(m.Config for m in PLUGINS.values())], Field(discriminator="type")]
+    SourceConfig = Annotated[Union[tuple(m.Config for m in PLUGINS.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 def create_source(config: BaseModel, is_done: IsDone) -> FrameSource:

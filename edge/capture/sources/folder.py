@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.capture.decode import DEFAULT_MAX_SIDE, read_ahead
 from edge.capture.frame import Frame
+from edge.capture.sources.base import IsDone
 
 KEY = "folder"
 UNAVAILABLE_REASON = ""
@@ -47,7 +48,7 @@ def _ignored(name: str) -> bool:
 class Source:
     """Scans the folder; yields each new, settled file once."""
 
-    def __init__(self, config: Config, is_done):
+    def __init__(self, config: Config, is_done: IsDone):
         self.id, self.config, self.is_done = config.id, config, is_done
         self.root = Path(config.path)
         self.seen: set[str] = set()

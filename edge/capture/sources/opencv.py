@@ -17,9 +17,11 @@ import time
 from datetime import datetime, timedelta
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.capture.frame import Frame
+from edge.capture.frame import Frame, TimeSource
+from edge.capture.sources.base import IsDone
 
 KEY = "opencv"
 
@@ -28,7 +30,7 @@ try:
 
     UNAVAILABLE_REASON = ""
 except ImportError as exc:  # pragma: no cover - depends on the device image
-    cv2 = None
+    cv2 = None  # type: ignore[assignment]
     UNAVAILABLE_REASON = f"opencv does not import ({exc}); pip install opencv-python-headless"
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def is_live(url: int | str) -> bool:
 class Source:
     """Takes frames at ``fps``; reopens a failed camera or stream with back-off."""
 
-    def __init__(self, config: Config, is_done):
+    def __init__(self, config: Config, is_done: IsDone):
         self.id, self.config, self.is_done = config.id, config, is_done
         self.is_file = not (is_live(config.url) if config.live is None else config.live)
         self.capture: cv2.VideoCapture | None = None
@@ -66,36 +68,36 @@ class Source:
         self.next_grab = 0.0
         self.retry_at, self.backoff = 0.0, config.reconnect_seconds
         self.finished = False
-        self.video_start: tuple[datetime, str] = (datetime.now(), "clock")
+        self.video_start: tuple[datetime, TimeSource] = (datetime.now(), "clock")
         if not self.is_file:
             self._stop, self._wanted, self._ready = threading.Event(), threading.Event(), threading.Event()
-            self._latest: tuple[object, datetime] | None = None
+            self._latest: tuple[np.ndarray, datetime] | None = None
             self._reader = threading.Thread(target=self._read_live, name=f"capture-{self.id}", daemon=True)
             self._reader.start()
 
-    def _open(self) -> bool:
-        self.capture = cv2.VideoCapture(self.config.url)
-        if self.capture.isOpened():
+    def _open(self) -> cv2.VideoCapture | None:
+        capture = cv2.VideoCapture(self.config.url)
+        if capture.isOpened():
+            self.capture = capture
             if self.is_file:
-                self.video_start = self._start_of_video()
-            return True
-        self.capture.release()
-        self.capture = None
+                self.video_start = self._start_of_video(capture)
+            return capture
+        capture.release()
         self._back_off("cannot open")
-        return False
+        return None
 
     def _back_off(self, what: str) -> None:
         log.warning("source %s: %s %s; retrying in %.0f s", self.id, what, self.config.url, self.backoff)
         self.retry_at = time.monotonic() + self.backoff
         self.backoff = min(MAX_BACKOFF_S, self.backoff * 2)
 
-    def _start_of_video(self) -> tuple[datetime, str]:
+    def _start_of_video(self, capture: cv2.VideoCapture) -> tuple[datetime, TimeSource]:
         """When the clip began: its mtime (written when recording ended) less its duration."""
         try:
             mtime = os.stat(self.config.url).st_mtime
         except OSError:
             return datetime.now(), "clock"
-        frames, fps = self.capture.get(cv2.CAP_PROP_FRAME_COUNT), self.capture.get(cv2.CAP_PROP_FPS)
+        frames, fps = capture.get(cv2.CAP_PROP_FRAME_COUNT), capture.get(cv2.CAP_PROP_FPS)
         duration = frames / fps if frames > 0 and fps > 0 else 0.0
         return datetime.fromtimestamp(mtime - duration), "mtime"
 
@@ -109,18 +111,19 @@ class Source:
     def _poll_file(self, now: float) -> list[Frame]:
         if self.finished or now < self.retry_at:
             return []
-        if self.capture is None and not self._open():
+        capture = self.capture or self._open()
+        if capture is None:
             return []
-        native = self.capture.get(cv2.CAP_PROP_FPS) or self.config.fps
+        native = capture.get(cv2.CAP_PROP_FPS) or self.config.fps
         step = max(1, round(native / self.config.fps))
         while True:  # skip the frames recorded before a restart
-            ok, bgr = self.capture.read()
+            ok, bgr = capture.read()
             if not ok:
                 self.finished = True
                 return []
-            position_ms = self.capture.get(cv2.CAP_PROP_POS_MSEC) or 0.0
+            position_ms = capture.get(cv2.CAP_PROP_POS_MSEC) or 0.0
             for _ in range(step - 1):
-                self.capture.grab()
+                capture.grab()
             self.count += 1
             key = f"{self.config.url}#{self.count}"
             if not self.is_done(self.id, key):
@@ -136,6 +139,8 @@ class Source:
             self._wanted.set()
             if not self._ready.wait(POLL_WAIT_S):
                 return []
+        if self._latest is None:
+            return []
         bgr, taken = self._latest
         self._ready.clear()
         self.next_grab = now + 1.0 / self.config.fps
@@ -146,19 +151,21 @@ class Source:
     def _read_live(self) -> None:
         """Reader thread: grab every frame; decode one when a poll has asked for it."""
         while not self._stop.is_set():
-            if self.capture is None:
+            capture = self.capture
+            if capture is None:
                 if self._stop.wait(max(0.0, self.retry_at - time.monotonic())):
                     break
-                if not self._open():
+                capture = self._open()
+                if capture is None:
                     continue
-            if not self.capture.grab():
-                self.capture.release()
+            if not capture.grab():
+                capture.release()
                 self.capture = None
                 self._back_off("lost")
                 continue
             self.backoff = self.config.reconnect_seconds
             if self._wanted.is_set():
-                ok, bgr = self.capture.retrieve()
+                ok, bgr = capture.retrieve()
                 if ok:
                     self._latest = (bgr, datetime.now())
                     self._wanted.clear()

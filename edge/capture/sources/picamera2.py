@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.capture.frame import Frame
+from edge.capture.sources.base import IsDone
 
 KEY = "picamera2"
 
@@ -39,7 +40,7 @@ class Config(BaseModel):
 class Source:
     """Still-quality frames from the main stream at ``fps``."""
 
-    def __init__(self, config: Config, is_done):
+    def __init__(self, config: Config, is_done: IsDone):
         self.id, self.config = config.id, config
         self.camera = Picamera2(config.camera)
         self.camera.configure(self.camera.create_still_configuration(main={"size": tuple(config.size), "format": "RGB888"}))

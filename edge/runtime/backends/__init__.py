@@ -44,7 +44,7 @@ PLUGINS: dict[str, ModuleType] = _discover()
 if TYPE_CHECKING:
     BackendConfig = BaseModel
 else:
-    BackendConfig = Annotated[Union[tuple(m.Config for m in PLUGINS.values())], Field(discriminator="type")]
+    BackendConfig = Annotated[Union[tuple(m.Config for m in PLUGINS.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 def plugin(key: str) -> ModuleType:

@@ -61,8 +61,8 @@ def current_device_name() -> str:
     return props.name.decode() if isinstance(props.name, bytes) else str(props.name)
 
 
-def _check(err) -> None:
-    if int(err) != 0:
+def _check(err: object) -> None:
+    if int(err) != 0:  # type: ignore[call-overload]  # a cudaError_t enum
         raise RuntimeError(f"CUDA error {err}")
 
 
