@@ -124,19 +124,44 @@ def test_cli_refusal_is_one_line_and_non_zero(tmp_path, frames, bundle_copy):
     assert not (tmp_path / "bundles" / "current").exists()
 
 
-def test_tar_member_escaping_the_directory_is_refused(tmp_path, sources, frames):
+def _escaping_file() -> tarfile.TarInfo:
+    member = tarfile.TarInfo("default/../../../escaped.txt")
+    member.size = len(b"owned")
+    return member
+
+
+def _link_out() -> tarfile.TarInfo:
+    member = tarfile.TarInfo("default/escaped.txt")
+    member.type, member.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    return member
+
+
+@pytest.mark.parametrize("python_filters", [True, False], ids=["tarfile-filters", "python-before-3.11.4"])
+@pytest.mark.parametrize(("evil", "message"), [(_escaping_file, "escapes the bundle directory"),
+                                               (_link_out, "not a plain file or folder")])
+def test_tar_member_escaping_the_directory_is_refused(tmp_path, sources, frames, monkeypatch, python_filters, evil,
+                                                      message):
+    if not python_filters:  # Debian bookworm's Python 3.11.2 has no extraction filters: our checks must suffice
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
     archive = tmp_path / "evil.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(sources["A"], arcname="default")
-        payload = b"owned"
-        member = tarfile.TarInfo("default/../../../escaped.txt")
-        member.size = len(payload)
-        tar.addfile(member, io.BytesIO(payload))
+        member = evil()
+        tar.addfile(member, io.BytesIO(b"owned") if member.isfile() else None)
     root = BundleRoot(tmp_path / "deep" / "bundles")
-    with pytest.raises(InstallError, match="escapes the bundle directory"):
+    with pytest.raises(InstallError, match=message):
         install(root, archive, frames)
     assert not list(tmp_path.rglob("escaped.txt"))
     assert list(root.versions.iterdir()) == [] and not root.current.exists()
+
+
+def test_tar_install_works_without_tarfile_filters(tmp_path, sources, frames, monkeypatch):
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    archive = tmp_path / "b.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(sources["B"], arcname="default")
+    result = install(BundleRoot(tmp_path / "bundles"), archive, frames)
+    assert result.new == f"default-{VERSION_B}" and result.smoke.frames == len(frames)
 
 
 def test_no_smoke_frames_needs_allow_no_frames(tmp_path, sources):

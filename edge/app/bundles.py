@@ -150,17 +150,35 @@ def list_versions(root: BundleRoot) -> list[tuple[str, str]]:
 
 
 # --- staging ----------------------------------------------------------------------------------
+def _checked_member(archive: Path, member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """``member`` if it is a plain file or folder inside the bundle, with plain permissions; else refuse."""
+    name = Path(member.name)
+    if name.is_absolute() or ".." in name.parts:
+        raise InstallError(f"{archive.name}: member {member.name!r} escapes the bundle directory")
+    if not (member.isfile() or member.isdir()):
+        raise InstallError(f"{archive.name}: member {member.name!r} is not a plain file or folder (a link or a "
+                           "device): a bundle holds only files and folders")
+    member.mode = 0o755 if member.isdir() else 0o644
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    return member
+
+
 def _extract(archive: Path, dest: Path) -> None:
-    """Unpack a .tar/.tar.gz, refusing members that would land outside ``dest``."""
+    """Unpack a .tar/.tar.gz of plain files and folders, refusing members that would land outside ``dest``.
+
+    The checks are ours, so they hold on Pythons without tarfile's extraction filters (before
+    3.11.4, e.g. Debian bookworm's 3.11.2); where the ``data`` filter exists it runs as well.
+    """
     with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            name = Path(member.name)
-            if name.is_absolute() or ".." in name.parts:
-                raise InstallError(f"{archive.name}: member {member.name!r} escapes the bundle directory")
-        try:
-            tar.extractall(dest, filter="data")
-        except tarfile.FilterError as exc:
-            raise InstallError(f"{archive.name}: {exc}") from exc
+        members = [_checked_member(archive, member) for member in tar.getmembers()]
+        if hasattr(tarfile, "data_filter"):
+            try:
+                tar.extractall(dest, members=members, filter="data")
+            except tarfile.FilterError as exc:
+                raise InstallError(f"{archive.name}: {exc}") from exc
+        else:
+            tar.extractall(dest, members=members)  # noqa: S202 - every member checked above
 
 
 def _bundle_root_in(unpacked: Path) -> Path:

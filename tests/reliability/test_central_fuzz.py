@@ -121,7 +121,7 @@ def test_fuzzed_payloads_never_crash_central(tmp_path, data, mosquitto, settings
                 _wait_for_progress(lambda: central_handled(db), expected, stall_s=20)
             canary = messages.StatusMessage(device=DEVICE, state="online", bundle_version="canary", health={})
             publish_all(mosquitto, [(topic_of("status"), canary.encode())])
-            canary_stored = _eventually(lambda: query(db, "SELECT 1 FROM messages WHERE id = ?", canary["id"]), 15)
+            canary_stored = _eventually(lambda: query(db, "SELECT 1 FROM messages WHERE id = ?", canary.id), 15)
         finally:
             alive = central.poll() is None
             if alive:
