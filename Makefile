@@ -8,11 +8,17 @@ BUNDLE ?= bundles/default
 PINS   := torch==2.13.0 torchvision==0.28.0
 
 RUN    ?= runs/trained
-.PHONY: setup models export train demo test reliability clean docker-jetson
+# the Debian packages beside the venv (mosquitto, chromium, ...): installed when missing, see the script
+SYSDEPS ?= sh deploy/sysdeps.sh
+.PHONY: sysdeps setup models export train demo test lint reliability clean docker-jetson
+
+sysdeps:
+	@PYTHON='$(PYTHON)' $(SYSDEPS)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# order-only: every target below setup checks the system packages first, without rebuilding the venv
+$(VENV)/.installed: pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
@@ -38,10 +44,16 @@ train: models
 	$(BIN)/trapedge train $(if $(CONFIG),--config $(CONFIG),--data $(DATA)) --out $(RUN) $(if $(QUICK),--quick,)
 
 demo: $(BUNDLE)/manifest.json
-	$(BIN)/python -m edge.demo --frames $(DATA)/frames --bundle $(BUNDLE) --workdir results/demo
+	$(BIN)/python -m edge.cli.demo --frames $(DATA)/frames --bundle $(BUNDLE) --workdir results/demo
 
 test: $(BUNDLE)/manifest.json
 	$(BIN)/pytest -q
+
+# ruff everywhere; mypy on common, edge and the command line (settings in pyproject.toml); shellcheck
+lint: setup
+	$(BIN)/ruff check common edge train export central trapedge tests
+	$(BIN)/mypy
+	$(BIN)/shellcheck deploy/sysdeps.sh .ci/run .ci/fresh-root docker/jetson/entrypoint.sh
 
 # fault scenarios against the real service (tests/reliability/): broker outage, kill -9, full disk,
 # fuzzed payloads at central, bad images; RELIABILITY_SHORT=1 for the CI size, RELIABILITY_JSON=path

@@ -5,11 +5,13 @@ that has the pgvector extension: Debian's ``postgresql-<v>-pgvector`` beside
 ``/usr/lib/postgresql/<v>/bin``, else the binaries shipped by the ``pgserver`` wheel (PostgreSQL
 16 + pgvector; the ``central`` extra installs it). PostgreSQL refuses to run as root, so under
 root the server runs as the ``postgres`` user, in a folder of its own under the system temp dir
-(pytest's temp folders are private to root), removed by ``stop()``.
+(pytest's temp folders are private to root), removed by ``stop()``; when that user cannot reach
+the binaries (a venv under root's private home), they are first copied beside it (34 MB).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -55,12 +57,44 @@ def find_bindir() -> Path:
                           ": apt-get install postgresql-15-pgvector, or pip install pgserver")
 
 
+def reachable_by_others(path: Path) -> bool:
+    """Whether every folder above ``path`` lets other users through (``o+x``)."""
+    return all(parent.stat().st_mode & 0o001 for parent in Path(path).resolve().parents)
+
+
+def shared_copy(bindir: Path) -> Path:
+    """``bindir``'s installation copied under the system temp dir, readable by every user (once per
+    installation); returns the copy's ``bin``.
+
+    A wheel's installation (``<site>/pgserver/pginstall``) finds its libraries through a relative
+    RPATH (``<site>/pgserver.libs``), so the package folder's ``.libs`` sibling is copied beside it.
+    """
+    install = bindir.parent.resolve()
+    package = install.parent
+    digest = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"trapedge-pginstall-{digest}"
+    if not (target / package.name / install.name / bindir.name / "initdb").is_file():
+        partial = Path(tempfile.mkdtemp(prefix="trapedge-pginstall-", dir=tempfile.gettempdir()))
+        shutil.copytree(install, partial / package.name / install.name, symlinks=True)
+        libs = package.with_name(package.name + ".libs")
+        if libs.is_dir():
+            shutil.copytree(libs, partial / libs.name, symlinks=True)
+        partial.chmod(0o755)
+        try:
+            partial.rename(target)
+        except OSError:  # another process copied it first
+            shutil.rmtree(partial, ignore_errors=True)
+    return target / package.name / install.name / bindir.name
+
+
 class LocalPostgres:
     """One server in ``workdir`` (data, socket, log), trusted local access, database ``trapedge``."""
 
     def __init__(self, workdir: Path, bindir: Path | None = None):
         self.bindir = bindir or find_bindir()
         self.owned = os.geteuid() == 0
+        if self.owned and not reachable_by_others(self.bindir):
+            self.bindir = shared_copy(self.bindir)
         self.workdir = Path(tempfile.mkdtemp(prefix="trapedge-pg-")) if self.owned else Path(workdir)
         self.data, self.log = self.workdir / "data", self.workdir / "postgres.log"
         self.host, self.port = HOST, free_port()
@@ -75,7 +109,7 @@ class LocalPostgres:
                               timeout=timeout, user=self.user if os.geteuid() == 0 else None)
 
     def start(self, timeout: float = 30) -> LocalPostgres:
-        """initdb, start on the free port, create the database and the extension."""
+        """initdb, start on the free port, create the database (the pgvector gallery creates its extension)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if self.owned:
             shutil.chown(self.workdir, self.user)

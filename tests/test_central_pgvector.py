@@ -1,6 +1,9 @@
 """The pgvector gallery against a real PostgreSQL started in a temp dir on a free loopback port."""
 
+from pathlib import Path
+
 import numpy as np
+import psycopg
 import pytest
 
 from central.enroll import embed_paths, folder_images, open_embedder, sightings_of
@@ -59,3 +62,29 @@ def test_matcher_on_pgvector_proposes_what_numpy_proposes(postgres, lions, tmp_p
     for anchor in lions[::20]:
         assert [c.image_id for c in on_pg.propose(anchor)] == [c.image_id for c in in_memory.propose(anchor)]
     store.close()
+
+
+def test_server_starts_from_an_installation_only_root_can_reach(tmp_path):
+    """A venv in root's private home (mode 700): the postgres user cannot run its binaries, so they
+    are copied where it can (found by the fresh-machine check, where the clone lived in /root)."""
+    import shutil
+
+    from central.postgres import LocalPostgres, find_bindir, reachable_by_others
+
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    install = find_bindir().parent  # a wheel's layout: <site>/<package>/<install>, libraries in <site>/<package>.libs
+    site = private / "venv" / "site-packages"
+    bindir = Path(shutil.copytree(install, site / install.parent.name / install.name, symlinks=True)) / "bin"
+    libs = install.parent.with_name(install.parent.name + ".libs")
+    if libs.is_dir():
+        shutil.copytree(libs, site / libs.name, symlinks=True)
+    assert not reachable_by_others(bindir)
+    server = LocalPostgres(tmp_path / "pg", bindir=bindir).start()
+    try:
+        assert reachable_by_others(server.bindir)
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            assert conn.execute("SELECT '[1,2]'::vector <-> '[1,3]'::vector").fetchone() == (1.0,)
+    finally:
+        server.stop()
