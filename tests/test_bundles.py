@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from common.hashing import sha256_file
-from edge.app.bundles import BundleRoot, InstallError, frames_from, install, list_versions, switch
+from edge.app.bundle_install import BundleRoot, InstallError, frames_from, install, list_versions, switch
 from edge.runtime.bundle import load_bundle
 
 VERSION_A, VERSION_B = "2026.01.01-000000", "2026.02.01-000000"

@@ -17,7 +17,7 @@ import numpy as np
 
 from edge.analysis.analyzer import Analyzer, FrameFailure
 from edge.app import systemd
-from edge.app.bundles import self_rollback, smoke_check, smoke_images, store_frames
+from edge.app.bundle_install import self_rollback, smoke_check, smoke_images, store_frames
 from edge.app.config import EdgeConfig
 from edge.app.factory import build_analyzer, build_recorder
 from edge.app.health import THERMAL_ROOT, DiskGuard, temperature_c

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from common.config_loader import load_config
-from edge.app.bundles import DEFAULT_ROOT, BundleRoot, InstallError, frames_from, install, list_versions, rollback
+from edge.app.bundle_install import DEFAULT_ROOT, BundleRoot, InstallError, frames_from, install, list_versions, rollback
 from edge.app.config import EdgeConfig, command_defaults
 
 
