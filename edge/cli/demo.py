@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -94,9 +95,10 @@ def show(service: Service, received: list[tuple[str, dict]]) -> None:
         "SELECT source_id, start, frames, label, score, alerted FROM events ORDER BY start").fetchall()
     print(f"\n{service.counters.frames} frames analysed, {service.counters.failures} failed, "
           f"{service.counters.detections} detections, {len(rows)} events, {service.counters.alerts} alerts")
-    print(f"{'start':<20} {'frames':>6}  {'label':<14} {'score':>5}  alert")
+    print(f"{'start':<24} {'frames':>6}  {'label':<14} {'score':>5}  alert")
     for _source, start, frames, label, score, alerted in rows:
-        print(f"{start:<20} {frames:>6}  {label or '-':<14} {score or 0:>5.2f}  {'ALERT' if alerted else ''}")
+        taken = datetime.fromisoformat(start).strftime("%Y-%m-%d %H:%M:%S%z")
+        print(f"{taken:<24} {frames:>6}  {label or '-':<14} {score or 0:>5.2f}  {'ALERT' if alerted else ''}")
     kinds = Counter(topic.rsplit("/", 1)[-1] for topic, _ in received)
     print(f"\nreceived over MQTT: {dict(kinds) or 'nothing (no broker: messages wait in the outbox)'}; "
           f"still in the outbox: {len(service.store.outbox)}")
