@@ -23,6 +23,7 @@ from train.datasets import (
     read_folders,
     read_megadetector,
     read_voc,
+    read_yolo,
     save_summary,
     summarise,
 )
@@ -236,6 +237,99 @@ def test_voc_bad_xml_names_file_and_line(tmp_path):
     (tmp_path / "Annotations/x.xml").write_text("<annotation>\n<filename>x.jpg</filename>\n<size>\n</annotation>")
     with pytest.raises(DatasetError, match=r"x\.xml: line 4"):
         read_voc(tmp_path)
+
+
+# --- YOLO -----------------------------------------------------------------------------------------------
+
+def _yolo_truth(root: Path) -> tuple[list[str], Counter, int, int]:
+    """Class names, boxes per class name, empty label files and label files without an image, read
+    with plain string splitting (the independent expectation)."""
+    names = (root / "classes.txt").read_text().split()
+    boxes, empty, orphans = Counter(), 0, 0
+    for label_file in (root / "labels").rglob("*.txt"):
+        rows = [line.split() for line in label_file.read_text().splitlines() if line.strip()]
+        if not (root / "images" / label_file.relative_to(root / "labels")).with_suffix(".JPG").is_file():
+            orphans += 1
+            continue
+        empty += not rows
+        boxes.update(names[int(row[0])] for row in rows)
+    return names, boxes, empty, orphans
+
+
+def test_missouri_camtraps_yolo(data):
+    root = data / "boxes/missouri_camtraps"
+    inventory = read_yolo(root, empty_files="unlabelled", event_pattern=r"^(SEQ\d+)_")
+    names, boxes, empty, orphans = _yolo_truth(root)
+    assert Counter(r.label for r in inventory) == boxes and sum(boxes.values()) > 800
+    assert inventory.problem_counts() == {"unlabelled": empty, "missing": orphans}
+    record = inventory[0]
+    cls, cx, cy, w, h = (root / "labels" / record.path.parent.name / (record.path.stem + ".txt")).read_text().split()[:5]
+    assert record.label == names[int(cls)] and record.source == "yolo"
+    assert record.bbox == pytest.approx((float(cx) - float(w) / 2, float(cy) - float(h) / 2, float(w), float(h)))
+    assert record.event == record.path.name.split("_")[0] and record.event.startswith("SEQ")
+    assert len({r.event for r in inventory}) >= 60  # 4 sequences per species: what a leak-free split needs
+
+
+def _yolo_dataset(data: Path, tmp: Path, label_text: str | None, classes: str = "classes.txt") -> Path:
+    """A one-image YOLO dataset made of a real Missouri frame, with the given label file (None: none)."""
+    source = data / "boxes/missouri_camtraps"
+    image = next((source / "images" / "Agouti").glob("*.JPG"))
+    (tmp / "images" / "a").mkdir(parents=True)
+    (tmp / "labels" / "a").mkdir(parents=True)
+    (tmp / "images" / "a" / image.name).write_bytes(image.read_bytes())
+    if classes == "classes.txt":
+        (tmp / "classes.txt").write_text("agouti\nperson\n")
+    else:
+        (tmp / "data.yaml").write_text("names: {0: agouti, 1: person}\n")
+    if label_text is not None:
+        (tmp / "labels" / "a" / (image.stem + ".txt")).write_text(label_text)
+    return tmp
+
+
+@pytest.mark.parametrize(
+    ("label_text", "kwargs", "expected", "expectation"),
+    [
+        ("1 0.5 0.5 0.2 0.4\n", {}, [("person", (0.4, 0.3, 0.2, 0.4))], does_not_raise()),
+        ("0 0.5 0.5 0.2 0.4\n\n1 0.1 0.1 0.2 0.2", {"classes": "data.yaml"},
+         [("agouti", (0.4, 0.3, 0.2, 0.4)), ("person", (0.0, 0.0, 0.2, 0.2))], does_not_raise()),
+        ("", {}, [("empty", None)], does_not_raise()),
+        ("", {"empty_files": "unlabelled"}, [], does_not_raise()),
+        (None, {}, [], does_not_raise()),
+        ("0 0.5 0.5 0.2\n", {}, None, pytest.raises(DatasetError, match=r"\.txt: line 1: expected 'class cx cy w h'")),
+        ("0 0.5 0.5 0.2 0.4\n2 0.5 0.5 0.2 0.4\n", {}, None,
+         pytest.raises(DatasetError, match=r"line 2: class 2 is not in the 2 class names")),
+        ("0 0.95 0.5 0.2 0.4\n", {}, None, pytest.raises(DatasetError, match="not a normalised")),
+        ("a 0.5 0.5 0.2 0.4\n", {}, None, pytest.raises(DatasetError, match="not numbers")),
+    ],
+)
+def test_yolo_lines(data, tmp_path, label_text, kwargs, expected, expectation):
+    root = _yolo_dataset(data, tmp_path, label_text, kwargs.pop("classes", "classes.txt"))
+    with expectation:
+        inventory = read_yolo(root, **kwargs)
+        got = [(r.label, r.bbox) for r in inventory]
+        assert [label for label, _ in got] == [label for label, _ in expected]
+        for (_, box), (_, want) in zip(got, expected):
+            assert box == (None if want is None else pytest.approx(want))
+        kinds = inventory.problem_counts()
+        assert kinds == ({"unannotated": 1} if label_text is None else
+                         {"unlabelled": 1} if kwargs.get("empty_files") == "unlabelled" else {})
+
+
+def test_yolo_needs_class_names(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetError, match="classes.txt: not found"):
+        read_yolo(tmp_path)
+
+
+def test_yolo_box_source_in_the_training_config(data, tmp_path):
+    from train.config import TrainingConfig, read_boxes
+
+    config = TrainingConfig.model_validate({
+        "data_root": str(data), "species": [], "boxes": [{
+            "format": "yolo", "path": "boxes/missouri_camtraps", "empty_files": "unlabelled",
+            "event_pattern": "^(SEQ\\d+)_"}]})
+    records = read_boxes(config)
+    assert records and all(r.source == "yolo" and r.event for r in records)
 
 
 # --- Camtrap DP -----------------------------------------------------------------------------------------

@@ -38,10 +38,14 @@ class SpeciesSource(_Strict):
 class BoxSource(_Strict):
     """One box-labelled source for the detector fine-tune."""
 
-    format: Literal["megadetector", "voc", "coco"] = Field(title="Dataset format")
-    path: Path = Field(title="JSON file or VOC root (Annotations/ + JPEGImages/)")
+    format: Literal["megadetector", "voc", "coco", "yolo"] = Field(title="Dataset format")
+    path: Path = Field(title="JSON file, VOC root (Annotations/ + JPEGImages/) or YOLO root (images/ + labels/)")
     images: Path | None = Field(None, title="Folder the file's image paths are relative to")
     threshold: float = Field(0.2, ge=0, le=1, title="MegaDetector JSON: lowest box confidence kept")
+    empty_files: Literal["empty", "unlabelled"] = Field(
+        "empty", title="YOLO: an empty label file is an empty image (YOLO's convention) or just unlabelled")
+    event_pattern: str | None = Field(None, title="YOLO: regex whose first group in the file name is the sequence "
+                                                  "(e.g. '^(SEQ\\d+)_'), for leak-free splits")
 
 
 class ReidSource(_Strict):
@@ -136,12 +140,14 @@ def _read_species(source: SpeciesSource, where: Path, images: Path | None) -> In
 
 def _read_boxes(source: BoxSource, where: Path, images: Path | None) -> Inventory:
     """The inventory of one box source, read by its format's reader."""
-    from train.datasets import read_coco_camera_traps, read_megadetector, read_voc
+    from train.datasets import read_coco_camera_traps, read_megadetector, read_voc, read_yolo
 
     if source.format == "megadetector":
         return read_megadetector(where, images, threshold=source.threshold)
     if source.format == "voc":
         return read_voc(where)
+    if source.format == "yolo":
+        return read_yolo(where, empty_files=source.empty_files, event_pattern=source.event_pattern)
     return read_coco_camera_traps(where, images)
 
 

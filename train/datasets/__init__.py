@@ -11,9 +11,10 @@ from train.datasets.inventory import DatasetError, Inventory, Problem
 from train.datasets.megadetector import read_megadetector
 from train.datasets.summary import Summary, format_summary, save_summary, summarise
 from train.datasets.voc import read_voc
+from train.datasets.yolo import read_class_names, read_yolo
 
 __all__ = [
     "DatasetError", "Inventory", "Problem", "SPOTID_FILENAME", "Summary", "format_summary", "read_camtrap_dp",
-    "read_coco_camera_traps", "read_csv", "read_folders", "read_megadetector", "read_voc", "save_summary",
-    "summarise",
+    "read_class_names", "read_coco_camera_traps", "read_csv", "read_folders", "read_megadetector", "read_voc",
+    "read_yolo", "save_summary", "summarise",
 ]
