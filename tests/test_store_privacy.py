@@ -59,15 +59,15 @@ def test_retention_never_touches_the_outbox(tmp_path):
 class FixedClassifier:
     """Stands in for the classifier: every crop gets the given label (and an embedding, when shared)."""
 
-    def __init__(self, labels, label):
-        self.labels, self.k = labels, labels.index(label)
+    def __init__(self, labels, label, score=0.9):
+        self.labels, self.k, self.score = labels, labels.index(label), score
 
     def crops_of(self, rgb, detections):
         return [rgb] * len(detections)
 
     def run_all(self, crops):
         probs = np.zeros((len(crops), len(self.labels)), np.float32)
-        probs[:, self.k] = 0.9
+        probs[:, self.k] = self.score
         return [probs, np.ones((len(crops), 4), np.float32) / 2]
 
     def result_of(self, outputs):
@@ -105,11 +105,17 @@ class FixedDetector:
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["two-graphs", "one-graph"])
-@pytest.mark.parametrize(("label", "embedded"), [("person", False), ("vehicle", True), ("fox", True)])
-def test_people_are_never_embedded(data, label, embedded, shared):
-    labels = ["fox", "person", "vehicle"]
+@pytest.mark.parametrize(("label", "score", "embedded"), [
+    ("person", 0.9, False),
+    ("vehicle", 0.9, False),
+    ("other", 0.9, False),  # names no animal: a person may be behind it (privacy fails safe)
+    ("fox", 0.4, False),  # an animal's label below animal_min_score: not confidently an animal
+    ("fox", 0.9, True),
+])
+def test_only_confident_animals_are_embedded(data, label, score, embedded, shared):
+    labels = ["fox", "person", "vehicle", "other"]
     embedder = CountingEmbedder(shared)
-    analyzer = Analyzer(FixedDetector(), FixedClassifier(labels, label), embedder, MotionGate(MotionGateConfig()),
+    analyzer = Analyzer(FixedDetector(), FixedClassifier(labels, label, score), embedder, MotionGate(MotionGateConfig()),
                         PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
     rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
     analysis = analyzer.analyse(Frame("sd", "k", T0, "exif", rgb=rgb))
@@ -221,3 +227,35 @@ def test_embedding_messages_carry_the_crop_when_configured(tmp_path, data, label
     assert max(crop.size) == 128 and crop.size == (payload["crop"]["width"], payload["crop"]["height"])
     sharp, _ = thumbnail_jpeg(rgb, box, 128, 256_000, blurred=False)
     assert (len(jpeg) < len(sharp) * 0.8) is blurred  # vehicles leave the device blurred
+
+
+def test_real_people_are_never_embedded_and_always_blurred(data, bundle_dir, tmp_path):
+    """MLWIC's Human and Vehicle frames through the default bundle (whose classifier calls people
+    `other`, `vehicle` or an animal, never `person`): no box of them may be embedded or leave sharp."""
+    import csv
+
+    from edge.app.config import command_defaults
+    from edge.app.factory import build_analyzer, build_recorder
+    from edge.capture.decode import read_frame
+    from edge.runtime.bundle import load_bundle
+
+    root = data / "species" / "mlwic_ca01"
+    with open(root / "labels.csv", newline="") as handle:
+        people = [row["file"] for row in csv.DictReader(handle) if row["label"] in ("Human", "Vehicle")][::5]
+    config = command_defaults(bundle={"path": str(bundle_dir)}, gate={"enabled": False},
+                              preprocess={"detect_info_bars": True}, store={"path": str(tmp_path / "p.db")},
+                              alerts={"embedding_crop_max_side": 64})
+    bundle = load_bundle(bundle_dir)
+    analyzer = build_analyzer(config, bundle)
+    store = Store(tmp_path / "p.db")
+    recorder = build_recorder(config, store, analyzer, bundle)
+    boxes = []
+    for name in people:
+        analysis = analyzer.analyse(read_frame(root / name, "cam", name))
+        recorder.record(analysis)
+        det = analysis.detections
+        boxes += [(label, bool(det.data["confident_animal"][i])) for i, label in enumerate(det.labels())]
+    assert len(people) >= 25 and len(boxes) >= 10, "the frames must give boxes to check"
+    assert not any(animal for _, animal in boxes), f"a person frame's box counted as an animal: {boxes}"
+    assert store.conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == 0
+    assert not [m for m in store.outbox.pending(1000) if m.topic.endswith("/embedding")]

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
 from edge.analysis.gate import MotionGate
-from edge.analysis.labels import LabelSpace, combine_labels
+from edge.analysis.labels import LabelSpace, combine_labels, confident_animals
 from edge.capture.frame import Frame
 from edge.capture.frame_stats import detect_info_bars, is_night, mean_brightness, trim_info_bars
 from edge.runtime.detections import Detections
@@ -30,8 +30,9 @@ class FrameAnalysis:
 
     Attributes:
         frame: the decoded frame.
-        detections: boxes with ``label``, ``label_score``, ``label_source``, ``label_probs`` and
-            ``embedded`` columns (and ``species_probs`` / ``embedding`` when those models ran).
+        detections: boxes with ``label``, ``label_score``, ``label_source``, ``label_probs``,
+            ``confident_animal`` and ``embedded`` columns (and ``species_probs`` / ``embedding`` when
+            those models ran).
         night, brightness: frame statistics of the trimmed frame.
         motion: the gate's score (nan when the gate is off).
         gated: the gate skipped the models.
@@ -105,6 +106,9 @@ class Analyzer:
         detections = self._detect(work, top, timings) if passes else Detections.empty()
         detections = self._classify(rgb, detections, timings)
         detections = combine_labels(detections, self.space)
+        privacy = self.privacy
+        detections = detections.with_data(confident_animal=confident_animals(
+            detections, frozenset(privacy.not_animal_labels), privacy.animal_min_score))
         detections = self._embed(rgb, detections, timings)
         return FrameAnalysis(frame, detections, night, brightness, motion, not passes, timings)
 
@@ -127,10 +131,10 @@ class Analyzer:
         return detections
 
     def eligible_for_embedding(self, detections: Detections) -> np.ndarray:
-        """Confident crops whose final label may be embedded (never people, by default)."""
+        """Boxes the detector is sure of that are confidently an animal and not of a never-embed label."""
         never = set(self.privacy.never_embed_labels)
         allowed = np.array([label not in never for label in detections.labels()], bool).reshape(-1)
-        return (detections.confidence >= self.min_crop_confidence) & allowed
+        return (detections.confidence >= self.min_crop_confidence) & allowed & detections.data["confident_animal"]
 
     def _embed(self, rgb: np.ndarray, detections: Detections, timings: dict[str, float]) -> Detections:
         eligible = self.eligible_for_embedding(detections)

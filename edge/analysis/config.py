@@ -24,10 +24,17 @@ class DetectionConfig(BaseModel):
 
 
 class PrivacyConfig(BaseModel):
-    """People and vehicles."""
+    """People and vehicles. Fails safe: only a box that is confidently an animal is embedded or shown
+    unblurred; anything that may be a person is blurred and never embedded."""
 
     model_config = ConfigDict(extra="forbid")
     blur_labels: list[str] = Field(["person", "vehicle"], title="Labels whose crops are blurred in thumbnails")
     never_embed_labels: list[str] = Field(
         ["person"], title="Labels whose embeddings never leave the analysis (zeroed when the classifier's graph "
                           "computed them, never stored nor published)")
+    not_animal_labels: list[str] = Field(
+        ["person", "vehicle", "other", "empty"], title="Labels that do not say which animal it is (a person may be "
+                                                       "behind them): such boxes are blurred and never embedded")
+    animal_min_score: float = Field(
+        0.5, ge=0, le=1, title="Score an animal's label needs for its box to count as confidently an animal "
+                               "(embedded, shown unblurred); below it the box is treated as possibly a person")

@@ -64,6 +64,13 @@ def _decide(space: LabelSpace, class_id: int, confidence: float,
     return space.classifier[best], float(probs[best]), "classifier", vote
 
 
+def confident_animals(detections: Detections, not_animal: set[str] | frozenset[str], min_score: float) -> np.ndarray:
+    """Which boxes are confidently an animal: a label that names an animal, scored at least
+    ``min_score``. Privacy fails safe on the rest (a person may be behind them)."""
+    named = np.array([label not in not_animal for label in detections.labels()], bool).reshape(-1)
+    return named & (detections.data["label_score"] >= min_score)
+
+
 def combine_labels(detections: Detections, space: LabelSpace) -> Detections:
     """The detections with ``label``, ``label_score``, ``label_source`` and ``label_probs`` columns.
 

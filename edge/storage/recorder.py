@@ -24,6 +24,7 @@ from edge.analysis.config import PrivacyConfig
 from edge.capture.frame import camera_time
 from edge.events.bursts import BurstConfig, BurstState, Event, add_frame, aggregate_burst, event_id, joins, voters
 from edge.events.rules import RulesConfig, decide_alert
+from edge.runtime.detections import Detections
 from edge.storage.store import Store
 from edge.wire.messages import AlertMessage, Box, EmbeddingMessage, EventMessage, Message, Picture
 from edge.wire.thumbnails import thumbnail_jpeg
@@ -182,8 +183,10 @@ class Recorder:
         burst.updated = datetime.now(timezone.utc)
         return burst
 
-    def _blurred(self, label: str) -> bool:
-        return label in set(self.privacy.blur_labels)
+    def _blurred(self, det: Detections, index: int) -> bool:
+        """Blur a box of a blur label, and any box that is not confidently an animal (it may be a person)."""
+        unsure = "confident_animal" in det.data and not bool(det.data["confident_animal"][index])
+        return unsure or det.labels()[index] in set(self.privacy.blur_labels)
 
     def _update_thumbnail(self, burst: _OpenBurst, analysis: FrameAnalysis) -> None:
         det = analysis.detections
@@ -191,7 +194,7 @@ class Recorder:
             return
         best = int(det.confidence.argmax())
         jpeg, (width, height) = thumbnail_jpeg(analysis.rgb, det.xyxy[best], self.alerts.thumbnail_max_side,
-                                               self.alerts.thumbnail_max_bytes, self._blurred(det.labels()[best]))
+                                               self.alerts.thumbnail_max_bytes, self._blurred(det, best))
         burst.thumbnail, burst.thumbnail_score = Picture(jpeg, width, height), float(det.confidence[best])
 
     def _maybe_alert(self, burst: _OpenBurst) -> str | None:
@@ -255,5 +258,5 @@ class Recorder:
             return None
         det = analysis.detections
         jpeg, (width, height) = thumbnail_jpeg(analysis.rgb, det.xyxy[index], side, MAX_CROP_BYTES,
-                                               self._blurred(det.labels()[index]))
+                                               self._blurred(det, index))
         return Picture(jpeg, width, height)
