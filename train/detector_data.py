@@ -21,6 +21,7 @@ from edge.runtime.manifest import InputSpec
 from edge.runtime.preprocess import Letterbox, letterbox, to_tensor
 from train.datasets.megadetector import read_megadetector
 from train.datasets.voc import read_voc
+from train.labels import category_of
 from train.models.yolox import DETECTION_THRESHOLD
 from train.models.yolox_loss import Targets
 from train.records import Record
@@ -32,9 +33,6 @@ if TYPE_CHECKING:  # the config lives with the trainer, which imports this modul
 MAX_SIDE = DEFAULT_MAX_SIDE  # decode size of training and evaluation frames, as on the edge
 MANIFEST_THRESHOLD = DETECTION_THRESHOLD  # the bundle's detection threshold (0.25)
 PRIOR_PROB = 0.01  # YOLOX's initial class probability of a new output
-PERSON_LABELS = frozenset({"person", "people", "human", "humans"})
-VEHICLE_LABELS = frozenset({"vehicle", "vehicles", "car", "truck"})
-EMPTY_LABELS = frozenset({"empty", "blank"})
 MIN_BOX_SIDE = 2.0  # input pixels; smaller boxes left after a crop are dropped
 
 
@@ -50,10 +48,9 @@ def detector_class(label: str, classes: Sequence[str]) -> int | None:
     Raises:
         ValueError: the class the label maps to is not among ``classes``.
     """
-    name = label.casefold()
-    if name in EMPTY_LABELS:
+    target = category_of(label)
+    if target is None:
         return None
-    target = "person" if name in PERSON_LABELS else "vehicle" if name in VEHICLE_LABELS else "animal"
     if target not in classes:
         raise ValueError(f"label {label!r} needs detector class {target!r}, which is not in {list(classes)}")
     return list(classes).index(target)

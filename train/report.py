@@ -16,7 +16,8 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> Path:
+def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path,
+                   title: str = "Species classifier: confusion matrix (held-out bursts)") -> Path:
     """Row-normalised confusion matrix (rows: truth) with counts in the cells."""
     plt = _pyplot()
     rows = matrix.sum(axis=1, keepdims=True)
@@ -31,7 +32,7 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> Path:
     for i, j in zip(*np.nonzero(matrix)):
         ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,
                 color="white" if share[i, j] > 0.5 else "black")
-    ax.set_title("Species classifier: confusion matrix (held-out bursts)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

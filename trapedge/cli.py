@@ -14,6 +14,7 @@ COMMANDS = {
     "run": ("edge.cli.run", "run the appliance service (capture, detect, events, store, MQTT)"),
     "detect": ("edge.cli.detect", "detect animals in every image under a folder (MegaDetector JSON)"),
     "embed": ("edge.cli.embed", "embed the best detection (or whole image) of every image (JSON lines)"),
+    "evaluate": ("train.evaluate", "what the camera does against reference boxes or labels (recall, confusion)"),
     "bench": ("trapedge.bench", "benchmark the edge pipeline on real frames (INT8, fp32, torch eager)"),
     "train": ("train.cli", "train the species classifier and the re-ID embedder; write the report"),
     "export": ("export.cli", "build a model bundle: ONNX fp32 + INT8 with accuracy gates"),

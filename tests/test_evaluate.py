@@ -1,0 +1,97 @@
+"""`trapedge evaluate`: the camera's own pipeline scored against a reference."""
+
+import json
+import shutil
+from contextlib import nullcontext as does_not_raise
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.evaluate import Annotated, box_figures, image_confusion, image_species, match, size_of
+from trapedge.cli import main
+
+
+def _image(boxes, labels, scores=None, image_label=None) -> Annotated:
+    return Annotated(Path("x.jpg"), [tuple(b) for b in boxes], list(labels), list(scores or [1.0] * len(labels)),
+                     image_label)
+
+
+@pytest.mark.parametrize(
+    ("reference", "camera", "scores", "expected"),
+    [
+        ([[0, 0, 0.2, 0.2]], [[0, 0, 0.2, 0.2]], [0.9], {0: 0}),
+        ([[0, 0, 0.2, 0.2]], [[0.1, 0, 0.2, 0.2]], [0.9], {}),  # IoU 1/3
+        ([[0, 0, 0.2, 0.2]], [[0.05, 0, 0.2, 0.2]], [0.9], {0: 0}),  # IoU 0.6
+        # two camera boxes on one reference box: the higher score takes it, the other is unmatched
+        ([[0, 0, 0.2, 0.2]], [[0, 0, 0.2, 0.2], [0.01, 0, 0.2, 0.2]], [0.5, 0.9], {0: 1}),
+        # each camera box takes the reference box it overlaps most
+        ([[0, 0, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]], [[0.5, 0.5, 0.2, 0.2], [0, 0, 0.2, 0.2]], [0.9, 0.8], {1: 0, 0: 1}),
+        ([], [[0, 0, 0.2, 0.2]], [0.9], {}),
+    ],
+)
+def test_match_is_one_to_one_best_score_first(reference, camera, scores, expected):
+    assert match(_image(reference, ["fox"] * len(reference)), _image(camera, ["fox"] * len(camera), scores)) == expected
+
+
+@pytest.mark.parametrize(("box", "size"), [([0, 0, 0.05, 0.1], "small"), ([0, 0, 0.1, 0.1], "medium"),
+                                           ([0, 0, 0.5, 0.5], "large")])
+def test_size_buckets(box, size):
+    assert size_of(box) == size
+
+
+def test_box_figures_count_people_labelled_as_animals():
+    reference = _image([[0, 0, 0.3, 0.3], [0.5, 0.5, 0.3, 0.3], [0.0, 0.6, 0.05, 0.05]], ["person", "fox", "fox"])
+    camera = _image([[0, 0, 0.3, 0.3], [0.5, 0.5, 0.3, 0.3], [0.9, 0.0, 0.05, 0.05]], ["dog", "fox", "fox"])
+    figures = box_figures([(reference, camera)])
+    assert figures["people_labelled_animal"] == 1
+    person, animal = figures["recall"]["person"]["all"], figures["recall"]["animal"]["all"]
+    assert (person["boxes"], person["found"], person["right_category"]) == (1, 1.0, 0.0)
+    assert (animal["boxes"], animal["found"]) == (2, 0.5)
+    assert figures["recall"]["animal"]["small"] == {"boxes": 1, "found": 0.0, "right_category": 0.0}
+    assert figures["precision"]["animal"] == {"value": round(2 / 3, 4), "boxes": 3}
+
+
+def test_image_classes_and_species():
+    pairs = [(_image([], [], image_label="empty"), _image([], [])),
+             (_image([], [], image_label="Human"), _image([[0, 0, 0.1, 0.1]], ["dog"])),
+             (_image([], [], image_label="fox"), _image([[0, 0, 0.1, 0.1], [0, 0, 0.2, 0.2]], ["fox", "person"]))]
+    confusion = image_confusion(pairs)
+    assert confusion.tolist() == [[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert image_species(_image([[0, 0, 0.1, 0.1]] * 3, ["fox", "dog", "person"], [0.5, 0.7, 0.9])) == "dog"
+    assert image_species(_image([], [])) == "empty"
+
+
+def test_the_cameras_own_megadetector_output_scores_perfectly(data, bundle_dir, tmp_path):
+    """`detect` and `evaluate` run the one pipeline: scored against detect's own output, every box is
+    found with its category, every camera box is right, and image classes agree."""
+    folder = tmp_path / "frames"
+    shutil.copytree(data / "frames" / "ena24_small", folder, ignore=shutil.ignore_patterns("*.json", "*.csv"))
+    md = tmp_path / "md.json"
+    assert main(["detect", str(folder), "--bundle", str(bundle_dir), "--output", str(md)]) == 0
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(folder), "--reference", str(md), "--bundle", str(bundle_dir), "--out", str(out)]) == 0
+    figures = json.loads((out / "evaluation.json").read_text())
+    animal = figures["boxes"]["recall"]["animal"]["all"]
+    assert animal["boxes"] >= 15 and animal["found"] == animal["right_category"] == 1.0
+    assert figures["boxes"]["precision"]["animal"]["value"] == 1.0
+    confusion = np.asarray(figures["image_classes"]["confusion"])
+    assert np.trace(confusion) == confusion.sum() == figures["images"]
+    assert (out / "image_classes.png").stat().st_size > 1000 and "## Boxes" in (out / "evaluation.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["evaluate", "{tmp}/nowhere", "--reference", "{tmp}/ref.csv"], 2, "is not a folder"),
+        (["evaluate", "{tmp}", "--reference", "{tmp}/missing.json"], 2, "missing.json: file: not found"),
+        (["evaluate", "{tmp}", "--reference", "{tmp}/ref.csv"], 2, "names no image that exists"),
+    ],
+)
+def test_user_mistakes_are_one_line(tmp_path, bundle_dir, capsys, argv, code, message):
+    (tmp_path / "ref.csv").write_text("file,label\ngone.jpg,fox\n")
+    args = [a.format(tmp=tmp_path) for a in argv] + ["--bundle", str(bundle_dir), "--out", str(tmp_path / "o")]
+    with does_not_raise():
+        assert main(args) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
