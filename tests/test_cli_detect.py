@@ -152,3 +152,10 @@ def test_detect_and_the_service_agree_on_boxes_and_labels(data, bundle_dir, tmp_
         assert [label for _, label in detected[name]] == [label for _, label in service[name]], name
         for (md_box, _), (db_box, _) in zip(detected[name], service[name]):
             assert md_box == pytest.approx(db_box, abs=1e-3), name
+
+
+def test_bench_without_a_bundle_is_one_line(data, tmp_path, capsys):
+    assert main(["bench", str(data / "frames" / "animl_samples"), "--bundle", str(tmp_path / "nope"),
+                 "--frames", "1", "--no-torch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("trapedge bench: ") and "not a model bundle" in err and len(err.splitlines()) == 1

@@ -150,27 +150,27 @@ def box_figures(pairs: Sequence[tuple[Annotated, Annotated]]) -> dict[str, Any]:
     made: dict[str, list[int]] = {c: [0, 0] for c in CATEGORIES}  # camera boxes, matched
     people_as_animals = 0
     for reference, camera in pairs:
-        matched = match(reference, camera)
+        matched, made_by = match(reference, camera), camera.categories
         for i, (box, category) in enumerate(zip(reference.boxes, reference.categories)):
             if category is None:
                 continue
             cell = found.setdefault((category, size_of(box)), [0, 0, 0])
             cell[0] += 1
             if i in matched:
-                got = camera.categories[matched[i]]
+                got = made_by[matched[i]]
                 cell[1] += 1
                 cell[2] += got == category
                 people_as_animals += category == "person" and got == "animal"
-        for j, category in enumerate(camera.categories):
+        for j, category in enumerate(made_by):
             if category is not None:
                 made[category][0] += 1
                 made[category][1] += j in matched.values()
-    return {"recall": _recall_table(found), "precision": {c: _share(m, n) | {"boxes": n} for c, (n, m) in made.items()},
-            "people_labelled_animal": people_as_animals}
+    precision = {c: {"value": _ratio(m, n), "boxes": n} for c, (n, m) in made.items()}
+    return {"recall": _recall_table(found), "precision": precision, "people_labelled_animal": people_as_animals}
 
 
-def _share(part: int, whole: int) -> dict[str, float | None]:
-    return {"value": round(part / whole, 4) if whole else None}
+def _ratio(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 def _recall_table(found: dict[tuple[str, str], list[int]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -178,7 +178,7 @@ def _recall_table(found: dict[tuple[str, str], list[int]]) -> dict[str, dict[str
     for category in CATEGORIES:
         rows = {size: found.get((category, size), [0, 0, 0]) for size, _, _ in SIZES}
         rows["all"] = [sum(r[k] for r in rows.values()) for k in range(3)]
-        table[category] = {size: {"boxes": n, "found": _share(f, n)["value"], "right_category": _share(r, n)["value"]}
+        table[category] = {size: {"boxes": n, "found": _ratio(f, n), "right_category": _ratio(r, n)}
                            for size, (n, f, r) in rows.items()}
     return table
 

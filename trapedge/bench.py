@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-STAGES = ["decode", "gate", "detect", "classify", "embed", "store", "publish"]
+from edge.cli.bench import STAGES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +29,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-torch", action="store_true", help="skip the torch eager reference")
 
 
+class ConfigurationFailed(RuntimeError):
+    """A configuration's process could not run; the message is its last line of error output."""
+
+
 def _child(cmd: list[str]) -> dict[str, Any]:
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        lines = out.stderr.strip().splitlines() or [f"exit status {out.returncode}"]
+        raise ConfigurationFailed(lines[-1])
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -40,10 +47,14 @@ def _torch_available() -> bool:
 
 def run(args: argparse.Namespace) -> int:
     common = [str(args.folder), "--bundle", str(args.bundle), "--frames", str(args.frames), "--threads", str(args.threads)]
-    results = {precision: _child([sys.executable, "-m", "edge.cli.bench", *common, "--precision", precision])
-               for precision in ("int8", "fp32")}
-    if not args.no_torch and _torch_available():
-        results["torch"] = _child([sys.executable, "-m", "export.torch_reference", *common])
+    try:
+        results = {precision: _child([sys.executable, "-m", "edge.cli.bench", *common, "--precision", precision])
+                   for precision in ("int8", "fp32")}
+        if not args.no_torch and _torch_available():
+            results["torch"] = _child([sys.executable, "-m", "export.torch_reference", *common])
+    except ConfigurationFailed as exc:
+        print(f"trapedge bench: {str(exc).removeprefix('trapedge bench: ')}", file=sys.stderr)
+        return 2
     report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

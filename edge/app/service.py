@@ -127,7 +127,8 @@ class Service:
         if isinstance(result, FrameFailure):
             self.recorder.record_failure(result)
             self.counters.failures += 1
-            self.counters.last_error = result.reason if frame.ok else self.counters.last_error
+            if frame.ok:  # a model raised on a decoded frame: an error, not a bad file
+                self.counters.last_error = result.reason
             log.warning("frame %s/%s failed: %s", frame.source_id, frame.key, result.reason)
             return
         recorded = self.recorder.record(result)

@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from common.config_loader import ConfigError
 from edge.analysis.analyzer import FrameFailure
 from edge.app.factory import build_analyzer, build_recorder
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead, read_frame
-from edge.cli.options import add_model_arguments, command_config
-from edge.runtime.backends import InferenceBackend
-from edge.runtime.bundle import load_bundle
+from edge.cli.options import add_model_arguments, command_config, fail
+from edge.runtime.backends import BackendUnavailable, InferenceBackend
+from edge.runtime.bundle import BundleError, load_bundle
 from edge.storage.store import Store
 
 STAGES = ["decode", "gate", "detect", "classify", "embed", "store", "publish"]
@@ -104,7 +105,10 @@ def run_worker(args: argparse.Namespace, backends: Mapping[str, InferenceBackend
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     add_arguments(parser)
-    print(json.dumps(run_worker(parser.parse_args(argv))))
+    try:
+        print(json.dumps(run_worker(parser.parse_args(argv))))
+    except (ConfigError, BundleError, BackendUnavailable, FileNotFoundError) as exc:
+        return fail("bench", exc)
     return 0
 
 

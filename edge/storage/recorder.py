@@ -235,7 +235,7 @@ class Recorder:
 
     def _insert_embeddings(self, analysis: FrameAnalysis, detection_ids: list[int], event: str) -> None:
         det, frame = analysis.detections, analysis.frame
-        boxes = det.normalised_xywh(analysis.rgb.shape[:2])
+        boxes, labels = det.normalised_xywh(analysis.rgb.shape[:2]), det.labels()
         for i in np.flatnonzero(det.data["embedded"]):
             vector = det.data["embedding"][i]
             self.store.conn.execute(
@@ -244,7 +244,7 @@ class Recorder:
                  vector.astype(np.float32).tobytes()),
             )
             x, y, w, h = boxes[i]
-            box = Box((x, y, w, h), float(det.confidence[i]), det.labels()[i], float(det.data["label_score"][i]),
+            box = Box((x, y, w, h), float(det.confidence[i]), labels[i], float(det.data["label_score"][i]),
                       det.data["label_source"][i])
             self._queue(EmbeddingMessage(
                 device=self.identity.device_id, event_id=event, source_id=frame.source_id, frame_time=frame.time,

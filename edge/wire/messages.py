@@ -30,8 +30,8 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def utc_now() -> datetime:
-    """The current time in UTC."""
+def _built_now() -> datetime:
+    """When a message is built: now, in UTC."""
     return datetime.now(timezone.utc)
 
 
@@ -66,7 +66,7 @@ class Message:
     kind: ClassVar[str] = ""
     device: str
     id: str = field(default_factory=new_id)
-    time: datetime = field(default_factory=utc_now)
+    time: datetime = field(default_factory=_built_now)
 
     def __post_init__(self) -> None:
         check_device(self.device)

@@ -8,32 +8,22 @@ vendor import that fails disables only that plugin.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Union
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from common.plugins import config_union, discover
 from edge.capture.sources.base import FrameSource, IsDone, SourceUnavailable
 
 __all__ = ["PLUGINS", "FrameSource", "IsDone", "SourceConfig", "SourceUnavailable", "available", "create_source"]
 
-def _discover() -> dict[str, ModuleType]:
-    plugins = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if hasattr(module, "KEY"):
-            plugins[module.KEY] = module
-    return plugins
-
-
-PLUGINS: dict[str, ModuleType] = _discover()
+PLUGINS: dict[str, ModuleType] = discover(__name__, __path__)
 
 if TYPE_CHECKING:
     SourceConfig = BaseModel
 else:
-    SourceConfig = Annotated[Union[tuple(m.Config for m in PLUGINS.values())], Field(discriminator="type")]  # noqa: UP007
+    SourceConfig = config_union(PLUGINS)
 
 
 def create_source(config: BaseModel, is_done: IsDone) -> FrameSource:

@@ -10,14 +10,14 @@ is reported as unavailable with the reason; it never breaks the appliance.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Annotated, Protocol, Union
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
+
+from common.plugins import config_union, discover
 
 
 class BackendUnavailable(RuntimeError):
@@ -30,21 +30,12 @@ class InferenceBackend(Protocol):
     def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
 
 
-def _discover() -> dict[str, ModuleType]:
-    plugins = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if hasattr(module, "KEY"):
-            plugins[module.KEY] = module
-    return plugins
-
-
-PLUGINS: dict[str, ModuleType] = _discover()
+PLUGINS: dict[str, ModuleType] = discover(__name__, __path__)
 
 if TYPE_CHECKING:
     BackendConfig = BaseModel
 else:
-    BackendConfig = Annotated[Union[tuple(m.Config for m in PLUGINS.values())], Field(discriminator="type")]  # noqa: UP007
+    BackendConfig = config_union(PLUGINS)
 
 
 def plugin(key: str) -> ModuleType:
