@@ -28,6 +28,7 @@ from train.detector import (
     split_detector_records,
     train_detector,
 )
+from train.detector_data import split_boxes
 from train.detector_eval import average_precisions
 from train.models.yolox import STRIDES, load_yolox
 from train.models.yolox_loss import AnchorGrid, Targets, dynamic_k_matching, simota_assign, yolox_loss
@@ -235,9 +236,44 @@ def test_split_keeps_each_image_on_one_side(fine_tuned):
 
 
 def test_split_puts_every_dataset_on_both_sides(data):
-    splits = split_detector_records(detector_records(data), seed=1)
+    splits = split_detector_records(detector_records(data, sources=("voc", "mlwic")), seed=1)
     for side in ("train", "val"):
-        assert {r.source for r in splits[side]} == {"megadetector", "voc"}
+        assert {r.source for r in splits[side]} == {"mlwic", "voc"}
+
+
+def test_box_split_is_leak_free_by_sequence_keeps_fixed_images_and_is_reused(data, tmp_path):
+    """Missouri sequences never straddle splits; an image the species split holds out stays held out
+    for the detector too; the split is saved and read back the same."""
+    records = detector_records(data)
+    mlwic = sorted({r.path for r in records if r.source == "mlwic"})
+    fixed = {p.resolve(): "test" for p in mlwic[::2]} | {p.resolve(): "train" for p in mlwic[1::2]}
+    splits = split_boxes(records, tmp_path / "boxes.csv", seed=0, fixed=fixed, root=data)
+    sequences = {name: {r.event for r in rs if r.source == "missouri"} for name, rs in splits.items()}
+    assert all(sequences.values()) and not (sequences["train"] & sequences["val"]) \
+        and not (sequences["train"] & sequences["test"]) and not (sequences["val"] & sequences["test"])
+    assert {r.path for r in splits["test"] if r.source == "mlwic"} == set(mlwic[::2])
+    assert {r.source for r in splits["train"]} == {"missouri", "voc", "mlwic"}
+    again = split_boxes(records, tmp_path / "boxes.csv", seed=5, fixed=fixed, root=data)
+    assert {n: [r.path for r in rs] for n, rs in again.items()} == {n: [r.path for r in rs] for n, rs in splits.items()}
+
+
+def test_mlwic_boxes_are_the_checked_people_and_vehicles(data):
+    """The shipped MLWIC boxes: people and vehicles only on frames labelled so (or both), every frame
+    reviewed, and the MLWIC empties as negatives."""
+    import csv
+    import json
+
+    from train.config import MLWIC_BOXES
+
+    document = json.loads(MLWIC_BOXES.read_text())
+    labels = {row["file"]: row["label"] for row in csv.DictReader((data / "species/mlwic_ca01/labels.csv").open())}
+    names = document["detection_categories"]
+    boxed = [im for im in document["images"] if im["detections"]]
+    assert set(document["info"]["review"]) == {im["file"] for im in boxed}
+    assert {labels[im["file"]] for im in boxed} == {"Human", "Vehicle"}
+    assert {names[d["category"]] for im in boxed for d in im["detections"]} == {"person", "vehicle"}
+    assert all(labels[im["file"]] == "Empty" for im in document["images"] if not im["detections"])
+    assert sum(1 for im in document["images"] if not im["detections"]) == 343
 
 
 def test_quick_fine_tune_runs_end_to_end_in_time(fine_tuned):

@@ -25,7 +25,13 @@ from train.models.classifier import PooledEmbedder, create_backbone
 from train.pretrained import path_of
 from train.reid_metrics import retrieval_metrics
 from train.report import write_report
-from train.splits import FRAME_NUMBER, load_or_make_split, split_individuals, verify_disjoint_individuals
+from train.splits import (
+    FRAME_NUMBER,
+    load_or_make_split,
+    load_split,
+    split_individuals,
+    verify_disjoint_individuals,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,17 +123,12 @@ def detector_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | 
     """
     if not config.boxes:
         return None
-    from train.detector import (
-        DetectorConfig,
-        evaluate_detector,
-        expand_classes,
-        kept_detections,
-        split_detector_records,
-        train_detector,
-    )
+    from train.detector import DetectorConfig, evaluate_detector, expand_classes, kept_detections, train_detector
+    from train.detector_data import split_boxes
     from train.models.yolox import load_yolox
 
-    splits = split_detector_records(read_boxes(config), config.seed)
+    splits = split_boxes(read_boxes(config), config.out / "splits" / "boxes.csv", config.seed,
+                         fixed=_species_split(config), root=config.data_root)
     defaults = DetectorConfig.quick(seed=config.seed) if quick else DetectorConfig(seed=config.seed)
     det_config = DetectorConfig.model_validate({**defaults.model_dump(), "classes": list(config.detector_classes),
                                                 **config.detector})
@@ -143,8 +144,18 @@ def detector_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | 
                config.out / "detector.pt")
     return {**scores, "kept": "fine-tuned" if better else "pretrained", "pretrained_boxes_kept": kept,
             "classes": det_config.classes, "train_images": len({r.path for r in splits["train"]}),
-            "val_images": len({r.path for r in splits["val"]}), "epochs": len(history.epochs),
+            "val_images": len({r.path for r in splits["val"]}), "test_images": len({r.path for r in splits["test"]}),
+            "epochs": len(history.epochs),
             "seconds": round(history.seconds, 1)}
+
+
+def _species_split(config: TrainingConfig) -> dict[Path, str]:
+    """Resolved path → split of the saved species split (empty when there is none)."""
+    path = config.out / "splits" / "species.csv"
+    if not config.species or not path.exists():
+        return {}
+    root = config.resolve(config.species[0].path).parent
+    return {(root / row.path).resolve(): row.split for row in load_split(path).rows}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,12 +3,13 @@
 One typed object, loaded with the edge's YAML loader (errors name the line and key, ``${VAR}``
 works). Relative paths are taken from ``data_root``, which itself defaults to ``../shared/data``
 and may be given relative to the config file. ``TrainingConfig.default(root)`` is what
-``trapedge train`` runs without a config: MLWIC CA-01 species, lion and leopard re-ID, ENA24 and
-Kenyan VOC boxes.
+``trapedge train`` runs without a config: MLWIC CA-01 species, lion and leopard re-ID, Missouri
+Camera Traps, Kenyan VOC and MLWIC's checked person / vehicle boxes.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from train.datasets.inventory import Inventory
 from train.records import Record
+
+BUILTIN = "builtin:"
+"""A dataset path starting with this names a file shipped with trapedge, in ``train/data/``."""
+MLWIC_BOXES = Path(__file__).parent / "data" / "mlwic_ca01_boxes.json"
+"""People and vehicles of MLWIC CA-01 (and its empty frames): the pretrained detector's boxes given the
+frame's class and checked by eye, some drawn by hand (``train.pseudo_boxes``; the review is inside)."""
+MISSOURI_SEQUENCE = r"^(SEQ\d+)_"
 
 
 class _Strict(BaseModel):
@@ -39,6 +47,7 @@ class BoxSource(_Strict):
     """One box-labelled source for the detector fine-tune."""
 
     format: Literal["megadetector", "voc", "coco", "yolo"] = Field(title="Dataset format")
+    name: str | None = Field(None, title="Name in reports (default: the file's or folder's name)")
     path: Path = Field(title="JSON file, VOC root (Annotations/ + JPEGImages/) or YOLO root (images/ + labels/)")
     images: Path | None = Field(None, title="Folder the file's image paths are relative to")
     threshold: float = Field(0.2, ge=0, le=1, title="MegaDetector JSON: lowest box confidence kept")
@@ -98,13 +107,18 @@ class TrainingConfig(_Strict):
             reid_eval=[ReidSource(path=Path("reid/lion/val"), name="lion val (held-out individuals)"),
                        ReidSource(path=Path("reid/leopard_spotid/crops"), name="leopards (never trained on)",
                                   filename_pattern="spotid")],
-            boxes=[BoxSource(format="megadetector", path=Path("frames/ena24_small/md_annotations.json")),
-                   BoxSource(format="voc", path=Path("boxes/wbia_voc"))],
+            boxes=[BoxSource(format="yolo", path=Path("boxes/missouri_camtraps"), name="missouri_camtraps",
+                             empty_files="unlabelled", event_pattern=MISSOURI_SEQUENCE),
+                   BoxSource(format="voc", path=Path("boxes/wbia_voc"), name="wbia_voc"),
+                   BoxSource(format="megadetector", path=Path(BUILTIN + MLWIC_BOXES.name), images=Path("species/mlwic_ca01"),
+                             name="mlwic_ca01", threshold=0.0)],
             **overrides,
         )
 
     def resolve(self, path: Path) -> Path:
-        """``path`` under ``data_root`` unless absolute."""
+        """``path`` under ``data_root`` unless absolute; ``builtin:NAME`` is trapedge's own ``train/data/NAME``."""
+        if str(path).startswith(BUILTIN):
+            return MLWIC_BOXES.parent / str(path)[len(BUILTIN):]
         return path if path.is_absolute() else self.data_root / path
 
 
@@ -192,5 +206,6 @@ def read_boxes(config: TrainingConfig) -> list[Record]:
         images = config.resolve(source.images) if source.images else None
         if not where.exists():
             raise FileNotFoundError(f"box source {where} not found (data_root {config.data_root})")
-        records += list(_read_boxes(source, where, images))
+        name = source.name or where.stem
+        records += [replace(r, source=name) for r in _read_boxes(source, where, images)]
     return records

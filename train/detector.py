@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--checkpoint", type=Path, default=Path("models/yolox_tiny_640_20220528.pth"))
-    parser.add_argument("--sources", nargs="+", default=["ena24", "voc"])
+    parser.add_argument("--sources", nargs="+", default=["missouri", "voc", "mlwic"])
     parser.add_argument("--quick", action="store_true", help="the quick test profile")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     parser.add_argument("--save", type=Path, help="write the fine-tuned state_dict here")

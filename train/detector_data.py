@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,13 +19,15 @@ from tqdm import tqdm
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image
 from edge.runtime.manifest import InputSpec
 from edge.runtime.preprocess import Letterbox, letterbox, to_tensor
+from train.config import MISSOURI_SEQUENCE, MLWIC_BOXES
 from train.datasets.megadetector import read_megadetector
 from train.datasets.voc import read_voc
+from train.datasets.yolo import read_yolo
 from train.labels import category_of
 from train.models.yolox import DETECTION_THRESHOLD
 from train.models.yolox_loss import Targets
 from train.records import Record
-from train.splits import split_records
+from train.splits import FRAME_NUMBER, load_or_make_split, split_records
 
 if TYPE_CHECKING:  # the config lives with the trainer, which imports this module
     from train.detector import DetectorConfig
@@ -93,25 +95,57 @@ def box_images(records: Sequence[Record], classes: Sequence[str]) -> list[BoxIma
                      np.array([c for _, c in found], np.int64)) for path, found in boxes.items()]
 
 
-def detector_records(data_root: Path | str, sources: Sequence[str] = ("ena24", "voc")) -> list[Record]:
-    """The default box data under ``../shared/data``.
+def detector_records(data_root: Path | str, sources: Sequence[str] = ("missouri", "voc", "mlwic")) -> list[Record]:
+    """The default box data under ``../shared/data``, each record's ``source`` the dataset's name.
 
     Args:
         data_root: the shared data folder.
-        sources: ``ena24`` (21 frames, MegaDetector-format boxes at conf ≥ 0.2) and ``voc``
-            (7 Wild Me photos, hand-drawn boxes). Beware: the ENA24 boxes are test placeholders
-            around the frame centre (most miss the animal: IoU < 0.1 with the pretrained
-            detector's box on 18 of 21 frames; on 8831.jpg, checked by eye, twice the bear),
-            and Wild Me's boxes often cover the flank used for re-identification rather than
-            the whole animal, so neither is whole-animal ground truth.
+        sources: ``missouri`` (Missouri Camera Traps, YOLO boxes; a frame with an empty label file
+            is unlabelled, not empty, and left out; sequences from the file names), ``voc`` (7 Wild Me
+            photos, hand-drawn boxes, often of the flank rather than the whole animal) and ``mlwic``
+            (``MLWIC_BOXES``: checked person and vehicle boxes, and the frames labelled empty). The
+            ENA24 boxes (``md_annotations.json``) are placeholders around the frame centre, not
+            detections, and are never used for training.
     """
     root = Path(data_root)
-    readers = {"ena24": lambda: read_megadetector(root / "frames/ena24_small/md_annotations.json", threshold=0.2),
-               "voc": lambda: read_voc(root / "boxes/wbia_voc")}
+    readers = {"missouri": lambda: read_yolo(root / "boxes/missouri_camtraps", empty_files="unlabelled",
+                                             event_pattern=MISSOURI_SEQUENCE),
+               "voc": lambda: read_voc(root / "boxes/wbia_voc"),
+               "mlwic": lambda: read_megadetector(MLWIC_BOXES, root / "species/mlwic_ca01", threshold=0.0)}
     unknown = sorted(set(sources) - set(readers))
     if unknown:
         raise ValueError(f"unknown box sources {unknown}; expected some of {sorted(readers)}")
-    return [record for name in sources for record in readers[name]()]
+    return [replace(record, source=name) for name in sources for record in readers[name]()]
+
+
+BOX_FRACTIONS = {"train": 0.5, "val": 0.25, "test": 0.25}
+
+
+def split_boxes(records: Sequence[Record], path: Path, seed: int = 0, fixed: dict[Path, str] | None = None,
+                root: Path | None = None) -> dict[str, list[Record]]:
+    """Train / val / test of the box data, leak-free, saved at ``path`` and reused on later runs.
+
+    An image that already has a split (``fixed``: resolved path → split, e.g. the species split of
+    the same frames) keeps it, so a frame held out from the classifier is held out from the detector
+    too. The rest are split by sequence (``Record.event``; bursts from capture times or frame
+    numbers where missing), stratified by label (``BOX_FRACTIONS``).
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}``, records in input order.
+    """
+    fixed = fixed or {}
+    pinned = {id(r): fixed[r.path.resolve()] for r in records if r.path.resolve() in fixed}
+    rest = [r for r in records if id(r) not in pinned]
+    split_of = dict(pinned)
+    if rest:
+        keyed_root = root if root is not None and all(r.path.is_relative_to(root) for r in rest) else None
+        made = load_or_make_split(rest, path, by="event", fractions=BOX_FRACTIONS, seed=seed, root=keyed_root,
+                                  sequence_from_filename=FRAME_NUMBER)
+        split_of.update({id(r): name for name, rs in made.items() for r in rs})
+    out: dict[str, list[Record]] = {name: [] for name in BOX_FRACTIONS}
+    for record in records:
+        out.setdefault(split_of[id(record)], []).append(record)
+    return out
 
 
 def split_detector_records(records: Sequence[Record], seed: int = 0, val_fraction: float = 0.3,
