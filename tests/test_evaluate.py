@@ -58,7 +58,11 @@ def test_image_classes_and_species():
              (_image([], [], image_label="fox"), _image([[0, 0, 0.1, 0.1], [0, 0, 0.2, 0.2]], ["fox", "person"]))]
     confusion = image_confusion(pairs)
     assert confusion.tolist() == [[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
-    assert image_species(_image([[0, 0, 0.1, 0.1]] * 3, ["fox", "dog", "person"], [0.5, 0.7, 0.9])) == "dog"
+    # the camera's image label is its frame prediction (as in its MegaDetector output), compared by
+    # category for people, vehicles and empties however they are spelt
+    assert image_species(_image([[0, 0, 0.1, 0.1]], ["dog"], image_label="dog")) == "dog"
+    assert image_species(_image([[0, 0, 0.1, 0.1]], ["Human"], image_label="Human")) == "person"
+    assert image_species(_image([], [], image_label="Empty")) == "empty"
     assert image_species(_image([], [])) == "empty"
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edge.analysis.labels import LabelSpace, combine_labels
+from edge.analysis.labels import LabelSpace, combine_labels, frame_prediction, names_animal
 from edge.runtime.detections import Detections
 
 THREE_CLASS = LabelSpace(("animal", "person", "vehicle"), ("fox", "person", "other"))
@@ -64,3 +64,30 @@ def test_no_boxes_get_empty_columns():
 def test_detections_without_a_decided_label_say_so():
     with pytest.raises(KeyError, match="Analyzer"):
         _boxes([0], [0.5]).labels()
+
+
+@pytest.mark.parametrize(
+    ("labels", "sources", "confidence", "expected"),
+    [
+        ([], [], [], ("blank", None, "blank")),
+        # the animal box the detector is surest of, with its label's score and source
+        (["fox", "dog"], ["classifier", "classifier"], [0.5, 0.9], ("dog", 0.6, "classifier")),
+        # a person anywhere makes the frame a person frame, however the label is spelt
+        (["fox", "Human"], ["classifier", "classifier"], [0.9, 0.3], ("Human", 0.6, "classifier")),
+        (["fox", "vehicle"], ["classifier", "detector"], [0.9, 0.3], ("vehicle", 0.6, "detector")),
+        (["elk"], ["whole_frame"], [0.95], ("elk", 0.6, "whole_frame")),
+    ],
+)
+def test_frame_prediction(labels, sources, confidence, expected):
+    n = len(labels)
+    det = Detections(np.zeros((n, 4), np.float32), np.array(confidence, np.float32), np.zeros(n, np.int64))
+    det = det.with_data(label=np.array(labels, dtype=object).reshape(n), label_score=np.full(n, 0.6, np.float32),
+                        label_source=np.array(sources, dtype=object).reshape(n))
+    label, score, source = frame_prediction(det)
+    assert (label, None if score is None else round(score, 4), source) == expected
+
+
+@pytest.mark.parametrize(("label", "animal"), [("fox", True), ("Human", False), ("people", False), ("Empty", False),
+                                               ("Vehicle", False), ("other", False), ("OTHER", False)])
+def test_names_animal_reads_any_spelling_of_people_vehicles_and_empties(label, animal):
+    assert names_animal(label, frozenset({"person", "vehicle", "other", "empty"})) is animal

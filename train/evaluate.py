@@ -32,19 +32,20 @@ from tqdm import tqdm
 
 from common.config_loader import ConfigError
 from edge.analysis.analyzer import Analyzer, FrameFailure
+from edge.analysis.labels import BLANK, WHOLE_FRAME, frame_prediction
 from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, read_ahead
 from edge.cli.options import add_model_arguments, command_config, fail
 from edge.runtime.backends import BackendUnavailable
 from edge.runtime.bundle import BundleError
 from edge.runtime.yolox import box_iou
+from train.box_matching import SIZES, size_of
 from train.datasets import DatasetError, read_coco_camera_traps, read_csv, read_megadetector, read_yolo
 from train.datasets.inventory import Inventory, read_json
 from train.labels import category_of
 
 CATEGORIES = ("animal", "person", "vehicle")
 IMAGE_CLASSES = ("empty", "animal", "person", "vehicle")
-SIZES = (("small", 0.0, 0.01), ("medium", 0.01, 0.1), ("large", 0.1, float("inf")))
 IOU = 0.5
 
 
@@ -65,8 +66,8 @@ class Annotated:
 
     @property
     def image_class(self) -> str:
-        """empty / animal / person / vehicle: the boxes' most sensitive category, else the image label's."""
-        found = set(self.categories) or {category_of(self.image_label or "empty")}
+        """empty / animal / person / vehicle: the boxes' most sensitive category and the image label's."""
+        found = set(self.categories) | {category_of(self.image_label or "empty")}
         return next((c for c in ("person", "vehicle", "animal") if c in found), "empty")
 
 
@@ -110,8 +111,11 @@ def run_camera(analyzer: Analyzer, paths: Sequence[Path]) -> tuple[dict[Path, An
                 failed[path] = result.reason
             else:
                 det = result.detections
+                label, _, _ = frame_prediction(det)
+                det = det[det.data["label_source"] != WHOLE_FRAME]  # a frame-sized label, not a detection
                 found[path] = Annotated(path, [tuple(b) for b in det.normalised_xywh(result.rgb.shape[:2])],
-                                        det.labels(), [float(c) for c in det.confidence])
+                                        det.labels(), [float(c) for c in det.confidence],
+                                        None if label == BLANK else label)
     return found, failed
 
 
@@ -135,12 +139,6 @@ def match(reference: Annotated, camera: Annotated, iou: float = IOU) -> dict[int
         if overlaps[best] >= iou:
             pairs[best] = int(j)
     return pairs
-
-
-def size_of(box: Sequence[float]) -> str:
-    """The size bucket of a normalised box (by its area share of the image)."""
-    area = float(box[2]) * float(box[3])
-    return next(name for name, low, high in SIZES if low <= area < high)
 
 
 def box_figures(pairs: Sequence[tuple[Annotated, Annotated]]) -> dict[str, Any]:
@@ -192,10 +190,15 @@ def image_confusion(pairs: Sequence[tuple[Annotated, Annotated]]) -> np.ndarray:
     return matrix
 
 
+def comparable(label: str | None) -> str:
+    """A label as species figures compare it: ``person``, ``vehicle`` and ``empty`` however spelt."""
+    category = category_of(label or "empty")
+    return "empty" if category is None else category if category != "animal" else label
+
+
 def image_species(camera: Annotated) -> str:
-    """The camera's label of an image: its highest-scoring animal box's label, else ``empty``."""
-    animals = [(s, label) for s, label, c in zip(camera.scores, camera.labels, camera.categories) if c == "animal"]
-    return max(animals)[1] if animals else "empty"
+    """The camera's label of an image (``frame_prediction``, as in its MegaDetector output), comparable."""
+    return comparable(camera.image_label)
 
 
 def species_figures(pairs: Sequence[tuple[Annotated, Annotated]], known: Sequence[str]) -> dict[str, Any] | None:
@@ -203,7 +206,7 @@ def species_figures(pairs: Sequence[tuple[Annotated, Annotated]], known: Sequenc
     (or ``empty``); None when there are none."""
     from train.metrics import classification_report
 
-    names = {label.casefold(): label for label in known} | {"empty": "empty", "blank": "empty"}
+    names = {label.casefold(): comparable(label) for label in known} | {"empty": "empty", "blank": "empty"}
     truth, guess = [], []
     for reference, camera in pairs:
         label = reference.image_label or (reference.labels[0] if len(set(reference.labels)) == 1 else None)
@@ -251,7 +254,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/evaluate"), help="report folder")
     parser.add_argument("--md-threshold", type=float, default=0.2, help="MegaDetector reference: lowest box kept")
     parser.add_argument("--event-pattern", default=None, help="YOLO reference: regex of the sequence in file names")
+    parser.add_argument("--split", type=Path, help="a split saved by `trapedge train` (runs/trained/splits/*.csv): "
+                                                   "evaluate only its --subset images")
+    parser.add_argument("--subset", default="test", help="which part of --split (default: test, the held-out images)")
     add_model_arguments(parser)
+
+
+def in_split(references: list[Annotated], split: Path, subset: str) -> list[Annotated]:
+    """The references whose path ends with a path of ``split`` (a saved split CSV) in ``subset``.
+
+    Raises:
+        DatasetError: the split is unreadable or has no ``subset`` row.
+    """
+    from train.splits import load_split
+
+    try:
+        rows = load_split(split).rows
+    except (OSError, ValueError, KeyError) as exc:
+        raise DatasetError(split, "split", f"not a saved split ({exc})") from None
+    wanted = {row.path for row in rows if row.split == subset}
+    if not wanted:
+        raise DatasetError(split, "split", f"has no {subset!r} images (splits: {sorted({r.split for r in rows})})")
+
+    def suffixes(path: Path) -> set[str]:
+        parts = path.as_posix().split("/")
+        return {"/".join(parts[i:]) for i in range(len(parts))}
+
+    return [r for r in references if suffixes(r.path) & wanted]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -260,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         references, inventory = read_reference(args.reference, args.folder, threshold=args.md_threshold,
                                                event_pattern=args.event_pattern)
+        if args.split:
+            references = in_split(references, args.split, args.subset)
         config = command_config(args, args.folder, gate={"enabled": False})
         analyzer = build_analyzer(config)
     except (DatasetError, ConfigError, BundleError, BackendUnavailable, FileNotFoundError) as exc:
@@ -267,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
     if not references:
         return fail("evaluate", f"{args.reference} names no image that exists under {args.folder}")
     figures, confusion = evaluate(analyzer, references)
-    figures["reference"] = {"path": str(args.reference), "problems": inventory.problem_counts()}
+    figures["reference"] = {"path": str(args.reference), "problems": inventory.problem_counts(),
+                            "split": {"path": str(args.split), "subset": args.subset} if args.split else None}
     figures["bundle"] = {"path": str(config.bundle.path), "precision": config.bundle.precision}
     write(args.out, figures, confusion)
     print(summary_line(figures) + f" -> {args.out}")

@@ -12,19 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# dataset labels that name no species: what a detector class or an image-level class is made of
-PERSON_LABELS = frozenset({"person", "people", "human", "humans"})
-VEHICLE_LABELS = frozenset({"vehicle", "vehicles", "car", "truck"})
-EMPTY_LABELS = frozenset({"empty", "blank"})
+from common.labels import EMPTY_LABELS, PERSON_LABELS, VEHICLE_LABELS, category_of
 
-
-def category_of(label: str) -> str | None:
-    """``person``, ``vehicle`` or ``animal`` for a dataset or model label; None for an empty one."""
-    name = label.casefold()
-    if name in EMPTY_LABELS:
-        return None
-    return "person" if name in PERSON_LABELS else "vehicle" if name in VEHICLE_LABELS else "animal"
-
+__all__ = ["DEFAULT_LABELS", "EMPTY_LABELS", "IMAGENET_GROUPS", "OTHER", "PERSON_LABELS", "VEHICLE_LABELS",
+           "category_of", "imagenet_group_matrix"]
 
 def _span(first: int, last: int) -> list[int]:
     return list(range(first, last + 1))

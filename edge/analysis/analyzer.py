@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
 from edge.analysis.gate import MotionGate
-from edge.analysis.labels import LabelSpace, combine_labels, confident_animals
+from edge.analysis.labels import ANIMAL, WHOLE_FRAME, LabelSpace, combine_labels, confident_animals, names_animal
 from edge.capture.frame import Frame
 from edge.capture.frame_stats import detect_info_bars, is_night, mean_brightness, trim_info_bars
 from edge.runtime.detections import Detections
@@ -36,7 +36,7 @@ class FrameAnalysis:
         night, brightness: frame statistics of the trimmed frame.
         motion: the gate's score (nan when the gate is off).
         gated: the gate skipped the models.
-        timings: seconds per stage (``gate``, ``detect``, ``classify``, ``embed``).
+        timings: seconds per stage (``gate``, ``detect``, ``classify``, ``whole_frame``, ``embed``).
     """
 
     frame: Frame
@@ -106,6 +106,8 @@ class Analyzer:
         detections = self._detect(work, top, timings) if passes else Detections.empty()
         detections = self._classify(rgb, detections, timings)
         detections = combine_labels(detections, self.space)
+        if passes and not len(detections):
+            detections = self._whole_frame(work, top, detections, timings)
         privacy = self.privacy
         detections = detections.with_data(confident_animal=confident_animals(
             detections, frozenset(privacy.not_animal_labels), privacy.animal_min_score))
@@ -130,11 +132,32 @@ class Analyzer:
         timings["classify"] = time.perf_counter() - start
         return detections
 
+    def _whole_frame(self, work: np.ndarray, top: int, none: Detections, timings: dict[str, float]) -> Detections:
+        """The backup for a frame without a box: the classifier on the whole trimmed frame (as it was
+        trained on whole frames). A confident animal class becomes one frame-sized box labelled by it,
+        ``label_source`` ``whole_frame`` (never embedded: it is not a crop of one animal)."""
+        if self.classifier is None or not self.detection.whole_frame:
+            return none
+        start = time.perf_counter()
+        probs = self.classifier.run_crops([self.classifier.whole(work)])
+        timings["whole_frame"] = time.perf_counter() - start
+        best = int(np.argmax(probs[0]))
+        label, score = self.space.classifier[best], float(probs[0, best])
+        if score < self.detection.whole_frame_min_score or not names_animal(label, frozenset(
+                self.privacy.not_animal_labels)):
+            return none
+        h, w = work.shape[:2]
+        box = Detections(np.array([[0, top, w, top + h]], np.float32), np.array([score], np.float32),
+                         np.array([self.space.detector.index(ANIMAL) if ANIMAL in self.space.detector else 0]))
+        box = combine_labels(box.with_data(species_probs=probs.astype(np.float32)), self.space)
+        return box.with_data(label_source=np.array([WHOLE_FRAME], dtype=object))
+
     def eligible_for_embedding(self, detections: Detections) -> np.ndarray:
         """Boxes the detector is sure of that are confidently an animal and not of a never-embed label."""
         never = set(self.privacy.never_embed_labels)
         allowed = np.array([label not in never for label in detections.labels()], bool).reshape(-1)
-        return (detections.confidence >= self.min_crop_confidence) & allowed & detections.data["confident_animal"]
+        crop = detections.data["label_source"] != WHOLE_FRAME
+        return (detections.confidence >= self.min_crop_confidence) & allowed & detections.data["confident_animal"] & crop
 
     def _embed(self, rgb: np.ndarray, detections: Detections, timings: dict[str, float]) -> Detections:
         eligible = self.eligible_for_embedding(detections)

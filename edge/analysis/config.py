@@ -21,6 +21,9 @@ class DetectionConfig(BaseModel):
     confidence: float | None = Field(None, ge=0, le=1, title="Detector threshold (default: the bundle manifest's)")
     classify: bool = Field(True, title="Run the species classifier on crops")
     embed: bool = Field(True, title="Run the embedder on eligible crops")
+    whole_frame: bool = Field(True, title="When the detector finds no box, classify the whole (trimmed) frame: a "
+                                          "confident animal class makes the frame non-empty (label_source whole_frame)")
+    whole_frame_min_score: float = Field(0.8, ge=0, le=1, title="Probability the whole frame's animal class needs")
 
 
 class PrivacyConfig(BaseModel):

@@ -9,6 +9,9 @@ output). The rules:
 2. Otherwise the classifier's best class is the label, scored by its probability (a single-class
    detector's ``animal`` box can so become ``person`` when the classifier says so).
 3. Without a classifier the detector's class name is the label.
+4. A frame without any box is classified whole (``Analyzer``): a confident animal class gives the
+   frame one frame-sized box with that label and ``label_source`` ``whole_frame`` (SpeciesNet's
+   whole-image backup); it is never embedded.
 
 Each box also gets ``label_probs``, its vote over ``LabelSpace.labels`` (the classifier's
 probabilities, or all on the detector's label), whose best entry is always ``label``: events
@@ -22,10 +25,12 @@ from functools import cached_property
 
 import numpy as np
 
+from common.labels import category_of
 from edge.runtime.detections import Detections
 
 ANIMAL = "animal"
-SOURCES = ("detector", "classifier")
+WHOLE_FRAME = "whole_frame"
+SOURCES = ("detector", "classifier", WHOLE_FRAME)
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,16 @@ def _decide(space: LabelSpace, class_id: int, confidence: float,
     return space.classifier[best], float(probs[best]), "classifier", vote
 
 
+def names_animal(label: str, not_animal: set[str] | frozenset[str]) -> bool:
+    """Whether a label names an animal: not one of ``not_animal`` (any case) and not a person, vehicle
+    or empty label however a dataset spells it (``Human``, ``people``, ``Empty``, ``car``…)."""
+    return label.casefold() not in {n.casefold() for n in not_animal} and category_of(label) == ANIMAL
+
+
 def confident_animals(detections: Detections, not_animal: set[str] | frozenset[str], min_score: float) -> np.ndarray:
     """Which boxes are confidently an animal: a label that names an animal, scored at least
     ``min_score``. Privacy fails safe on the rest (a person may be behind them)."""
-    named = np.array([label not in not_animal for label in detections.labels()], bool).reshape(-1)
+    named = np.array([names_animal(label, not_animal) for label in detections.labels()], bool).reshape(-1)
     return named & (detections.data["label_score"] >= min_score)
 
 
@@ -86,3 +97,26 @@ def combine_labels(detections: Detections, space: LabelSpace) -> Detections:
         label_source=np.array([d[2] for d in decided], dtype=object).reshape(n),
         label_probs=np.array([d[3] for d in decided], np.float32).reshape(n, len(space.labels)),
     )
+
+
+BLANK = "blank"
+
+
+def frame_prediction(detections: Detections) -> tuple[str, float | None, str]:
+    """The frame's one label (MegaDetector's image-level ``prediction``), from its boxes' labels.
+
+    A person anywhere makes it ``person`` (its best box's label), then a vehicle, then the animal box
+    the detector is surest of (a ``whole_frame`` box counts as one); no box: ``blank``.
+
+    Returns:
+        (label, score, source): the chosen box's ``label``, ``label_score`` and ``label_source``, or
+        (``blank``, None, ``blank``).
+    """
+    labels = detections.labels()
+    categories = [category_of(label) for label in labels]
+    for wanted in ("person", "vehicle", ANIMAL):
+        chosen = [i for i, c in enumerate(categories) if c == wanted]
+        if chosen:
+            i = max(chosen, key=lambda k: float(detections.confidence[k]))
+            return labels[i], float(detections.data["label_score"][i]), str(detections.data["label_source"][i])
+    return BLANK, None, BLANK

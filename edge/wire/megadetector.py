@@ -4,6 +4,9 @@ Boxes are ``[x_min, y_min, width, height]`` normalised to the image; categories 
 keys; an image that could not be processed carries a ``failure`` string and no detections. A box
 whose final label came from the classifier lists the classifier's top classes, best first (so its
 first classification is its label); a box the detector labelled (a person, a vehicle) lists none.
+Each image also carries SpeciesNet's image-level ``prediction``, ``prediction_score`` and
+``prediction_source`` (``edge.analysis.labels.frame_prediction``); a whole-frame classification
+(no box found) shows only there, as it is no detection.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from edge.analysis.labels import WHOLE_FRAME, frame_prediction
 from edge.runtime.detections import Detections
 from edge.runtime.manifest import Manifest, ModelSpec
 
@@ -38,6 +42,9 @@ def image_entry(result: ImageResult, top_k: int = 3) -> dict:
     if result.failure is not None or result.detections is None or result.image_hw is None:
         return {"file": result.file, "failure": result.failure or "not analysed", "detections": None}
     det = result.detections
+    prediction = _prediction(det)
+    if "label_source" in det.data:
+        det = det[det.data["label_source"] != WHOLE_FRAME]
     probs = det.data.get("species_probs")
     entries = []
     for i, bbox in enumerate(det.normalised_xywh(result.image_hw)):
@@ -47,7 +54,15 @@ def image_entry(result: ImageResult, top_k: int = 3) -> dict:
             order = np.argsort(-probs[i], kind="stable")[:top_k]
             entry["classifications"] = [[str(int(k)), round(float(probs[i, k]), 4)] for k in order]
         entries.append(entry)
-    return {"file": result.file, "detections": entries}
+    return {"file": result.file, "detections": entries, **prediction}
+
+
+def _prediction(det: Detections) -> dict:
+    if "label" not in det.data:
+        return {}
+    label, score, source = frame_prediction(det)
+    return {"prediction": label, "prediction_score": None if score is None else round(score, 4),
+            "prediction_source": source}
 
 
 def batch_output(results: list[ImageResult], manifest: Manifest, precision: str, classified: bool) -> dict:
