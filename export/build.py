@@ -205,8 +205,9 @@ class BundleBuilder:
         found: dict[str, list[Detections]] = {"fp32": [], "int8": [], "native": []}
         native = NativeDetector(self.models.detector, bundle.spec("detector"))
         crops = [resize_whole(rgb, CROP_INPUT) for rgb in _frames(self.images.check_crops)]
-        check_frames = self.images.check_frames
+        check_frames, shapes = self.images.check_frames, []
         for rgb in tqdm(_frames(check_frames), total=len(check_frames), desc="check", leave=False, disable=None):
+            shapes.append(rgb.shape[:2])
             for p in ("fp32", "int8"):
                 found[p].append(det[p].detect(rgb, threshold - gates.DETECTOR_SCORE_TOLERANCE))
             found["native"].append(native.detect(rgb, threshold))
@@ -215,6 +216,8 @@ class BundleBuilder:
         recall, n_boxes = gates.recall_within_tolerance(found["fp32"], found["int8"], threshold)
         strict, _ = gates.recall_within_tolerance(found["fp32"], found["int8"], threshold, tolerance=0.0)
         box_iou = gates.mean_box_iou(found["fp32"], found["int8"], threshold)
+        per_bucket = gates.recall_per_bucket(found["fp32"], found["int8"], shapes, self.models.detector_labels,
+                                             threshold)
         native_recall, n_native = gates.recall_within_tolerance(found["native"], found["fp32"], threshold)
         probs = {p: cls[p].run_crops(crops) for p in cls}
         agreement, n_confident = gates.top1_agreement(probs["fp32"], probs["int8"])
@@ -223,6 +226,9 @@ class BundleBuilder:
                                        int8_box_iou=box_iou, check_boxes=n_boxes,
                                        check_frames=len(found["fp32"]), fp32_recall_of_native=native_recall,
                                        native_boxes=n_native)
+        for key, (bucket_recall, n) in per_bucket.items():
+            self.parity["detector"][f"int8_recall_of_fp32.{key}"] = bucket_recall
+            self.parity["detector"][f"check_boxes.{key}"] = n
         self.parity["classifier"].update(int8_top1_agreement=agreement, confident_crops=n_confident, check_crops=len(crops))
         self.parity["embedder"].update(int8_mean_cosine=cosine, check_crops=len(crops))
         self._latency(det, cls, emb, crops)
@@ -230,6 +236,7 @@ class BundleBuilder:
             *(gates.Gate(f"{t}.torch_onnx_max_abs", self.parity[t]["torch_onnx_max_abs"], gates.TORCH_ONNX_MAX_ABS, False)
               for t in self.parity),
             gates.Gate("detector.int8_recall_of_fp32", recall, gates.DETECTOR_RECALL_MIN),
+            *gates.bucket_gates(per_bucket),
             gates.Gate("detector.int8_box_iou", box_iou, gates.DETECTOR_BOX_IOU_MIN),
             gates.Gate("detector.fp32_recall_of_native", native_recall, gates.DETECTOR_RECALL_MIN),
             gates.Gate("classifier.int8_top1_agreement", agreement if n_confident else 0.0, gates.CLASSIFIER_AGREEMENT_MIN),

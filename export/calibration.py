@@ -1,13 +1,15 @@
 """Which real images calibrate the INT8 models and which check them — never the same ones.
 
 Calibration draws from MLWIC CA-01 frames, the Kenyan VOC photos and re-ID crops; the checks
-use the full-size camera-trap frames (ENA24, Animl, Autofocus), the lion *val* crops and
-camtrapR thumbnails. The sets are disjoint by construction and the split is recorded in the
-manifest.
+use the full-size camera-trap frames (ENA24, Animl, Autofocus), MLWIC's person and vehicle frames
+that calibration did not use and Missouri Camera Traps frames (small animals: the INT8 gates
+are per detector class and per box size), the lion *val* crops and camtrapR thumbnails. The sets
+are disjoint by construction and the split is recorded in the manifest.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -43,7 +45,13 @@ def _every(paths: list[Path], count: int) -> list[Path]:
     return paths[::step][:count]
 
 
-def default_images(data: Path, calibration_count: int = 96) -> ExportImages:
+def _labelled(csv_path: Path, labels: tuple[str, ...]) -> list[Path]:
+    """The images of a ``file,label`` CSV with one of ``labels`` (paths relative to its folder)."""
+    with csv_path.open(newline="") as f:
+        return [csv_path.parent / row["file"] for row in csv.DictReader(f) if row.get("label") in labels]
+
+
+def default_images(data: Path, calibration_count: int = 96, check_count: int = 160) -> ExportImages:
     """The default split over ``../shared/data``.
 
     Raises:
@@ -61,10 +69,14 @@ def default_images(data: Path, calibration_count: int = 96) -> ExportImages:
     frames = images("frames/ena24_small") + images("frames/animl_samples") + images("frames/autofocus_gallery")
     thumbnails = images("formats/camtrapR_thumbnails/inst/pictures/sample_images_species_dir")
     check_crops = _every(images("reid/lion/val"), 48) + thumbnails
+    detector_calibration = _every(mlwic, calibration_count - len(voc)) + voc
+    crop_calibration = _every(mlwic, calibration_count // 2) + _every(reid_calib, calibration_count // 2)
+    calibrated = set(detector_calibration) | set(crop_calibration)
+    people = [p for p in _labelled(data / "species/mlwic_ca01/labels.csv", ("Human", "Vehicle")) if p not in calibrated]
     split = ExportImages(
-        detector_calibration=_every(mlwic, calibration_count - len(voc)) + voc,
-        crop_calibration=_every(mlwic, calibration_count // 2) + _every(reid_calib, calibration_count // 2),
-        check_frames=frames,
+        detector_calibration=detector_calibration,
+        crop_calibration=crop_calibration,
+        check_frames=frames + people + _every(images("boxes/missouri_camtraps/images"), check_count),
         check_crops=check_crops,
     )
     used = set(split.detector_calibration) | set(split.crop_calibration)

@@ -8,7 +8,7 @@ import numpy as np
 
 from edge.runtime.detections import Detections
 from edge.runtime.yolox import box_iou
-from train.box_matching import matched_recall
+from train.box_matching import matched_recall, recall_by_bucket
 
 # The thresholds an export must meet (issue: foundation bundle).
 TORCH_ONNX_MAX_ABS = 1e-3
@@ -20,6 +20,10 @@ DETECTOR_BOX_IOU_MIN = 0.9
 CLASSIFIER_AGREEMENT_MIN = 0.97
 CLASSIFIER_CONFIDENT = 0.5
 EMBEDDER_COSINE_MIN = 0.98
+# per detector class and per box-size bucket: INT8 must keep this share of fp32's boxes, judged
+# where fp32 found at least PER_BUCKET_MIN_BOXES (fewer: reported, not gated)
+PER_BUCKET_RECALL_MIN = 0.9
+PER_BUCKET_MIN_BOXES = 8
 
 
 class GateError(RuntimeError):
@@ -57,6 +61,20 @@ def recall_within_tolerance(reference: list[Detections], candidate: list[Detecti
     scoring >= ``threshold - tolerance`` (run both detectors at the lower threshold)."""
     return matched_recall([r[r.confidence >= threshold] for r in reference],
                           [c[c.confidence >= threshold - tolerance] for c in candidate], iou)
+
+
+def recall_per_bucket(reference: list[Detections], candidate: list[Detections], shapes: list[tuple[int, int]],
+                      labels: list[str], threshold: float, tolerance: float = DETECTOR_SCORE_TOLERANCE,
+                      ) -> dict[str, tuple[float, int]]:
+    """``recall_within_tolerance`` per detector class and per (class, size bucket): ``{"person.small": (recall, n)}``."""
+    return recall_by_bucket([r[r.confidence >= threshold] for r in reference],
+                            [c[c.confidence >= threshold - tolerance] for c in candidate], shapes, labels)
+
+
+def bucket_gates(per_bucket: dict[str, tuple[float, int]], prefix: str = "detector.int8_recall_of_fp32",
+                 limit: float = PER_BUCKET_RECALL_MIN, min_boxes: int = PER_BUCKET_MIN_BOXES) -> list[Gate]:
+    """One gate per bucket with at least ``min_boxes`` reference boxes."""
+    return [Gate(f"{prefix}.{key}", recall, limit) for key, (recall, n) in per_bucket.items() if n >= min_boxes]
 
 
 def mean_box_iou(reference: list[Detections], candidate: list[Detections], threshold: float,
