@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -49,6 +49,7 @@ class TorchModels:
     detector_labels: list[str]
     species_labels: list[str]
     architectures: dict[str, str] = field(default_factory=dict)
+    taxonomy: dict[str, list[str]] = field(default_factory=dict)  # species label → ancestors, nearest first
 
 
 @dataclass
@@ -63,6 +64,9 @@ class ExportOptions:
     detector_size: tuple[int, int] = DEFAULT_SIZE
     calibration: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CALIBRATION))
     images: ExportImages | None = None
+    # held-out evaluation of the built bundle (its work folder) → figures per source, for the manifest
+    # and the model card; None: none (the default bundle has no held-out data of its own)
+    evaluate: Callable[[Path], dict[str, object]] | None = None
 
 
 def _frames(paths: list[Path]) -> Iterator[np.ndarray]:
@@ -177,7 +181,7 @@ class BundleBuilder:
                                  thresholds={"confidence": opts.detector_threshold, "nms_iou": opts.nms_iou},
                                  decode={"kind": "yolox", "strides": [8, 16, 32]}),
                 "classifier": spec("classifier", "probs", architecture=m.architectures["classifier"], input=CROP_INPUT,
-                                   labels=m.species_labels,
+                                   labels=m.species_labels, taxonomy=m.taxonomy,
                                    thresholds={"confidence": gates.CLASSIFIER_CONFIDENT}),
                 "embedder": spec("embedder", "embedding", architecture=m.architectures["embedder"], input=CROP_INPUT,
                                  embedding_dim=int(m.embedder.dim)),
@@ -192,6 +196,15 @@ class BundleBuilder:
             manifest = manifest.model_copy(update={"gates": {g.name: {"value": g.value, "limit": g.limit,
                                                                       "passed": g.passed} for g in gate_list}})
         (self.work / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2) + "\n")
+
+    def write_evaluation(self, evaluation: dict[str, object]) -> None:
+        """Add the held-out figures to the manifest and write the model card beside it."""
+        from export.model_card import model_card
+
+        path = self.work / MANIFEST_NAME
+        manifest = Manifest.model_validate_json(path.read_text()).model_copy(update={"evaluation": evaluation})
+        path.write_text(manifest.model_dump_json(indent=2) + "\n")
+        (self.work / "MODEL_CARD.md").write_text(model_card(manifest))
 
     def measure(self) -> list[gates.Gate]:
         """Run fp32 and INT8 through the edge runtime on the check images; return the gates."""
@@ -289,6 +302,8 @@ def build_bundle(models: TorchModels, options: ExportOptions) -> Manifest:
             print(gate)
         gates.enforce(gate_list)
         builder.write_manifest(gate_list)
+        if options.evaluate is not None:
+            builder.write_evaluation(options.evaluate(work))
         load_bundle(work)  # the final manifest must verify too
         _swap_into_place(work, out)
     finally:

@@ -15,6 +15,7 @@ from train.models.yolox import DEFAULT_SIZE, detector_input
 
 def default_models(weights: Path) -> TorchModels:
     """The untrained bundle's models: camera-trap YOLOX-tiny, ImageNet EfficientNet-Lite0 twice."""
+    from train.labels import DEFAULT_TAXONOMY
     from train.models.classifier import (
         ARCH,
         CROP_INPUT,
@@ -34,6 +35,7 @@ def default_models(weights: Path) -> TorchModels:
         embedder=PooledEmbedder(backbone).eval(),
         detector_labels=["animal"],
         species_labels=classifier.labels,
+        taxonomy={label: up for label, up in DEFAULT_TAXONOMY.items() if label in classifier.labels},
         architectures={"detector": "yolox_tiny", "classifier": f"{ARCH}+imagenet_groups", "embedder": f"{ARCH}+pool+l2"},
     )
 
@@ -49,6 +51,7 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     for model in (classifier, embedder):
         freeze_same_padding(model.backbone, CROP_INPUT.size)
     models.classifier, models.embedder, models.species_labels = classifier, embedder, list(classifier.labels)
+    models.taxonomy = _run_taxonomy(run_dir, models.species_labels)
     models.architectures.update(classifier=f"{type(classifier).__name__}({run_dir.name})",
                                 embedder=f"{type(embedder).__name__}({run_dir.name})")
     if (run_dir / "detector.pt").is_file():
@@ -57,6 +60,15 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
         kind = "fine-tuned" if saved.get("fine_tuned") else "pretrained"
         models.architectures["detector"] = f"yolox_tiny({kind}, {run_dir.name})"
     return models
+
+
+def _run_taxonomy(run_dir: Path, labels: list[str]) -> dict[str, list[str]]:
+    """The training config's taxonomy for the classifier's labels (none when the run has no config)."""
+    import json
+
+    path = run_dir / "config.json"
+    taxonomy = json.loads(path.read_text()).get("taxonomy", {}) if path.is_file() else {}
+    return {label: list(up) for label, up in taxonomy.items() if label in labels}
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -86,6 +98,14 @@ def run(args: argparse.Namespace) -> int:
                             detector_size=args.detector_size)
     if args.calibration:
         options.calibration = dict.fromkeys(options.calibration, args.calibration)
+    if args.trained and (args.trained / "splits").is_dir():
+        from train.heldout import evaluate_held_out
+
+        def held_out(bundle: Path) -> dict[str, object]:
+            print("held-out images through the bundle's INT8 pipeline (trapedge evaluate, per source)")
+            return evaluate_held_out(bundle, args.trained)
+
+        options.evaluate = held_out
     try:
         models = trained_models(args.trained, args.weights) if args.trained else default_models(args.weights)
         manifest = build_bundle(models, options)
@@ -93,4 +113,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"export failed, no bundle written: {exc}", file=sys.stderr)
         return 2
     print(manifest_summary(manifest, args.out))
+    if manifest.evaluation:
+        print(f"what the camera does on held-out images: {args.out / 'MODEL_CARD.md'}")
     return 0

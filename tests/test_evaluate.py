@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.evaluate import Annotated, box_figures, image_confusion, image_species, match, size_of
+from train.evaluate import Annotated, box_figures, image_confusion, image_species, match, pr_curves, size_of
 from trapedge.cli import main
 
 
@@ -99,3 +99,13 @@ def test_user_mistakes_are_one_line(tmp_path, bundle_dir, capsys, argv, code, me
         assert main(args) == code
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_pr_curves_count_a_box_right_only_with_its_category():
+    reference = _image([[0, 0, 0.3, 0.3], [0.5, 0.5, 0.3, 0.3]], ["fox", "person"])
+    # best score first: a right animal box, then an "animal" on the person, then a stray box
+    camera = _image([[0, 0, 0.3, 0.3], [0.5, 0.5, 0.3, 0.3], [0.9, 0.9, 0.05, 0.05]], ["fox", "dog", "fox"],
+                    [0.9, 0.8, 0.3])
+    curves = pr_curves([(reference, camera)])
+    assert curves["animal"] == {"score": [0.9, 0.8, 0.3], "precision": [1.0, 0.5, 0.3333], "recall": [1.0, 1.0, 1.0]}
+    assert curves["person"] == {"score": [], "precision": [], "recall": []}

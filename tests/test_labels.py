@@ -91,3 +91,53 @@ def test_frame_prediction(labels, sources, confidence, expected):
                                                ("Vehicle", False), ("other", False), ("OTHER", False)])
 def test_names_animal_reads_any_spelling_of_people_vehicles_and_empties(label, animal):
     assert names_animal(label, frozenset({"person", "vehicle", "other", "empty"})) is animal
+
+
+TAXONOMY = {"Bobcat": ["felidae", "carnivora"], "Mountain lion": ["felidae", "carnivora"],
+            "Fox": ["Canidae", "carnivora"], "Canidae": ["carnivora"], "Elk": ["cervidae", "artiodactyla"]}
+ROLLUP = LabelSpace.of(("animal", "person", "vehicle"), ("Bobcat", "Canidae", "Elk", "Empty", "Fox", "Mountain lion"),
+                       TAXONOMY, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("probs", "expected"),
+    [
+        # a confident species stays
+        ([0.7, 0.0, 0.1, 0.1, 0.0, 0.1], ("Bobcat", 0.7, "classifier")),
+        # two cats, neither sure: the family
+        ([0.45, 0.05, 0.05, 0.1, 0.05, 0.3], ("felidae", 0.75, "rollup")),
+        # a fox unsure against Canidae: the label that is also its family
+        ([0.1, 0.3, 0.05, 0.1, 0.35, 0.1], ("Canidae", 0.65, "rollup")),
+        # cats and dogs: the order
+        ([0.3, 0.2, 0.1, 0.1, 0.2, 0.1], ("carnivora", 0.8, "rollup")),
+        # nothing in common but being animals
+        ([0.15, 0.0, 0.35, 0.2, 0.0, 0.3], ("animal", 0.8, "rollup")),
+        # the best class is no animal: no roll-up
+        ([0.1, 0.1, 0.1, 0.4, 0.2, 0.1], ("Empty", 0.4, "classifier")),
+    ],
+)
+def test_taxonomic_roll_up(probs, expected):
+    det = combine_labels(_boxes([0], [0.9], [probs]), ROLLUP)
+    label, score, source = det.labels()[0], float(det.data["label_score"][0]), det.data["label_source"][0]
+    assert (label, round(score, 4), source) == expected
+    vote = det.data["label_probs"][0]
+    assert ROLLUP.labels[int(np.argmax(vote))] == label and vote.sum() == pytest.approx(1.0)
+
+
+def test_without_rollup_the_space_is_unchanged():
+    assert LabelSpace.of(("animal",), ("fox", "dog"), {"fox": ["canidae"]}).labels == ["fox", "dog", "canidae"]
+    assert LabelSpace.of(("animal",), ("fox", "dog")).roll_up(np.array([0.4, 0.4], np.float32)) is None
+
+
+def test_an_event_rolls_up_by_the_same_rule():
+    """A burst of unsure cats is a felidae event, as each box would be."""
+    from datetime import datetime, timezone
+
+    from edge.events.bursts import BurstConfig, BurstState, aggregate_burst
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    state = BurstState("e", "cam", now, now, frames=2, crops=2,
+                       probs_sum={"Bobcat": 0.8, "Mountain lion": 0.6, "Elk": 0.6})
+    assert aggregate_burst(state, BurstConfig()).label == "Bobcat"
+    event = aggregate_burst(state, BurstConfig(), space=ROLLUP)
+    assert (event.label, event.score) == ("felidae", 0.7)

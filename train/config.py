@@ -24,6 +24,15 @@ MLWIC_BOXES = Path(__file__).parent / "data" / "mlwic_ca01_boxes.json"
 """People and vehicles of MLWIC CA-01 (and its empty frames): the pretrained detector's boxes given the
 frame's class and checked by eye, some drawn by hand (``train.pseudo_boxes``; the review is inside)."""
 MISSOURI_SEQUENCE = r"^(SEQ\d+)_"
+MLWIC_TAXONOMY = {
+    "Black Bear": ["ursidae", "carnivora", "mammalia"], "Bobcat": ["felidae", "carnivora", "mammalia"],
+    "Mountain lion": ["felidae", "carnivora", "mammalia"], "Canidae": ["carnivora", "mammalia"],
+    "Fox": ["Canidae", "carnivora", "mammalia"], "Striped skunk": ["mephitidae", "carnivora", "mammalia"],
+    "Cattle": ["bovidae", "artiodactyla", "mammalia"], "Elk": ["cervidae", "artiodactyla", "mammalia"],
+    "Wild pig": ["suidae", "artiodactyla", "mammalia"], "Squirrel": ["sciuridae", "rodentia", "mammalia"],
+    "Turkey": ["phasianidae", "aves"],
+}
+"""MLWIC CA-01's species with their ancestors, nearest first (``Canidae`` is both a label and Fox's family)."""
 
 
 class _Strict(BaseModel):
@@ -76,6 +85,9 @@ class TrainingConfig(_Strict):
     labelmap: dict[str, Any] = Field(default_factory=lambda: {"lowercase": False, "rename": {}, "drop": [],
                                                              "priority": ["Human > Empty", "* > Empty"]},
                                      title="rename / drop / priority rules (train/labelmap.py)")
+    taxonomy: dict[str, list[str]] = Field(
+        default_factory=dict, title="Species label → its ancestors, nearest first (genus, family, order...): when no "
+                                    "species is confident the camera names the first ancestor that is")
     keep_multilabel: bool = Field(False, title="Keep images still multi-labelled after the rules (first label wins)")
     split_by: Literal["event", "location"] = Field("event", title="Species split unit: burst/capture event or camera")
     crops: Literal["boxes", "detector"] = Field("boxes", title="Unboxed species images: whole frame, or the bundle "
@@ -103,6 +115,7 @@ class TrainingConfig(_Strict):
         return cls(
             data_root=data_root,
             species=[SpeciesSource(format="csv", path=Path("species/mlwic_ca01/labels.csv"))],
+            taxonomy=MLWIC_TAXONOMY,
             reid_train=[ReidSource(path=Path("reid/lion/train"), name="lion train")],
             reid_eval=[ReidSource(path=Path("reid/lion/val"), name="lion val (held-out individuals)"),
                        ReidSource(path=Path("reid/leopard_spotid/crops"), name="leopards (never trained on)",

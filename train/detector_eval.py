@@ -18,7 +18,7 @@ from edge.capture.decode import ImageDecodeError, decode_image
 from edge.runtime.detections import Detections
 from edge.runtime.preprocess import letterbox, to_tensor
 from edge.runtime.yolox import make_grid, postprocess
-from train.box_matching import matched_recall
+from train.box_matching import matched_recall, recall_by_bucket
 from train.detector_data import MANIFEST_THRESHOLD, MAX_SIDE, BoxImage, box_images
 from train.models.yolox import NMS_IOU, STRIDES, YOLOX, detector_input
 from train.records import Record
@@ -131,10 +131,13 @@ def evaluate_detector(model: YOLOX, records: Sequence[Record], classes: Sequence
     predictions = detect(model, pixels, input_size, threshold)
     per_class = average_precisions(truths, predictions, range(len(classes)))
     ap = {classes[k]: value for k, value in per_class.items() if value is not None}
-    recall, boxes = matched_recall(truths, [p[p.confidence >= MANIFEST_THRESHOLD] for p in predictions])
+    confident = [p[p.confidence >= MANIFEST_THRESHOLD] for p in predictions]
+    recall, boxes = matched_recall(truths, confident)
     counts = Counter(classes[c] for t in truths for c in t.class_id)
+    by_bucket = recall_by_bucket(truths, confident, [px.shape[:2] for px in pixels], classes)
     return {"images": len(kept), "boxes": boxes, "boxes_per_class": dict(counts), "ap50": ap,
             "map50": float(np.mean(list(ap.values()))) if ap else 0.0, "recall": float(recall),
+            "recall_by_bucket": {k: round(r, 4) for k, (r, _) in by_bucket.items()},
             "recall_threshold": MANIFEST_THRESHOLD, "failures": failures}
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +43,7 @@ from train.box_matching import SIZES, size_of
 from train.datasets import DatasetError, read_coco_camera_traps, read_csv, read_megadetector, read_yolo
 from train.datasets.inventory import Inventory, read_json
 from train.labels import category_of
+from train.records import Record
 
 CATEGORIES = ("animal", "person", "vehicle")
 IMAGE_CLASSES = ("empty", "animal", "person", "vehicle")
@@ -87,15 +88,20 @@ def read_reference(reference: Path, images: Path, *, threshold: float = 0.2,
         inventory = read_megadetector(reference, images, threshold=threshold)
     else:
         inventory = read_coco_camera_traps(reference, images)
-    annotated: dict[Path, Annotated] = {}
-    for record in inventory:
-        image = annotated.setdefault(record.path, Annotated(record.path))
+    return annotated(inventory), inventory
+
+
+def annotated(records: Iterable[Record]) -> list[Annotated]:
+    """Records (one per box, or one per unboxed image) as one ``Annotated`` per image, in order."""
+    images: dict[Path, Annotated] = {}
+    for record in records:
+        image = images.setdefault(record.path, Annotated(record.path))
         if record.bbox is not None:
             image.boxes.append(record.bbox)
             image.labels.append(record.label or "animal")
         else:
             image.image_label = record.label
-    return list(annotated.values()), inventory
+    return list(images.values())
 
 
 # --- the camera -----------------------------------------------------------------------------------
@@ -164,7 +170,57 @@ def box_figures(pairs: Sequence[tuple[Annotated, Annotated]]) -> dict[str, Any]:
                 made[category][0] += 1
                 made[category][1] += j in matched.values()
     precision = {c: {"value": _ratio(m, n), "boxes": n} for c, (n, m) in made.items()}
-    return {"recall": _recall_table(found), "precision": precision, "people_labelled_animal": people_as_animals}
+    return {"recall": _recall_table(found), "precision": precision, "people_labelled_animal": people_as_animals,
+            "pr_curves": pr_curves(pairs)}
+
+
+def pr_curves(pairs: Sequence[tuple[Annotated, Annotated]], points: int = 200) -> dict[str, dict[str, list[float]]]:
+    """Precision and recall of each category's boxes as the camera's score threshold rises from the
+    bundle's own: a camera box is right when it took a reference box (``match``) of its category.
+
+    Returns:
+        ``{category: {"score": [...], "precision": [...], "recall": [...]}}`` (at most ``points``
+        points each, scores falling) for every category with reference boxes.
+    """
+    curves = {}
+    for category in CATEGORIES:
+        truth = sum(c == category for ref, _ in pairs for c in ref.categories)
+        if not truth:
+            continue
+        scored = []
+        for reference, camera in pairs:
+            taken = {j: i for i, j in match(reference, camera).items()}
+            scored += [(score, j in taken and reference.categories[taken[j]] == category)
+                       for j, (score, c) in enumerate(zip(camera.scores, camera.categories)) if c == category]
+        scored.sort(key=lambda pair: -pair[0])
+        right = np.cumsum([ok for _, ok in scored]) if scored else np.zeros(0)
+        keep = np.unique(np.linspace(0, len(scored) - 1, min(points, len(scored))).astype(int)) if scored else []
+        curves[category] = {"score": [round(scored[k][0], 4) for k in keep],
+                            "precision": [round(float(right[k] / (k + 1)), 4) for k in keep],
+                            "recall": [round(float(right[k] / truth), 4) for k in keep]}
+    return curves
+
+
+def plot_pr(curves: dict[str, dict[str, list[float]]], path: Path) -> None:
+    """The curves of ``pr_curves`` in one plot."""
+    from train.report import _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for category, curve in curves.items():
+        ax.plot(curve["recall"], curve["precision"], label=category)
+        if curve["recall"]:
+            ax.scatter(curve["recall"][-1:], curve["precision"][-1:], s=18)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall of reference boxes (IoU ≥ 0.5)")
+    ax.set_ylabel("precision of the camera's boxes")
+    ax.set_title("Boxes: precision / recall as the threshold rises\n(dot: the bundle's own threshold)")
+    ax.legend(loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -325,6 +381,8 @@ def write(out: Path, figures: dict[str, Any], confusion: np.ndarray) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(figures, indent=1) + "\n")
     plot_confusion(confusion, list(IMAGE_CLASSES), out / "image_classes.png", "Images: reference (rows) vs camera")
+    if figures["boxes"] and figures["boxes"]["pr_curves"]:
+        plot_pr(figures["boxes"]["pr_curves"], out / "pr_curves.png")
     species = figures["species"]
     if species:
         plot_confusion(np.asarray(species["confusion"]), species["labels"], out / "species.png",
@@ -344,6 +402,8 @@ def markdown(figures: dict[str, Any]) -> str:
         lines += ["", "| camera category | boxes | precision |", "|---|---|---|"]
         lines += [f"| {c} | {p['boxes']} | {p['value']} |" for c, p in figures["boxes"]["precision"].items()]
         lines += ["", f"People labelled as animals: {figures['boxes']['people_labelled_animal']}", ""]
+        if figures["boxes"]["pr_curves"]:
+            lines += ["![](pr_curves.png)", ""]
     classes = figures["image_classes"]
     lines += ["## Images", "", f"Empty images kept out: {classes['empty_kept_out']}; images with an animal "
               f"called non-empty: {classes['animal_found']}", "", "![](image_classes.png)", ""]

@@ -14,7 +14,8 @@ import numpy as np
 
 from common.labels import EMPTY_LABELS, PERSON_LABELS, VEHICLE_LABELS, category_of
 
-__all__ = ["DEFAULT_LABELS", "EMPTY_LABELS", "IMAGENET_GROUPS", "OTHER", "PERSON_LABELS", "VEHICLE_LABELS",
+__all__ = ["DEFAULT_LABELS", "DEFAULT_TAXONOMY", "EMPTY_LABELS", "IMAGENET_GROUPS", "OTHER", "PERSON_LABELS",
+           "VEHICLE_LABELS",
            "category_of", "imagenet_group_matrix"]
 
 def _span(first: int, last: int) -> list[int]:
@@ -67,3 +68,20 @@ def imagenet_group_matrix(num_imagenet: int = 1000) -> np.ndarray:
         matrix[indices, k] = 1.0
     matrix[matrix.sum(axis=1) == 0, -1] = 1.0
     return matrix
+
+
+_CARNIVORA, _MAMMALIA = ["carnivora", "mammalia"], ["mammalia"]
+DEFAULT_TAXONOMY: dict[str, list[str]] = {
+    **{name: ["canidae", *_CARNIVORA] for name in ("fox", "dog", "wolf_coyote")},
+    **{name: ["felidae", *_CARNIVORA] for name in ("leopard", "jaguar", "tiger", "lion", "cheetah", "puma", "lynx",
+                                                    "cat")},
+    "skunk": ["mephitidae", *_CARNIVORA], "mustelid": ["mustelidae", *_CARNIVORA],
+    "badger": ["mustelidae", *_CARNIVORA], "bear": ["ursidae", *_CARNIVORA], "hyena": _CARNIVORA,
+    "mongoose": _CARNIVORA,
+    **{name: ["artiodactyla", *_MAMMALIA] for name in ("pig", "cattle", "sheep_goat", "deer_antelope")},
+    **{name: ["equidae", *_MAMMALIA] for name in ("horse", "zebra")},
+    **{name: _MAMMALIA for name in ("rabbit", "rodent", "elephant", "primate", "marsupial")},
+    "bird": ["aves"], "reptile": ["reptilia"],
+}
+"""The default labels' ancestors, nearest first, for the taxonomic roll-up (``person``, ``vehicle``,
+``other`` have none)."""

@@ -70,7 +70,9 @@ class Analyzer:
         self.detector, self.classifier, self.embedder = detector, classifier, embedder
         self.gate, self.preprocess, self.detection, self.privacy = gate, preprocess, detection, privacy
         self.min_crop_confidence = min_crop_confidence
-        self.space = LabelSpace(tuple(detector.labels), tuple(classifier.labels) if classifier else ())
+        self.space = LabelSpace.of(detector.labels, classifier.labels if classifier else (),
+                                   getattr(getattr(classifier, "spec", None), "taxonomy", None),
+                                   detection.rollup_min_score if classifier else None)
 
     @property
     def labels(self) -> list[str]:

@@ -13,13 +13,21 @@ output). The rules:
    frame one frame-sized box with that label and ``label_source`` ``whole_frame`` (SpeciesNet's
    whole-image backup); it is never embedded.
 
+5. Taxonomic roll-up (with a ``LabelSpace.rollup_min_score``): when the classifier's best animal
+   class scores below it, the label rolls up the bundle's label hierarchy (``taxonomy``: label →
+   ancestors, nearest first, carried in the manifest) to the most specific ancestor whose
+   descendants' probabilities sum to it (``Bobcat`` 0.45 + ``Mountain lion`` 0.3 → ``felidae``
+   0.75), else to ``animal`` when the animal classes together reach it; ``label_source`` ``rollup``.
+
 Each box also gets ``label_probs``, its vote over ``LabelSpace.labels`` (the classifier's
-probabilities, or all on the detector's label), whose best entry is always ``label``: events
-average these votes, so a ``person`` box can never vote ``fox``.
+probabilities, or all on the detector's label; a rolled-up box moves its descendants' mass onto the
+ancestor), whose best entry is always ``label``: events average these votes and decide by the same
+roll-up, so a ``person`` box can never vote ``fox``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -30,22 +38,76 @@ from edge.runtime.detections import Detections
 
 ANIMAL = "animal"
 WHOLE_FRAME = "whole_frame"
-SOURCES = ("detector", "classifier", WHOLE_FRAME)
+ROLLUP = "rollup"
+SOURCES = ("detector", "classifier", WHOLE_FRAME, ROLLUP)
 
 
 @dataclass(frozen=True)
 class LabelSpace:
-    """Every label a box can end with: the classifier's labels, then the detector's other classes."""
+    """Every label a box can end with: the classifier's labels, the ancestors its taxonomy rolls up to
+    (and ``animal``, with a roll-up), then the detector's other classes.
+
+    Attributes:
+        detector, classifier: the models' labels.
+        taxonomy: classifier label → its ancestors, nearest first (the manifest's ``taxonomy``).
+        rollup_min_score: below this, a box's best animal class rolls up (None: never).
+    """
 
     detector: tuple[str, ...]
     classifier: tuple[str, ...]
+    taxonomy: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    rollup_min_score: float | None = None
+
+    @classmethod
+    def of(cls, detector: Sequence[str], classifier: Sequence[str], taxonomy: Mapping[str, Sequence[str]] | None = None,
+           rollup_min_score: float | None = None) -> LabelSpace:
+        """A space from plain lists and a taxonomy dict (only the classifier's labels' entries kept)."""
+        tree = tuple((label, tuple(up)) for label, up in (taxonomy or {}).items() if label in classifier)
+        return cls(tuple(detector), tuple(classifier), tree, rollup_min_score)
+
+    @cached_property
+    def ancestors(self) -> list[str]:
+        """The taxonomy's ancestor names not already labels, most specific first (then ``animal``)."""
+        names = dict.fromkeys(a for _, up in self.taxonomy for a in up if a not in self.classifier)
+        rollup = [*names, ANIMAL] if self.rollup_min_score is not None else list(names)
+        return list(dict.fromkeys(rollup))
 
     @cached_property
     def labels(self) -> list[str]:
-        """The classifier's labels, then the detector's classes it lacks (its names alone without one)."""
+        """The classifier's labels, the roll-up's ancestors, then the detector's classes not yet named
+        (the detector's names alone without a classifier)."""
         if not self.classifier:
             return list(self.detector) or [ANIMAL]
-        return [*self.classifier, *(n for n in self.detector if n not in self.classifier and n != ANIMAL)]
+        named = [*self.classifier, *(a for a in self.ancestors if a not in self.classifier)]
+        return [*named, *(n for n in self.detector if n not in named and n != ANIMAL)]
+
+    @cached_property
+    def groups(self) -> list[tuple[str, frozenset[str]]]:
+        """Each roll-up target with the labels it gathers (itself included), smallest group first."""
+        lineage = dict(self.taxonomy)
+        animals = [label for label in self.labels if names_animal(label, frozenset())]
+        groups = {a: frozenset(label for label in animals if label == a or a in lineage.get(label, ()))
+                  for a in dict.fromkeys(a for _, up in self.taxonomy for a in up)}
+        ordered = sorted(groups.items(), key=lambda kv: len(kv[1]))
+        return [*ordered, (ANIMAL, frozenset(animals))]
+
+    def roll_up(self, probs: np.ndarray) -> tuple[str, float, np.ndarray] | None:
+        """(label, score, vote) of a probability vector over ``labels`` whose best animal entry is below
+        ``rollup_min_score``; None when that entry reaches it, nothing does, or roll-up is off."""
+        if self.rollup_min_score is None or not len(probs):
+            return None
+        best = int(np.argmax(probs))
+        if probs[best] >= self.rollup_min_score or not names_animal(self.labels[best], frozenset()):
+            return None
+        for target, members in self.groups:
+            idx = [self.index(label) for label in members]
+            total = float(probs[idx].sum())
+            if len(members) > 1 and total >= self.rollup_min_score:
+                vote = probs.copy()
+                vote[idx] = 0.0
+                vote[self.index(target)] = total
+                return target, total, vote
+        return None
 
     def index(self, label: str) -> int:
         """Position of ``label`` in ``labels``."""
@@ -65,6 +127,9 @@ def _decide(space: LabelSpace, class_id: int, confidence: float,
         vote[space.index(name)] = 1.0
         return name, float(confidence), "detector", vote
     vote[: len(probs)] = probs
+    rolled = space.roll_up(vote)
+    if rolled is not None:
+        return rolled[0], rolled[1], ROLLUP, rolled[2]
     best = int(np.argmax(probs))
     return space.classifier[best], float(probs[best]), "classifier", vote
 
@@ -77,8 +142,11 @@ def names_animal(label: str, not_animal: set[str] | frozenset[str]) -> bool:
 
 def confident_animals(detections: Detections, not_animal: set[str] | frozenset[str], min_score: float) -> np.ndarray:
     """Which boxes are confidently an animal: a label that names an animal, scored at least
-    ``min_score``. Privacy fails safe on the rest (a person may be behind them)."""
-    named = np.array([names_animal(label, not_animal) for label in detections.labels()], bool).reshape(-1)
+    ``min_score``, and not a roll-up all the way to ``animal`` (the classifier could not even name
+    the order: its best class may have been a person). Privacy fails safe on the rest."""
+    sources = detections.data.get("label_source", np.full(len(detections), "", dtype=object))
+    named = np.array([names_animal(label, not_animal) and not (label == ANIMAL and source == ROLLUP)
+                      for label, source in zip(detections.labels(), sources)], bool).reshape(-1)
     return named & (detections.data["label_score"] >= min_score)
 
 

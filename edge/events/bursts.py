@@ -12,8 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.analysis.labels import LabelSpace
 from edge.runtime.detections import Detections
 
 _EVENT_NAMESPACE = uuid.UUID("5d1f5e2a-4c1b-4b8e-9a57-7f2c1a7e0b01")
@@ -104,12 +106,19 @@ def add_frame(state: BurstState, time: datetime, votes: Detections, labels: list
                       state.frames + 1, state.crops + len(votes), sums, counts)
 
 
-def aggregate_burst(state: BurstState, config: BurstConfig, closed: bool = False) -> Event:
-    """The event as it stands: mean class probabilities over the burst's confident crops."""
+def aggregate_burst(state: BurstState, config: BurstConfig, closed: bool = False,
+                    space: LabelSpace | None = None) -> Event:
+    """The event as it stands: mean class probabilities over the burst's confident crops, the best
+    one its label, rolled up by ``space``'s taxonomy as a box's label would be."""
     if state.crops == 0:
         return Event(state.id, state.source_id, state.start, state.end, state.frames, None, 0.0, {}, {}, closed)
     means = sorted(((label, total / state.crops) for label, total in state.probs_sum.items()), key=lambda kv: -kv[1])
     label, score = means[0]
+    if space is not None:
+        vector = np.array([state.probs_sum.get(name, 0.0) / state.crops for name in space.labels], np.float32)
+        rolled = space.roll_up(vector)
+        if rolled is not None:
+            label, score = rolled[0], rolled[1]
     probs = {lbl: round(p, 4) for lbl, p in means[: config.top_k]}
     return Event(state.id, state.source_id, state.start, state.end, state.frames, label, round(score, 4),
                  probs, dict(state.counts), closed)

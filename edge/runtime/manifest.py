@@ -62,6 +62,8 @@ class ModelSpec(_Strict):
     opset: int
     quantization: dict[str, object] = Field(default_factory=dict)
     parity: dict[str, float] = Field(default_factory=dict, title="Figures measured at export")
+    taxonomy: dict[str, list[str]] = Field(default_factory=dict, title="Classifier: label → its ancestors, nearest "
+                                                                      "first, for the taxonomic roll-up")
 
 
 class Manifest(_Strict):
@@ -75,3 +77,5 @@ class Manifest(_Strict):
     versions: dict[str, str] = Field(default_factory=dict, title="Package versions used to export")
     calibration: dict[str, object] = Field(default_factory=dict)
     gates: dict[str, object] = Field(default_factory=dict)
+    evaluation: dict[str, object] = Field(default_factory=dict, title="What the camera did on held-out images, per "
+                                                                      "source (trapedge evaluate; MODEL_CARD.md)")

@@ -21,6 +21,7 @@ from common.sqlite import utc_now
 from common.wire import MAX_CROP_BYTES, topic
 from edge.analysis.analyzer import FrameAnalysis, FrameFailure
 from edge.analysis.config import PrivacyConfig
+from edge.analysis.labels import LabelSpace
 from edge.capture.frame import camera_time
 from edge.events.bursts import BurstConfig, BurstState, Event, add_frame, aggregate_burst, event_id, joins, voters
 from edge.events.rules import RulesConfig, decide_alert
@@ -82,13 +83,16 @@ class Recorder:
     """Writes frames, detections, embeddings and events; queues their messages.
 
     Args:
-        labels: the names of the ``label_probs`` columns (``Analyzer.labels``).
+        labels: the analyzer's ``LabelSpace`` (events roll up by its taxonomy, as boxes do), or just
+            the names of the ``label_probs`` columns (``Analyzer.labels``).
     """
 
     def __init__(self, store: Store, identity: Identity, bursts: BurstConfig, rules: RulesConfig,
-                 alerts: AlertConfig, privacy: PrivacyConfig, labels: list[str]):
+                 alerts: AlertConfig, privacy: PrivacyConfig, labels: list[str] | LabelSpace):
         self.store, self.identity, self.bursts, self.rules = store, identity, bursts, rules
-        self.alerts, self.privacy, self.labels = alerts, privacy, labels
+        self.space = labels if isinstance(labels, LabelSpace) else None
+        self.alerts, self.privacy = alerts, privacy
+        self.labels = list(labels.labels) if isinstance(labels, LabelSpace) else list(labels)
         self.open: dict[str, _OpenBurst] = self._load_open()
 
     # --- bursts -------------------------------------------------------------------------------
@@ -110,7 +114,7 @@ class Recorder:
 
     def _close(self, source_id: str) -> int:
         burst = self.open.pop(source_id)
-        event = aggregate_burst(burst.state, self.bursts, closed=True)
+        event = aggregate_burst(burst.state, self.bursts, closed=True, space=self.space)
         self._save_event(event, burst)
         self._queue(EventMessage(device=self.identity.device_id, site=self.identity.site, event=event,
                                  alerted=burst.alerted))
@@ -162,7 +166,7 @@ class Recorder:
             if burst is not None:
                 self._update_thumbnail(burst, analysis)
                 alert = self._maybe_alert(burst)
-                self._save_event(aggregate_burst(burst.state, self.bursts), burst)
+                self._save_event(aggregate_burst(burst.state, self.bursts, space=self.space), burst)
                 self._insert_embeddings(analysis, detection_ids, burst.state.id)
         return Recorded(frame_id, burst.state.id if burst else None, alert, len(self.store.outbox) - before)
 
@@ -198,7 +202,7 @@ class Recorder:
         burst.thumbnail, burst.thumbnail_score = Picture(jpeg, width, height), float(det.confidence[best])
 
     def _maybe_alert(self, burst: _OpenBurst) -> str | None:
-        event = aggregate_burst(burst.state, self.bursts)
+        event = aggregate_burst(burst.state, self.bursts, space=self.space)
         decision = decide_alert(event, self.rules, self.identity.site, burst.alerted)
         if decision is None:
             return None
