@@ -16,6 +16,7 @@ import numpy as np
 from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
 from edge.analysis.gate import MotionGate
 from edge.analysis.labels import ANIMAL, WHOLE_FRAME, LabelSpace, combine_labels, confident_animals, names_animal
+from edge.analysis.tiles import second_look
 from edge.capture.frame import Frame
 from edge.capture.frame_stats import detect_info_bars, is_night, mean_brightness, trim_info_bars
 from edge.runtime.detections import Detections
@@ -36,7 +37,8 @@ class FrameAnalysis:
         night, brightness: frame statistics of the trimmed frame.
         motion: the gate's score (nan when the gate is off).
         gated: the gate skipped the models.
-        timings: seconds per stage (``gate``, ``detect``, ``classify``, ``whole_frame``, ``embed``).
+        timings: seconds per stage (``gate``, ``detect``, ``second_look``, ``classify``, ``whole_frame``,
+            ``embed``).
     """
 
     frame: Frame
@@ -120,6 +122,12 @@ class Analyzer:
         start = time.perf_counter()
         detections = self.detector.detect(work, self.detection.confidence)
         timings["detect"] = time.perf_counter() - start
+        look = self.detection.second_look
+        if look.wanted(work.shape[:2], len(detections)):
+            start = time.perf_counter()
+            detections = second_look(work, detections,
+                                     lambda tiles: self.detector.detect_batch(tiles, self.detection.confidence), look)
+            timings["second_look"] = time.perf_counter() - start
         return detections.shifted(0, top) if top else detections
 
     def _classify(self, rgb: np.ndarray, detections: Detections, timings: dict[str, float]) -> Detections:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.analysis.tiles import SecondLookConfig
+
 
 class PreprocessConfig(BaseModel):
     """Burned-in info bars: fixed rows, or detected per frame."""
@@ -24,6 +26,8 @@ class DetectionConfig(BaseModel):
     whole_frame: bool = Field(True, title="When the detector finds no box, classify the whole (trimmed) frame: a "
                                           "confident animal class makes the frame non-empty (label_source whole_frame)")
     whole_frame_min_score: float = Field(0.8, ge=0, le=1, title="Probability the whole frame's animal class needs")
+    second_look: SecondLookConfig = Field(default_factory=SecondLookConfig,
+                                          title="Tiles for small and far animals (edge/analysis/tiles.py)")
     rollup_min_score: float | None = Field(
         0.5, ge=0, le=1, title="Below this, a box's (and an event's) best species rolls up the bundle's taxonomy "
                                "(species → family → ... → animal) to the first level that reaches it; null: never")
