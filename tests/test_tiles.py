@@ -60,4 +60,10 @@ def test_second_look_finds_what_only_a_tile_shows_and_keeps_the_first_pass():
                           ("no_box", (480, 640), 1, False), ("large", (3000, 4000), 2, True),
                           ("large", (480, 640), 0, False), ("no_box_or_large", (480, 640), 0, True)])
 def test_when_to_look_twice(when, hw, first, wanted):
-    assert SecondLookConfig(when=when).wanted(hw, first) is wanted
+    assert SecondLookConfig(when=when, min_side=0).wanted(hw, first) is wanted
+
+
+def test_by_default_only_large_frames_without_a_box_look_twice():
+    config = SecondLookConfig()
+    assert config.wanted((1944, 2592), 0) and not config.wanted((1944, 2592), 1)
+    assert not config.wanted((640, 640), 0)

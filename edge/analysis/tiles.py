@@ -25,6 +25,8 @@ class SecondLookConfig(BaseModel):
         "no_box", title="never; when the first pass found no box (the gate let the frame through); on large frames; "
                         "or either")
     large_side: int = Field(1600, ge=32, title="A frame whose longer side has at least this many pixels is large")
+    min_side: int = Field(1600, ge=0, title="Frames whose longer side is shorter never get a second look: tiles of a "
+                                            "small (or downsized) frame hold no detail the first pass missed")
     grid: tuple[int, int] = Field((2, 2), title="Tiles (rows, columns)")
     overlap: float = Field(0.2, ge=0, lt=0.5, title="Share of a tile that overlaps its neighbour")
     nms_iou: float = Field(0.45, gt=0, le=1, title="IoU above which merged boxes of one class are duplicates")
@@ -33,6 +35,8 @@ class SecondLookConfig(BaseModel):
     def wanted(self, image_hw: tuple[int, int], first_pass: int) -> bool:
         """Whether a frame of this size, whose first pass found ``first_pass`` boxes, gets a second look."""
         large = max(image_hw) >= self.large_side
+        if max(image_hw) < self.min_side:
+            return False
         return {"never": False, "no_box": first_pass == 0, "large": large,
                 "no_box_or_large": first_pass == 0 or large}[self.when]
 
