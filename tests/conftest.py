@@ -23,9 +23,9 @@ def data() -> Path:
 @pytest.fixture(scope="session")
 def pretrained() -> dict[str, Path]:
     """The pretrained weights in ``models/`` (fetched and sha256-checked like `make models`)."""
-    from train.pretrained import WEIGHTS, fetch
+    from train.pretrained import DEFAULT_KEYS, fetch
 
-    return {key: fetch(key, ROOT / "models") for key in WEIGHTS}
+    return {key: fetch(key, ROOT / "models") for key in DEFAULT_KEYS}
 
 
 @pytest.fixture(scope="session")

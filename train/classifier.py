@@ -1,10 +1,10 @@
 """Fine-tune the species classifier on labelled crops, CPU-friendly.
 
-The backbone (timm ``tf_efficientnet_lite0``) is split in two: a frozen front (stem and the
-first blocks) and a trained back (the last ``trainable_blocks`` blocks, the 1x1 head conv and
-a new Linear layer). The front runs once per image and its feature maps are cached on disk
-(plain and horizontally flipped), so each epoch only runs the back: minutes on two CPU cores
-instead of hours.
+The backbone (timm ``tf_efficientnet_lite0``; Lite1 or Lite2 with ``TrainConfig.backbone``) is
+split in two: a frozen front (stem and the first blocks) and a trained back (the last
+``trainable_blocks`` blocks, the 1x1 head conv and a new Linear layer). The front runs once per
+image and its feature maps are cached on disk (plain and horizontally flipped), so each epoch
+only runs the back: minutes on two CPU cores instead of hours.
 
 Pixels are prepared exactly as the edge prepares them (``edge.capture`` and
 ``edge.runtime.preprocess`` with the bundle's ``CROP_INPUT``) so training and serving
@@ -31,7 +31,7 @@ from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image
 from edge.capture.frame_stats import detect_info_bars, is_night, trim_info_bars
 from edge.runtime.preprocess import crop, resize_whole, to_tensor
 from train.metrics import auc, classification_report, roc_curve
-from train.models.classifier import CROP_INPUT, create_backbone, freeze_same_padding
+from train.models.classifier import BACKBONE_ARCHS, CROP_INPUT, Backbone, create_backbone, freeze_same_padding
 from train.records import Record
 
 CACHE_VERSION = 2  # bump when the pixel pipeline changes: old cached features then miss
@@ -56,6 +56,8 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1, title="Cross-entropy label smoothing")
     max_train: int | None = Field(None, ge=1, title="Train on a seeded random subset of this many records")
     progress: bool = Field(True, title="Show tqdm progress bars")
+    backbone: Backbone = Field("efficientnet_lite0", title="Pretrained backbone (train.pretrained key), fed 224² crops "
+                                                           "whatever its native size; weights_path must be its file")
 
     @model_validator(mode="after")
     def _input_contract(self) -> TrainConfig:
@@ -341,14 +343,15 @@ def _run_epoch(backbone: nn.Module, features: np.ndarray, targets: np.ndarray, s
 def train_classifier(train_records: Sequence[Record], val_records: Sequence[Record], labels: Sequence[str],
                      weights_path: Path | str, config: TrainConfig | None = None,
                      cache_dir: Path | str = ".cache/features") -> tuple[SpeciesClassifier, TrainHistory]:
-    """Fine-tune the last blocks of EfficientNet-Lite0 and a new head on single-labelled records.
+    """Fine-tune the last blocks of an EfficientNet-Lite (``config.backbone``) and a new head on single-labelled records.
 
     Args:
         train_records, val_records: records whose ``label`` is one of ``labels`` (boxed records
             are cropped to their box).
         labels: the K class names, in output order (``empty``, ``human``, ``vehicle`` are
             plain classes).
-        weights_path: ImageNet weights for ``create_backbone`` (``models/efficientnet_lite0.pth``).
+        weights_path: ImageNet weights of ``config.backbone`` (``train.pretrained.path_of(config.backbone)``,
+            e.g. ``models/efficientnet_lite0.pth``).
         config: training settings (default ``TrainConfig()``).
         cache_dir: where frozen-part features are cached between runs.
 
@@ -358,14 +361,14 @@ def train_classifier(train_records: Sequence[Record], val_records: Sequence[Reco
 
     Raises:
         ValueError: a record's label is not in ``labels``, or no training or no validation
-            image is readable.
+            image is readable, or ``weights_path`` does not fit ``config.backbone``.
     """
     config = config or TrainConfig()
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     train_records = _subset(train_records, config)
     train_y, val_y = _targets(train_records, labels), _targets(val_records, labels)
-    backbone = freeze_same_padding(create_backbone(weights_path), tuple(CROP_INPUT.size))
+    backbone = freeze_same_padding(create_backbone(weights_path, BACKBONE_ARCHS[config.backbone]), tuple(CROP_INPUT.size))
     backbone.reset_classifier(len(labels))
     backbone.drop_rate = config.dropout
     split = split_index(backbone, config.trainable_blocks)

