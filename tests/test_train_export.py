@@ -26,11 +26,20 @@ def test_quick_train_then_export_then_detect_and_embed(tmp_path, data):
     labels = manifest.models["classifier"].labels
     assert "Empty" in labels and "Cattle" in labels and all(g["passed"] for g in manifest.gates.values())
     assert manifest.models["detector"].labels == ["animal", "person", "vehicle"]
+    # the held-out images of every source went through the bundle's own pipeline into the model card
+    assert set(manifest.evaluation) == {"species:mlwic_ca01", "boxes:missouri_camtraps", "boxes:mlwic_ca01"}
+    missouri = manifest.evaluation["boxes:missouri_camtraps"]
+    assert missouri["boxes"]["recall"]["animal"]["all"]["boxes"] > 100
+    card = (bundle / "MODEL_CARD.md").read_text()
+    assert "| boxes:missouri_camtraps |" in card and "INT8 gates" in card
+    assert manifest.models["classifier"].taxonomy["Bobcat"] == ["felidae", "carnivora", "mammalia"]
+    assert any(name.startswith("detector.int8_recall_of_fp32.animal.") for name in manifest.gates)
 
     out = tmp_path / "md.json"
     assert main(["detect", str(data / "frames" / "ena24_small"), "--bundle", str(bundle), "--output", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert list(doc["classification_categories"].values()) == labels
+    assert all({"prediction", "prediction_score", "prediction_source"} <= set(im) for im in doc["images"])
     emb = tmp_path / "emb.jsonl"
     assert main(["embed", str(data / "reid" / "leopard_spotid" / "crops"), "--bundle", str(bundle),
                  "--crop", "whole", "--output", str(emb)]) == 0
