@@ -81,7 +81,10 @@ def species_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | N
     defaults = TrainConfig.quick(seed=config.seed) if quick else full
     train_config = defaults.model_copy(update=config.classifier)
     TrainConfig.model_validate(train_config.model_dump())  # overrides from the YAML are checked too
-    model, _ = train_classifier(splits["train"], splits["val"], labels, weights, train_config, config.out / "cache")
+    backbone = path_of(train_config.backbone, weights.parent)  # lite0 unless the config's classifier says otherwise
+    cache = config.out / "cache"  # features of another backbone never share lite0's cache
+    model, _ = train_classifier(splits["train"], splits["val"], labels, backbone, train_config,
+                                cache if train_config.backbone == "efficientnet_lite0" else cache / train_config.backbone)
     torch.save(model, config.out / "classifier.pt")
     return {**evaluate(model, splits["test"], labels), "labels": labels}
 
