@@ -126,10 +126,17 @@ def detector_verdict(base: dict, tuned: dict, kept: float) -> tuple[bool, list[s
 
     On the val images: animals no worse (AP50 within ``ANIMAL_AP_TOLERANCE``, recall at the
     manifest threshold at least the pretrained's), each other class with val boxes better (AP50),
-    and at least ``KEEP_PRETRAINED_BOXES_MIN`` of the pretrained detector's own boxes on frames
-    without people or vehicles still found.
+    each other class with val frames labelled so (``frames_found``: the species data's Human /
+    Vehicle frames, which need no box) found in more of them, and at least
+    ``KEEP_PRETRAINED_BOXES_MIN`` of the pretrained detector's own boxes on frames without people or
+    vehicles still found.
     """
     reasons = []
+    for name, found in tuned.get("frames_found", {}).items():
+        before = base.get("frames_found", {}).get(name, {"found": 0})
+        if found["frames"] and found["found"] <= before["found"]:
+            reasons.append(f"{name} found in {found['found']} of {found['frames']} {name} frames, "
+                           f"pretrained {before['found']}")
     base_ap, tuned_ap = base["ap50"], tuned["ap50"]
     if tuned_ap.get("animal", 0.0) < base_ap.get("animal", 0.0) - ANIMAL_AP_TOLERANCE:
         reasons.append(f"animal AP50 {tuned_ap.get('animal', 0):.3f} < pretrained {base_ap.get('animal', 0):.3f}")
@@ -172,6 +179,9 @@ def detector_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | 
     pretrained = expand_classes(load_yolox(checkpoint), det_config.classes).eval()
     scores = {name: evaluate_detector(m, splits["val"], det_config.classes, det_config.input_size)
               for name, m in (("pretrained", pretrained), ("fine-tuned", model))}
+    labelled = _labelled_frames(config, "val")
+    for name, m in (("pretrained", pretrained), ("fine-tuned", model)):
+        scores[name]["frames_found"] = frames_found(m, labelled, det_config.classes, det_config.input_size)
     people = {r.path for r in splits["val"] if category_of(r.label or "empty") in ("person", "vehicle")}
     kept = kept_detections(pretrained, model, [r for r in splits["val"] if r.path not in people],
                            det_config.input_size)
@@ -183,6 +193,43 @@ def detector_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | 
             "train_images": len({r.path for r in splits["train"]}), "val_images": len({r.path for r in splits["val"]}),
             "test_images": len({r.path for r in splits["test"]}), "epochs": len(history.epochs),
             "seconds": round(history.seconds, 1)}
+
+
+def _labelled_frames(config: TrainingConfig, split: str) -> dict[str, list[Path]]:
+    """The species data's frames of one split labelled as a person or a vehicle, by category."""
+    from train.labels import category_of
+
+    if not config.species or not (config.out / "splits" / "species.csv").exists():
+        return {}
+    records, _ = read_species(config)
+    in_split = {path for path, name in _species_split(config).items() if name == split}
+    out: dict[str, list[Path]] = {}
+    for record in records:
+        category = category_of(record.label or "empty")
+        if category in ("person", "vehicle") and record.path.resolve() in in_split:
+            out.setdefault(category, []).append(record.path)
+    return out
+
+
+def frames_found(model, frames: dict[str, list[Path]], classes: list[str], input_size: tuple[int, int]) -> dict:
+    """Per category, how many of its frames get at least one box of that class at the manifest's threshold."""
+    from edge.capture.decode import decode_image
+    from edge.capture.frame_stats import detect_info_bars, trim_info_bars
+    from train.detector_data import MANIFEST_THRESHOLD, MAX_SIDE
+    from train.detector_eval import detect
+
+    out = {}
+    for category, paths in frames.items():
+        if category not in classes:
+            continue
+        pixels = []
+        for path in paths:
+            rgb = decode_image(path, max_side=MAX_SIDE).rgb
+            pixels.append(trim_info_bars(rgb, *detect_info_bars(rgb)))
+        found = detect(model, pixels, input_size, MANIFEST_THRESHOLD)
+        k = classes.index(category)
+        out[category] = {"frames": len(paths), "found": int(sum(bool((d.class_id == k).any()) for d in found))}
+    return out
 
 
 def _every_nth_image(records: list, n: int) -> list:

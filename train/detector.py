@@ -59,7 +59,8 @@ class DetectorConfig(BaseModel):
     input_size: tuple[int, int] = Field((480, 640), title="Input (height, width); multiples of 32")
     epochs: int = Field(10, ge=1, title="Most epochs to train")
     batch_size: int = Field(4, ge=1, title="Images per step")
-    lr: float = Field(2e-4, gt=0, title="Peak AdamW learning rate (cosine decay to 0)")
+    lr: float = Field(1e-4, gt=0, title="Peak AdamW learning rate (cosine decay to 0)")
+    clip_grad: float | None = Field(10.0, gt=0, title="Largest gradient norm per step (None: no clipping)")
     weight_decay: float = Field(5e-4, ge=0, title="AdamW weight decay")
     freeze: Literal["backbone", "none"] = Field("backbone", title="'backbone': train neck and head only")
     update_bn: bool = Field(False, title="Update BatchNorm statistics of trained layers (small batches skew them)")
@@ -202,6 +203,8 @@ def _run_epoch(model: YOLOX, images: Sequence[InputImage], config: DetectorConfi
         loss = yolox_loss(model(x), targets, grid).total
         optimizer.zero_grad()
         loss.backward()
+        if config.clip_grad is not None:  # a few images with many or huge boxes otherwise make the loss jump
+            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], config.clip_grad)
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
