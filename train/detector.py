@@ -61,6 +61,9 @@ class DetectorConfig(BaseModel):
     batch_size: int = Field(4, ge=1, title="Images per step")
     lr: float = Field(1e-4, gt=0, title="Peak AdamW learning rate (cosine decay to 0)")
     clip_grad: float | None = Field(10.0, gt=0, title="Largest gradient norm per step (None: no clipping)")
+    repeat_threshold: float | None = Field(
+        0.5, gt=0, le=1, title="Repeat-factor sampling (LVIS): an image is seen max(1, sqrt(t / f)) times per epoch, f "
+                               "the share of training images holding its rarest class (None: each once)")
     weight_decay: float = Field(5e-4, ge=0, title="AdamW weight decay")
     freeze: Literal["backbone", "none"] = Field("backbone", title="'backbone': train neck and head only")
     update_bn: bool = Field(False, title="Update BatchNorm statistics of trained layers (small batches skew them)")
@@ -212,18 +215,35 @@ def _run_epoch(model: YOLOX, images: Sequence[InputImage], config: DetectorConfi
     return float(np.mean(losses))
 
 
+def repeat_factors(images: Sequence[InputImage], threshold: float) -> np.ndarray:
+    """LVIS repeat factors: per image ``max(1, sqrt(threshold / f(c)))`` over its classes c, f(c) the
+    share of images holding class c (images without a box: 1)."""
+    holding = [set(np.unique(im.class_id).tolist()) for im in images]
+    share = {c: sum(c in h for h in holding) / len(images) for c in set().union(*holding)}
+    return np.array([max([1.0, *(math.sqrt(threshold / share[c]) for c in h)]) for h in holding])
+
+
+def repeated(images: Sequence[InputImage], factors: np.ndarray, rng: np.random.Generator) -> list[InputImage]:
+    """One epoch's images: each ``floor(r)`` times and once more with probability ``r - floor(r)``."""
+    counts = np.floor(factors).astype(int) + (rng.random(len(factors)) < factors - np.floor(factors))
+    return [im for im, n in zip(images, counts) for _ in range(n)]
+
+
 def _fit(model: YOLOX, train: Sequence[InputImage], val: Sequence[InputImage], config: DetectorConfig,
          history: DetectorHistory) -> None:
     """Epochs with early stopping on val loss; leaves the best epoch's weights in ``model``."""
     params = set_trainable(model, config.freeze)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * -(-len(train) // config.batch_size)
+    factors = repeat_factors(train, config.repeat_threshold) if config.repeat_threshold is not None else None
+    per_epoch = round(factors.sum()) if factors is not None else len(train)
+    steps = config.epochs * (-(-per_epoch // config.batch_size) + 1)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     rng = np.random.default_rng(config.seed)
     best_loss, best_state, waited = math.inf, None, 0
     for epoch in range(1, config.epochs + 1):
         tick, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
-        loss = _run_epoch(model, train, config, optimizer, scheduler, rng, f"epoch {epoch}/{config.epochs}")
+        epoch_images = repeated(train, factors, rng) if factors is not None else train
+        loss = _run_epoch(model, epoch_images, config, optimizer, scheduler, rng, f"epoch {epoch}/{config.epochs}")
         val_loss = loss_of(model, val, config)
         history.epochs.append(EpochStats(epoch, loss, val_loss, lr, time.perf_counter() - tick))
         if config.progress:
