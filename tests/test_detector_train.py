@@ -424,3 +424,41 @@ def test_detector_class_refuses_records_without_class(data):
     records = detector_records(data, sources=("voc",))
     with pytest.raises(ValueError, match="animal"):
         box_images(records, ["person"])
+
+
+def test_repeat_factor_sampling_shows_rare_classes_more_often():
+    from train.detector import repeat_factors, repeated
+    from train.detector_data import InputImage
+
+    def image(classes):
+        return InputImage(np.zeros((2, 2, 3), np.float32), np.zeros((len(classes), 4), np.float32),
+                          np.array(classes, np.int64), None, (2, 2))
+
+    images = [image([0]) for _ in range(40)] + [image([0, 1]) for _ in range(2)] + [image([]) for _ in range(8)]
+    factors = repeat_factors(images, 0.5)
+    assert factors[0] == 1.0 and factors[-1] == 1.0
+    assert factors[40] == pytest.approx(np.sqrt(0.5 / (2 / 50)))  # the rarest class of the image counts
+    epoch = repeated(images, factors, np.random.default_rng(0))
+    assert sum(im is images[40] for im in epoch) in (3, 4) and len(epoch) > len(images)
+
+
+@pytest.mark.parametrize(
+    ("tuned", "kept", "ships", "why"),
+    [
+        ({"ap50": {"animal": 0.65, "person": 0.3}, "recall_by_bucket": {"animal": 0.6},
+          "frames_found": {"person": {"frames": 10, "found": 4}}}, 0.95, True, ""),
+        ({"ap50": {"animal": 0.55, "person": 0.3}, "recall_by_bucket": {"animal": 0.6}}, 0.95, False, "animal AP50"),
+        ({"ap50": {"animal": 0.65, "person": 0.3}, "recall_by_bucket": {"animal": 0.5}}, 0.95, False, "animal recall"),
+        ({"ap50": {"animal": 0.65, "person": 0.0}, "recall_by_bucket": {"animal": 0.6}}, 0.95, False, "person AP50"),
+        ({"ap50": {"animal": 0.65}, "recall_by_bucket": {"animal": 0.6},
+          "frames_found": {"person": {"frames": 10, "found": 0}}}, 0.95, False, "person found in 0 of 10"),
+        ({"ap50": {"animal": 0.65}, "recall_by_bucket": {"animal": 0.6}}, 0.85, False, "kept 0.850"),
+    ],
+)
+def test_detector_verdict(tuned, kept, ships, why):
+    from train.cli import detector_verdict
+
+    base = {"ap50": {"animal": 0.6, "person": 0.0}, "recall_by_bucket": {"animal": 0.55},
+            "frames_found": {"person": {"frames": 10, "found": 0}}}
+    ok, reasons = detector_verdict(base, tuned, kept)
+    assert ok is ships and (why in " ".join(reasons) if why else not reasons)
