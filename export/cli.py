@@ -57,6 +57,8 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     if (run_dir / "detector.pt").is_file():
         saved = torch.load(run_dir / "detector.pt", map_location="cpu", weights_only=False)
         models.detector, models.detector_labels = saved["model"].eval(), list(saved["classes"])
+        if saved.get("fine_tuned"):  # fine-tuned at its own input size, which is then its native one
+            models.detector_native_size = tuple(saved.get("input_size", DEFAULT_SIZE))
         kind = "fine-tuned" if saved.get("fine_tuned") else "pretrained"
         models.architectures["detector"] = f"yolox_tiny({kind}, {run_dir.name})"
     return models

@@ -328,8 +328,9 @@ def test_yolo_box_source_in_the_training_config(data, tmp_path):
         "data_root": str(data), "species": [], "boxes": [{
             "format": "yolo", "path": "boxes/missouri_camtraps", "empty_files": "unlabelled",
             "event_pattern": "^(SEQ\\d+)_"}]})
+    # without a name, the source is named after the folder (per-source reports)
     records = read_boxes(config)
-    assert records and all(r.source == "yolo" and r.event for r in records)
+    assert records and all(r.source == "missouri_camtraps" and r.event for r in records)
 
 
 # --- Camtrap DP -----------------------------------------------------------------------------------------

@@ -174,8 +174,8 @@ def detector_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | 
     if quick:  # a quarter of the images (whole images, every dataset): the test profile
         splits = {name: _every_nth_image(records, 4) for name, records in splits.items()}
     model, history = train_detector(splits["train"], splits["val"], checkpoint, det_config)
-    torch.save({"model": model, "classes": det_config.classes, "fine_tuned": True},
-               config.out / "detector_finetuned.pt")
+    torch.save({"model": model, "classes": det_config.classes, "fine_tuned": True,
+                "input_size": list(det_config.input_size)}, config.out / "detector_finetuned.pt")
     pretrained = expand_classes(load_yolox(checkpoint), det_config.classes).eval()
     scores = {name: evaluate_detector(m, splits["val"], det_config.classes, det_config.input_size)
               for name, m in (("pretrained", pretrained), ("fine-tuned", model))}
@@ -186,8 +186,8 @@ def detector_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | 
     kept = kept_detections(pretrained, model, [r for r in splits["val"] if r.path not in people],
                            det_config.input_size)
     better, reasons = detector_verdict(scores["pretrained"], scores["fine-tuned"], kept)
-    torch.save({"model": model if better else pretrained, "classes": det_config.classes, "fine_tuned": better},
-               config.out / "detector.pt")
+    torch.save({"model": model if better else pretrained, "classes": det_config.classes, "fine_tuned": better,
+                "input_size": list(det_config.input_size)}, config.out / "detector.pt")
     return {**scores, "kept": "fine-tuned" if better else "pretrained", "why_not": reasons,
             "pretrained_boxes_kept": kept, "classes": det_config.classes,
             "train_images": len({r.path for r in splits["train"]}), "val_images": len({r.path for r in splits["val"]}),
