@@ -73,6 +73,15 @@ def _run_taxonomy(run_dir: Path, labels: list[str]) -> dict[str, list[str]]:
     return {label: list(up) for label, up in taxonomy.items() if label in labels}
 
 
+def _trained_size(run_dir: Path) -> tuple[int, int] | None:
+    """The input size a run's fine-tuned detector was trained at (None: it kept the pretrained one)."""
+    path = run_dir / "detector.pt"
+    if not path.is_file():
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    return tuple(saved["input_size"]) if saved.get("fine_tuned") and saved.get("input_size") else None
+
+
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -87,8 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, default=Path("models"), help="where `make models` put the weights")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="real images for calibration and checks")
     parser.add_argument("--threshold", type=float, default=0.25, help="detector confidence threshold for the manifest")
-    parser.add_argument("--detector-size", type=_size, default=DEFAULT_SIZE, metavar="HxW",
-                        help="detector input (default 480x640: 4:3 frames without padding rows; 640x640 is native)")
+    parser.add_argument("--detector-size", type=_size, default=None, metavar="HxW",
+                        help="detector input (default 480x640: 4:3 frames without padding rows; 640x640 is native; "
+                             "a fine-tuned detector: the size it was trained at)")
     parser.add_argument("--trained", type=Path,
                         help="a `trapedge train` output folder to export instead of the pretrained models")
     parser.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
@@ -96,8 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    size = args.detector_size or (_trained_size(args.trained) if args.trained else None) or DEFAULT_SIZE
     options = ExportOptions(out=args.out, data=args.data, name=args.out.name, detector_threshold=args.threshold,
-                            detector_size=args.detector_size)
+                            detector_size=size)
     if args.calibration:
         options.calibration = dict.fromkeys(options.calibration, args.calibration)
     if args.trained and (args.trained / "splits").is_dir():

@@ -119,6 +119,7 @@ def reid_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | None
 # a fine-tuned detector ships only if it does not lose what the pretrained one finds on val images
 KEEP_PRETRAINED_BOXES_MIN = 0.9
 ANIMAL_AP_TOLERANCE = 0.01  # AP50 points a fine-tuned detector may lose on animals (COCO AP is noisy)
+FALSE_ALARM_TOLERANCE = 0.02  # share of val animal frames that may newly get a person or vehicle box
 
 
 def detector_verdict(base: dict, tuned: dict, kept: float) -> tuple[bool, list[str]]:
@@ -127,12 +128,22 @@ def detector_verdict(base: dict, tuned: dict, kept: float) -> tuple[bool, list[s
     On the val images: animals no worse (AP50 within ``ANIMAL_AP_TOLERANCE``, recall at the
     manifest threshold at least the pretrained's), each other class with val boxes better (AP50),
     each other class with val frames labelled so (``frames_found``: the species data's Human /
-    Vehicle frames, which need no box) found in more of them, and at least
+    Vehicle frames, which need no box) found in more of them, no more val animal frames with a
+    person or vehicle box than the pretrained detector (within ``FALSE_ALARM_TOLERANCE``), and at least
     ``KEEP_PRETRAINED_BOXES_MIN`` of the pretrained detector's own boxes on frames without people or
     vehicles still found.
     """
     reasons = []
+    false_alarms = (tuned.get("frames_found", {}).get("animal_as_person_or_vehicle"),
+                    base.get("frames_found", {}).get("animal_as_person_or_vehicle"))
+    if false_alarms[0] and false_alarms[0]["frames"]:
+        before = false_alarms[1]["found"] if false_alarms[1] else 0
+        if false_alarms[0]["found"] > before + FALSE_ALARM_TOLERANCE * false_alarms[0]["frames"]:
+            reasons.append(f"{false_alarms[0]['found']} of {false_alarms[0]['frames']} animal frames get a person or "
+                           f"vehicle box (pretrained {before})")
     for name, found in tuned.get("frames_found", {}).items():
+        if name == "animal_as_person_or_vehicle":
+            continue
         before = base.get("frames_found", {}).get(name, {"found": 0})
         if found["frames"] and found["found"] <= before["found"]:
             reasons.append(f"{name} found in {found['found']} of {found['frames']} {name} frames, "
@@ -206,7 +217,7 @@ def _labelled_frames(config: TrainingConfig, split: str) -> dict[str, list[Path]
     out: dict[str, list[Path]] = {}
     for record in records:
         category = category_of(record.label or "empty")
-        if category in ("person", "vehicle") and record.path.resolve() in in_split:
+        if category in ("person", "vehicle", "animal") and record.path.resolve() in in_split:
             out.setdefault(category, []).append(record.path)
     return out
 
@@ -221,6 +232,18 @@ def frames_found(model, frames: dict[str, list[Path]], classes: list[str], input
     out = {}
     for category, paths in frames.items():
         if category not in classes:
+            continue
+        if category == "animal":  # false alarms: an animal frame with a person or vehicle box
+            others = [classes.index(c) for c in ("person", "vehicle") if c in classes]
+            if not others:
+                continue
+            pixels = []
+            for path in paths:
+                rgb = decode_image(path, max_side=MAX_SIDE).rgb
+                pixels.append(trim_info_bars(rgb, *detect_info_bars(rgb)))
+            found = detect(model, pixels, input_size, MANIFEST_THRESHOLD)
+            out["animal_as_person_or_vehicle"] = {
+                "frames": len(paths), "found": int(sum(bool(np.isin(d.class_id, others).any()) for d in found))}
             continue
         pixels = []
         for path in paths:

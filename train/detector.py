@@ -60,7 +60,7 @@ class DetectorConfig(BaseModel):
     epochs: int = Field(10, ge=1, title="Most epochs to train")
     batch_size: int = Field(4, ge=1, title="Images per step")
     lr: float = Field(1e-4, gt=0, title="Peak AdamW learning rate (cosine decay to 0)")
-    clip_grad: float | None = Field(10.0, gt=0, title="Largest gradient norm per step (None: no clipping)")
+    clip_grad: float | None = Field(35.0, gt=0, title="Largest gradient norm per step (None: no clipping)")
     repeat_threshold: float | None = Field(
         0.5, gt=0, le=1, title="Repeat-factor sampling (LVIS): an image is seen max(1, sqrt(t / f)) times per epoch, f "
                                "the share of training images holding its rarest class (None: each once)")
@@ -235,8 +235,10 @@ def _fit(model: YOLOX, train: Sequence[InputImage], val: Sequence[InputImage], c
     params = set_trainable(model, config.freeze)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     factors = repeat_factors(train, config.repeat_threshold) if config.repeat_threshold is not None else None
-    per_epoch = round(factors.sum()) if factors is not None else len(train)
-    steps = config.epochs * (-(-per_epoch // config.batch_size) + 1)
+    if factors is not None and (factors == 1).all():
+        factors = None  # nothing rare: each image once, as without sampling
+    per_epoch = int(np.ceil(factors).sum()) if factors is not None else len(train)  # the most an epoch can hold
+    steps = config.epochs * -(-per_epoch // config.batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     rng = np.random.default_rng(config.seed)
     best_loss, best_state, waited = math.inf, None, 0
