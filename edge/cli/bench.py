@@ -29,7 +29,7 @@ from edge.runtime.backends import BackendUnavailable, InferenceBackend
 from edge.runtime.bundle import BundleError, load_bundle
 from edge.storage.store import Store
 
-STAGES = ["decode", "gate", "detect", "classify", "embed", "store", "publish"]
+STAGES = ["decode", "gate", "detect", "second_look", "classify", "whole_frame", "embed", "store", "publish"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +88,7 @@ def run_worker(args: argparse.Namespace, backends: Mapping[str, InferenceBackend
                 if isinstance(analysis, FrameFailure):
                     continue
                 for stage, seconds in analysis.timings.items():
-                    times[stage].append(seconds)
+                    times.setdefault(stage, []).append(seconds)  # a stage not in STAGES still counts
                 t0 = time.perf_counter()
                 recorder.record(analysis)
                 times["store"].append(time.perf_counter() - t0)
