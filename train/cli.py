@@ -229,29 +229,25 @@ def frames_found(model, frames: dict[str, list[Path]], classes: list[str], input
     from train.detector_data import MANIFEST_THRESHOLD, MAX_SIDE
     from train.detector_eval import detect
 
-    out = {}
-    for category, paths in frames.items():
-        if category not in classes:
-            continue
-        if category == "animal":  # false alarms: an animal frame with a person or vehicle box
-            others = [classes.index(c) for c in ("person", "vehicle") if c in classes]
-            if not others:
-                continue
-            pixels = []
-            for path in paths:
-                rgb = decode_image(path, max_side=MAX_SIDE).rgb
-                pixels.append(trim_info_bars(rgb, *detect_info_bars(rgb)))
-            found = detect(model, pixels, input_size, MANIFEST_THRESHOLD)
-            out["animal_as_person_or_vehicle"] = {
-                "frames": len(paths), "found": int(sum(bool(np.isin(d.class_id, others).any()) for d in found))}
-            continue
+    def boxes_of(paths: list[Path]) -> list:  # as the edge sees them: info bars cut
         pixels = []
         for path in paths:
             rgb = decode_image(path, max_side=MAX_SIDE).rgb
             pixels.append(trim_info_bars(rgb, *detect_info_bars(rgb)))
-        found = detect(model, pixels, input_size, MANIFEST_THRESHOLD)
-        k = classes.index(category)
-        out[category] = {"frames": len(paths), "found": int(sum(bool((d.class_id == k).any()) for d in found))}
+        return detect(model, pixels, input_size, MANIFEST_THRESHOLD)
+
+    out = {}
+    for category, paths in frames.items():
+        if category not in classes:
+            continue
+        # an animal frame counts when it gets a person or vehicle box (a false alarm); others, a box of their class
+        wanted = [classes.index(c) for c in (("person", "vehicle") if category == "animal" else (category,))
+                  if c in classes]
+        if not wanted:
+            continue
+        found = sum(bool(np.isin(d.class_id, wanted).any()) for d in boxes_of(paths))
+        out["animal_as_person_or_vehicle" if category == "animal" else category] = {
+            "frames": len(paths), "found": int(found)}
     return out
 
 

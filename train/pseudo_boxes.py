@@ -170,9 +170,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad:
         raise SystemExit(f"--map classes must be person, vehicle, animal or empty, not {bad}")
     root = args.labels.parent
-    review = json.loads(args.review.read_text()) if args.review else None
     try:
-        document, drawn = pseudo_boxes(read_labels(args.labels), root, classes, args.checkpoint, args.threshold,
+        rows = read_labels(args.labels)
+        review = json.loads(args.review.read_text()) if args.review else None
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"pseudo_boxes: cannot read {exc}: give a file,label CSV and a JSON review") from None
+    try:
+        document, drawn = pseudo_boxes(rows, root, classes, args.checkpoint, args.threshold,
                                        review)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
