@@ -51,6 +51,7 @@ class TorchModels:
     architectures: dict[str, str] = field(default_factory=dict)
     taxonomy: dict[str, list[str]] = field(default_factory=dict)  # species label → ancestors, nearest first
     detector_native_size: tuple[int, int] = NATIVE_SIZE  # what the detector was trained at: the gates' reference
+    whole_frames: bool = False  # the classifier learnt whole frames: the edge adds the frame's vote to each crop's
 
 
 @dataclass
@@ -182,7 +183,7 @@ class BundleBuilder:
                                  thresholds={"confidence": opts.detector_threshold, "nms_iou": opts.nms_iou},
                                  decode={"kind": "yolox", "strides": [8, 16, 32]}),
                 "classifier": spec("classifier", "probs", architecture=m.architectures["classifier"], input=CROP_INPUT,
-                                   labels=m.species_labels, taxonomy=m.taxonomy,
+                                   labels=m.species_labels, taxonomy=m.taxonomy, whole_frames=m.whole_frames,
                                    thresholds={"confidence": gates.CLASSIFIER_CONFIDENT}),
                 "embedder": spec("embedder", "embedding", architecture=m.architectures["embedder"], input=CROP_INPUT,
                                  embedding_dim=int(m.embedder.dim)),

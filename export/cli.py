@@ -52,6 +52,7 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
         freeze_same_padding(model.backbone, CROP_INPUT.size)
     models.classifier, models.embedder, models.species_labels = classifier, embedder, list(classifier.labels)
     models.taxonomy = _run_taxonomy(run_dir, models.species_labels)
+    models.whole_frames = _run_config(run_dir).get("crops", "boxes") != "detector"  # unboxed images: whole frames
     models.architectures.update(classifier=f"{type(classifier).__name__}({run_dir.name})",
                                 embedder=f"{type(embedder).__name__}({run_dir.name})")
     if (run_dir / "detector.pt").is_file():
@@ -66,11 +67,16 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
 
 def _run_taxonomy(run_dir: Path, labels: list[str]) -> dict[str, list[str]]:
     """The training config's taxonomy for the classifier's labels (none when the run has no config)."""
+    taxonomy = _run_config(run_dir).get("taxonomy", {})
+    return {label: list(up) for label, up in taxonomy.items() if label in labels}
+
+
+def _run_config(run_dir: Path) -> dict:
+    """The run's saved training config (empty when it has none)."""
     import json
 
     path = run_dir / "config.json"
-    taxonomy = json.loads(path.read_text()).get("taxonomy", {}) if path.is_file() else {}
-    return {label: list(up) for label, up in taxonomy.items() if label in labels}
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _trained_size(run_dir: Path) -> tuple[int, int] | None:

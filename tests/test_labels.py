@@ -141,3 +141,22 @@ def test_an_event_rolls_up_by_the_same_rule():
     assert aggregate_burst(state, BurstConfig()).label == "Bobcat"
     event = aggregate_burst(state, BurstConfig(), space=ROLLUP)
     assert (event.label, event.score) == ("felidae", 0.7)
+
+
+@pytest.mark.parametrize(
+    ("class_id", "probs", "context", "expected"),
+    [
+        # the whole frame's vote is averaged into an animal box's: an unsure crop the frame is sure of
+        (0, [0.4, 0.1, 0.5], [0.9, 0.05, 0.05], ("fox", 0.65, "ensemble")),
+        # a crop the classifier calls a person stays one whatever the frame says
+        (0, [0.1, 0.8, 0.1], [0.9, 0.05, 0.05], ("person", 0.8, "classifier")),
+        # the detector's person decides, as without context
+        (1, [0.9, 0.05, 0.05], [0.9, 0.05, 0.05], ("person", 0.7, "detector")),
+    ],
+)
+def test_the_whole_frame_votes_with_each_animal_box(class_id, probs, context, expected):
+    det = combine_labels(_boxes([class_id], [0.7], [probs]), THREE_CLASS, np.array(context, np.float32))
+    label, score, source = expected
+    assert (det.labels(), det.data["label_source"].tolist()) == ([label], [source])
+    assert det.data["label_score"][0] == pytest.approx(score)
+    assert THREE_CLASS.labels[int(det.data["label_probs"][0].argmax())] == label

@@ -253,3 +253,14 @@ def test_edge_runtime_needs_neither_jsonschema_nor_torch():
     code = "import sys, edge.wire.messages, edge.publish.mqtt, edge.app.service; print(sorted({'jsonschema', 'torch'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_schema_names_every_label_source_an_embedded_box_can_have():
+    """A box decided a new way (e.g. the frame-context ensemble) must not be refused by central."""
+    from typing import get_args, get_type_hints
+
+    from edge.analysis.labels import SOURCES, WHOLE_FRAME
+
+    embeddable = set(SOURCES) - {WHOLE_FRAME}  # a whole-frame label is never embedded
+    assert set(contract.load_schema("embedding")["properties"]["label_source"]["enum"]) == embeddable
+    assert set(get_args(get_type_hints(Box)["label_source"])) == set(SOURCES)

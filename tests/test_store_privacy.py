@@ -1,6 +1,7 @@
 """Store migrations and retention; privacy handling of people and vehicles."""
 
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from common.wire import load_schema
 from edge.analysis.analyzer import Analyzer, FrameAnalysis
 from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
 from edge.analysis.gate import MotionGate, MotionGateConfig
-from edge.analysis.labels import LabelSpace, combine_labels
+from edge.analysis.labels import LabelSpace, combine_labels, frame_prediction
 from edge.capture.decode import decode_image
 from edge.capture.frame import Frame
 from edge.events.bursts import BurstConfig
@@ -57,21 +58,34 @@ def test_retention_never_touches_the_outbox(tmp_path):
 
 
 class FixedClassifier:
-    """Stands in for the classifier: every crop gets the given label (and an embedding, when shared)."""
+    """Stands in for the classifier: every crop gets the given label (and an embedding, when shared);
+    the whole frame gets ``frame_label`` (default: the same, as sure)."""
 
-    def __init__(self, labels, label, score=0.9):
+    def __init__(self, labels, label, score=0.9, frame_label=None, frame_score=None, whole_frames=True):
         self.labels, self.k, self.score = labels, labels.index(label), score
+        self.spec = SimpleNamespace(whole_frames=whole_frames, taxonomy={})  # learnt whole frames: they vote
+        self.frame_k, self.frame_score = labels.index(frame_label or label), frame_score or score
+        self.frame = object()
 
     def crops_of(self, rgb, detections):
         return [rgb] * len(detections)
 
+    def whole(self, rgb):
+        return self.frame
+
     def run_all(self, crops):
         probs = np.zeros((len(crops), len(self.labels)), np.float32)
-        probs[:, self.k] = self.score
+        for i, crop in enumerate(crops):
+            k, score = (self.frame_k, self.frame_score) if crop is self.frame else (self.k, self.score)
+            probs[i] = (1 - score) / (len(self.labels) - 1)  # the rest spread evenly
+            probs[i, k] = score
         return [probs, np.ones((len(crops), 4), np.float32) / 2]
 
     def result_of(self, outputs):
         return outputs[0]
+
+    def run_crops(self, crops):
+        return self.result_of(self.run_all(crops))
 
 
 class CountingEmbedder:
@@ -116,16 +130,63 @@ def test_only_confident_animals_are_embedded(data, label, score, embedded, share
     labels = ["fox", "person", "vehicle", "other"]
     embedder = CountingEmbedder(shared)
     analyzer = Analyzer(FixedDetector(), FixedClassifier(labels, label, score), embedder, MotionGate(MotionGateConfig()),
-                        PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
+                        PreprocessConfig(), DetectionConfig(rollup_min_score=None), PrivacyConfig(), 0.3)
     rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
     analysis = analyzer.analyse(Frame("sd", "k", T0, "exif", rgb=rgb))
     assert analysis.detections.labels() == [label]
-    assert analysis.detections.data["label_source"].tolist() == ["classifier"]
+    # the whole frame votes with the crop (SpeciesNet-style), except on a crop called a person or vehicle
+    source = "classifier" if label in ("person", "vehicle") else "ensemble"
+    assert analysis.detections.data["label_source"].tolist() == [source]
     assert bool(analysis.detections.data["embedded"][0]) is embedded
     assert embedder.calls == int(embedded and not shared)
     # a person's vector never leaves the analysis, even when the shared graph computed it
     vectors = analysis.detections.data.get("embedding", np.zeros((1, 4)))
     assert bool(np.any(vectors[0])) is embedded
+
+
+@pytest.mark.parametrize(("crop", "crop_score", "frame", "label", "embedded"), [
+    ("person", 0.6, "fox", "person", False),  # the frame never talks a person crop into an animal
+    ("vehicle", 0.6, "fox", "vehicle", False),
+    ("fox", 0.4, "fox", "fox", True),  # an unsure crop the whole frame agrees with: confidently a fox
+    ("fox", 0.6, "other", "other", False),  # the frame's doubt makes a sure crop unsure: blurred, never embedded
+])
+def test_the_frame_votes_but_never_unmasks_a_person(data, crop, crop_score, frame, label, embedded):
+    labels = ["fox", "person", "vehicle", "other"]
+    classifier = FixedClassifier(labels, crop, crop_score, frame_label=frame, frame_score=0.95)
+    analyzer = Analyzer(FixedDetector(), classifier, CountingEmbedder(), MotionGate(MotionGateConfig()),
+                        PreprocessConfig(), DetectionConfig(rollup_min_score=None), PrivacyConfig(), 0.3)
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
+    det = analyzer.analyse(Frame("sd", "k", T0, "exif", rgb=rgb)).detections
+    assert det.labels() == [label]
+    assert bool(det.data["embedded"][0]) is embedded
+    off = Analyzer(FixedDetector(), classifier, CountingEmbedder(), MotionGate(MotionGateConfig()),
+                   PreprocessConfig(), DetectionConfig(frame_context=False, rollup_min_score=None), PrivacyConfig(), 0.3)
+    assert off.analyse(Frame("sd", "k", T0, "exif", rgb=rgb)).detections.labels() == [crop]
+    # a classifier that only learnt crops (the default bundle's) gets no frame vote unless asked
+    crops_only = FixedClassifier(labels, crop, crop_score, frame_label=frame, frame_score=0.95, whole_frames=False)
+    auto = Analyzer(FixedDetector(), crops_only, CountingEmbedder(), MotionGate(MotionGateConfig()),
+                    PreprocessConfig(), DetectionConfig(rollup_min_score=None), PrivacyConfig(), 0.3)
+    assert auto.analyse(Frame("sd", "k", T0, "exif", rgb=rgb)).detections.labels() == [crop]
+
+
+class NoBoxDetector(FixedDetector):
+    def detect(self, rgb, confidence=None):
+        return Detections.empty()
+
+
+@pytest.mark.parametrize(("frame", "label", "blurred"), [("person", "person", True), ("fox", "fox", False)])
+def test_a_frame_without_a_box_is_classified_whole(data, frame, label, blurred):
+    """The whole-frame backup also catches a person the detector missed: the frame is a person frame,
+    its box is blurred (not confidently an animal) and nothing is embedded."""
+    labels = ["fox", "person", "vehicle", "other"]
+    analyzer = Analyzer(NoBoxDetector(), FixedClassifier(labels, frame, 0.95), CountingEmbedder(),
+                        MotionGate(MotionGateConfig()), PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
+    det = analyzer.analyse(Frame("sd", "k", T0, "exif", rgb=rgb)).detections
+    assert det.labels() == [label] and det.data["label_source"].tolist() == ["whole_frame"]
+    assert bool(det.data["confident_animal"][0]) is not blurred
+    assert not det.data["embedded"].any()
+    assert frame_prediction(det)[0] == label
 
 
 def test_person_thumbnails_are_blurred_in_store_and_alert(tmp_path, data):
@@ -168,7 +229,7 @@ class PersonDetector(FixedDetector):
 def test_a_detector_person_is_a_person_whatever_the_species_classifier_says(data):
     embedder = CountingEmbedder()
     analyzer = Analyzer(PersonDetector(), FixedClassifier(["fox", "person"], "fox"), embedder,
-                        MotionGate(MotionGateConfig()), PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
+                        MotionGate(MotionGateConfig()), PreprocessConfig(), DetectionConfig(rollup_min_score=None), PrivacyConfig(), 0.3)
     rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
     analysis = analyzer.analyse(Frame("sd", "k", T0, "exif", rgb=rgb))
     det = analysis.detections

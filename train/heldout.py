@@ -18,13 +18,14 @@ from train.evaluate import Annotated, annotated, evaluate
 from train.splits import load_split
 
 
-def _test_paths(split_csv: Path, root: Path) -> set[Path]:
-    return {(root / row.path).resolve() for row in load_split(split_csv).rows if row.split == "test"}
+def _subset_paths(split_csv: Path, root: Path, subset: str) -> set[Path]:
+    return {(root / row.path).resolve() for row in load_split(split_csv).rows if row.split == subset}
 
 
-def held_out_sets(run_dir: Path) -> dict[str, list[Annotated]]:
-    """Each source's held-out (test) images with their reference, named ``species:<name>`` /
-    ``boxes:<name>``; sources without test images are left out.
+def held_out_sets(run_dir: Path, subset: str = "test") -> dict[str, list[Annotated]]:
+    """Each source's held-out (``test``) images with their reference, named ``species:<name>`` /
+    ``boxes:<name>``; sources without such images are left out. ``subset="val"`` gives the images
+    that choose thresholds (never the test ones).
 
     Raises:
         FileNotFoundError: the run has no ``config.json`` or a dataset is gone.
@@ -38,7 +39,7 @@ def held_out_sets(run_dir: Path) -> dict[str, list[Annotated]]:
     species_csv = run_dir / "splits" / "species.csv"
     if config.species and species_csv.exists():
         root = config.resolve(config.species[0].path).parent
-        test = _test_paths(species_csv, root)
+        test = _subset_paths(species_csv, root, subset)
         for source in config.species:
             where = config.resolve(source.path)
             images = config.resolve(source.images) if source.images else None
@@ -48,25 +49,27 @@ def held_out_sets(run_dir: Path) -> dict[str, list[Annotated]]:
     if config.boxes and (run_dir / "splits" / "boxes.csv").exists():
         records = read_boxes(config)
         test_records = split_boxes(records, run_dir / "splits" / "boxes.csv", config.seed,
-                                   fixed=_species_split(config), root=config.data_root)["test"]
+                                   fixed=_species_split(config), root=config.data_root)[subset]
         for name in dict.fromkeys(r.source for r in test_records):
             sets[f"boxes:{name}"] = annotated(r for r in test_records if r.source == name)
     return sets
 
 
-def evaluate_held_out(bundle: Path, run_dir: Path, precision: str = "int8") -> dict[str, Any]:
+def evaluate_held_out(bundle: Path, run_dir: Path, precision: str = "int8", subset: str = "test",
+                      detection: dict[str, Any] | None = None) -> dict[str, Any]:
     """``evaluate`` of each held-out set through ``bundle``'s pipeline: ``{source: figures}`` (the
-    per-image failure reasons left out: their count stays)."""
+    per-image failure reasons left out: their count stays). ``subset="val"`` and ``detection``
+    (``DetectionConfig`` fields) compare settings on the images meant for choosing them."""
     from edge.app.config import EdgeConfig
     from edge.app.factory import build_analyzer
 
     config = EdgeConfig.model_validate({
         "device_id": "trapedge-evaluate", "bundle": {"path": str(bundle), "precision": precision},
         "sources": [{"type": "folder", "id": "held-out", "path": str(run_dir)}],
-        "gate": {"enabled": False}, "preprocess": {"detect_info_bars": True}})
+        "gate": {"enabled": False}, "preprocess": {"detect_info_bars": True}, "detection": detection or {}})
     analyzer = build_analyzer(config)
     out = {}
-    for name, references in held_out_sets(run_dir).items():
+    for name, references in held_out_sets(run_dir, subset).items():
         figures, _ = evaluate(analyzer, references)
         figures.pop("failures", None)
         out[name] = figures

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.labels import category_of
 from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
 from edge.analysis.gate import MotionGate
 from edge.analysis.labels import ANIMAL, WHOLE_FRAME, LabelSpace, combine_labels, confident_animals, names_animal
@@ -72,6 +73,8 @@ class Analyzer:
         self.detector, self.classifier, self.embedder = detector, classifier, embedder
         self.gate, self.preprocess, self.detection, self.privacy = gate, preprocess, detection, privacy
         self.min_crop_confidence = min_crop_confidence
+        learnt_whole = bool(getattr(getattr(classifier, "spec", None), "whole_frames", False))
+        self.frame_context = learnt_whole if detection.frame_context is None else detection.frame_context
         self.space = LabelSpace.of(detector.labels, classifier.labels if classifier else (),
                                    getattr(getattr(classifier, "spec", None), "taxonomy", None),
                                    detection.rollup_min_score if classifier else None)
@@ -108,10 +111,10 @@ class Analyzer:
         passes, motion = self.gate.passes(frame.source_id, work)
         timings["gate"] = time.perf_counter() - start
         detections = self._detect(work, top, timings) if passes else Detections.empty()
-        detections = self._classify(rgb, detections, timings)
-        detections = combine_labels(detections, self.space)
+        detections, context = self._classify(rgb, work, detections, timings)
+        detections = combine_labels(detections, self.space, context)
         if passes and not len(detections):
-            detections = self._whole_frame(work, top, detections, timings)
+            detections = self._whole_frame(work, top, detections, context, timings)
         privacy = self.privacy
         detections = detections.with_data(confident_animal=confident_animals(
             detections, frozenset(privacy.not_animal_labels), privacy.animal_min_score))
@@ -130,36 +133,48 @@ class Analyzer:
             timings["second_look"] = time.perf_counter() - start
         return detections.shifted(0, top) if top else detections
 
-    def _classify(self, rgb: np.ndarray, detections: Detections, timings: dict[str, float]) -> Detections:
+    def _classify(self, rgb: np.ndarray, work: np.ndarray, detections: Detections,
+                  timings: dict[str, float]) -> tuple[Detections, np.ndarray | None]:
+        """Each box's crop through the classifier and, with ``frame_context``, the whole trimmed frame in
+        the same run (the frame's probabilities, or None)."""
         if self.classifier is None or not len(detections):
-            return detections
+            return detections, None
         start = time.perf_counter()
-        outputs = self.classifier.run_all(self.classifier.crops_of(rgb, detections))
-        detections = detections.with_data(species_probs=self.classifier.result_of(outputs))
+        whole = [self.classifier.whole(work)] if self.frame_context else []
+        outputs = self.classifier.run_all([*whole, *self.classifier.crops_of(rgb, detections)])
+        probs = self.classifier.result_of(outputs)
+        context, probs = (probs[0], probs[1:]) if whole else (None, probs)
+        detections = detections.with_data(species_probs=probs)
         if self.embedder is not None and self.embedder.shares_run_with(self.classifier):
             # one graph for both: the embeddings came with the probabilities (_embed keeps the eligible ones)
-            detections = detections.with_data(embedding=self.embedder.result_of(outputs))
+            detections = detections.with_data(embedding=self.embedder.result_of(outputs)[len(whole):])
         timings["classify"] = time.perf_counter() - start
-        return detections
+        return detections, context
 
-    def _whole_frame(self, work: np.ndarray, top: int, none: Detections, timings: dict[str, float]) -> Detections:
+    def _whole_frame(self, work: np.ndarray, top: int, none: Detections, context: np.ndarray | None,
+                     timings: dict[str, float]) -> Detections:
         """The backup for a frame without a box: the classifier on the whole trimmed frame (as it was
-        trained on whole frames). A confident animal class becomes one frame-sized box labelled by it,
-        ``label_source`` ``whole_frame`` (never embedded: it is not a crop of one animal)."""
+        trained on whole frames). A confident class that is not empty (an animal, or a person or vehicle
+        the detector missed) becomes one frame-sized box labelled by it, ``label_source``
+        ``whole_frame``: never embedded (it is not a crop of one animal), and blurred unless it is
+        confidently an animal."""
         if self.classifier is None or not self.detection.whole_frame:
             return none
-        start = time.perf_counter()
-        probs = self.classifier.run_crops([self.classifier.whole(work)])
-        timings["whole_frame"] = time.perf_counter() - start
+        if context is None:
+            start = time.perf_counter()
+            context = self.classifier.run_crops([self.classifier.whole(work)])[0]
+            timings["whole_frame"] = time.perf_counter() - start
+        probs = np.asarray(context, np.float32).reshape(1, -1)
         best = int(np.argmax(probs[0]))
         label, score = self.space.classifier[best], float(probs[0, best])
-        if score < self.detection.whole_frame_min_score or not names_animal(label, frozenset(
-                self.privacy.not_animal_labels)):
+        if score < self.detection.whole_frame_min_score or not (
+                names_animal(label, frozenset(self.privacy.not_animal_labels))
+                or category_of(label) in ("person", "vehicle")):
             return none
         h, w = work.shape[:2]
         box = Detections(np.array([[0, top, w, top + h]], np.float32), np.array([score], np.float32),
                          np.array([self.space.detector.index(ANIMAL) if ANIMAL in self.space.detector else 0]))
-        box = combine_labels(box.with_data(species_probs=probs.astype(np.float32)), self.space)
+        box = combine_labels(box.with_data(species_probs=probs), self.space)
         return box.with_data(label_source=np.array([WHOLE_FRAME], dtype=object))
 
     def eligible_for_embedding(self, detections: Detections) -> np.ndarray:

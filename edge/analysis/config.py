@@ -23,13 +23,17 @@ class DetectionConfig(BaseModel):
     confidence: float | None = Field(None, ge=0, le=1, title="Detector threshold (default: the bundle manifest's)")
     classify: bool = Field(True, title="Run the species classifier on crops")
     embed: bool = Field(True, title="Run the embedder on eligible crops")
+    frame_context: bool | None = Field(
+        None, title="Classify the whole (trimmed) frame with the boxes' crops and average it into each animal box's "
+                    "vote (SpeciesNet-style ensemble; label_source ensemble); a crop the classifier calls a person or "
+                    "vehicle stays one. null: on when the bundle's classifier learnt whole frames (whole_frames)")
     whole_frame: bool = Field(True, title="When the detector finds no box, classify the whole (trimmed) frame: a "
                                           "confident animal class makes the frame non-empty (label_source whole_frame)")
     whole_frame_min_score: float = Field(0.8, ge=0, le=1, title="Probability the whole frame's animal class needs")
     second_look: SecondLookConfig = Field(default_factory=SecondLookConfig,
                                           title="Tiles for small and far animals (edge/analysis/tiles.py)")
     rollup_min_score: float | None = Field(
-        0.5, ge=0, le=1, title="Below this, a box's (and an event's) best species rolls up the bundle's taxonomy "
+        0.3, ge=0, le=1, title="Below this, a box's (and an event's) best species rolls up the bundle's taxonomy "
                                "(species → family → ... → animal) to the first level that reaches it; null: never")
 
 

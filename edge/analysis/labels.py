@@ -9,11 +9,16 @@ output). The rules:
 2. Otherwise the classifier's best class is the label, scored by its probability (a single-class
    detector's ``animal`` box can so become ``person`` when the classifier says so).
 3. Without a classifier the detector's class name is the label.
-4. A frame without any box is classified whole (``Analyzer``): a confident animal class gives the
-   frame one frame-sized box with that label and ``label_source`` ``whole_frame`` (SpeciesNet's
-   whole-image backup); it is never embedded.
+4. A frame without any box is classified whole (``Analyzer``): a confident class that is not
+   empty (an animal, or a person or vehicle the detector missed) gives the frame one frame-sized box
+   with that label and ``label_source`` ``whole_frame`` (SpeciesNet's whole-image backup); it is
+   never embedded.
+5. Frame context (SpeciesNet's ensemble of a whole-image classifier with the detector): with the
+   whole frame's classification (``context``), an animal box's vote is the mean of its crop's and the
+   frame's probabilities, ``label_source`` ``ensemble``; a crop the classifier itself calls a person
+   or a vehicle stays so (privacy fails safe: the frame never talks a person into an animal).
 
-5. Taxonomic roll-up (with a ``LabelSpace.rollup_min_score``): when the classifier's best animal
+6. Taxonomic roll-up (with a ``LabelSpace.rollup_min_score``): when the classifier's best animal
    class scores below it, the label rolls up the bundle's label hierarchy (``taxonomy``: label →
    ancestors, nearest first, carried in the manifest) to the most specific ancestor whose
    descendants' probabilities sum to it (``Bobcat`` 0.45 + ``Mountain lion`` 0.3 → ``felidae``
@@ -39,7 +44,8 @@ from edge.runtime.detections import Detections
 ANIMAL = "animal"
 WHOLE_FRAME = "whole_frame"
 ROLLUP = "rollup"
-SOURCES = ("detector", "classifier", WHOLE_FRAME, ROLLUP)
+ENSEMBLE = "ensemble"
+SOURCES = ("detector", "classifier", ENSEMBLE, WHOLE_FRAME, ROLLUP)
 
 
 @dataclass(frozen=True)
@@ -118,20 +124,23 @@ class LabelSpace:
         return self.detector[class_id] if 0 <= class_id < len(self.detector) else ANIMAL
 
 
-def _decide(space: LabelSpace, class_id: int, confidence: float,
-            probs: np.ndarray | None) -> tuple[str, float, str, np.ndarray]:
+def _decide(space: LabelSpace, class_id: int, confidence: float, probs: np.ndarray | None,
+            context: np.ndarray | None = None) -> tuple[str, float, str, np.ndarray]:
     """(label, score, source, vote) of one box."""
     name = space.detector_name(class_id)
     vote = np.zeros(len(space.labels), np.float32)
     if name != ANIMAL or probs is None:
         vote[space.index(name)] = 1.0
         return name, float(confidence), "detector", vote
+    source = "classifier"
+    if context is not None and category_of(space.classifier[int(np.argmax(probs))]) not in ("person", "vehicle"):
+        probs, source = (probs + context) / 2.0, ENSEMBLE
     vote[: len(probs)] = probs
     rolled = space.roll_up(vote)
     if rolled is not None:
         return rolled[0], rolled[1], ROLLUP, rolled[2]
     best = int(np.argmax(probs))
-    return space.classifier[best], float(probs[best]), "classifier", vote
+    return space.classifier[best], float(probs[best]), source, vote
 
 
 def names_animal(label: str, not_animal: set[str] | frozenset[str]) -> bool:
@@ -150,13 +159,14 @@ def confident_animals(detections: Detections, not_animal: set[str] | frozenset[s
     return named & (detections.data["label_score"] >= min_score)
 
 
-def combine_labels(detections: Detections, space: LabelSpace) -> Detections:
+def combine_labels(detections: Detections, space: LabelSpace, context: np.ndarray | None = None) -> Detections:
     """The detections with ``label``, ``label_score``, ``label_source`` and ``label_probs`` columns.
 
-    Reads ``class_id``, ``confidence`` and, when the classifier ran, ``species_probs``.
+    Reads ``class_id``, ``confidence`` and, when the classifier ran, ``species_probs``; ``context`` is
+    the whole frame's classifier probabilities (rule 5), None without.
     """
     probs = detections.data.get("species_probs")
-    decided = [_decide(space, int(c), float(s), None if probs is None else probs[i])
+    decided = [_decide(space, int(c), float(s), None if probs is None else probs[i], context)
                for i, (c, s) in enumerate(zip(detections.class_id, detections.confidence))]
     n = len(detections)
     return detections.with_data(

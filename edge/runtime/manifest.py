@@ -64,6 +64,8 @@ class ModelSpec(_Strict):
     parity: dict[str, float] = Field(default_factory=dict, title="Figures measured at export")
     taxonomy: dict[str, list[str]] = Field(default_factory=dict, title="Classifier: label → its ancestors, nearest "
                                                                       "first, for the taxonomic roll-up")
+    whole_frames: bool = Field(False, title="Classifier: it learnt whole frames (images without a box), so the "
+                                            "frame's own classification is a vote worth adding to each crop's")
 
 
 class Manifest(_Strict):

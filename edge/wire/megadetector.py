@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from edge.analysis.labels import WHOLE_FRAME, frame_prediction
+from edge.analysis.labels import ENSEMBLE, WHOLE_FRAME, frame_prediction
 from edge.runtime.detections import Detections
 from edge.runtime.manifest import Manifest, ModelSpec
 
@@ -46,11 +46,13 @@ def image_entry(result: ImageResult, top_k: int = 3) -> dict:
     if "label_source" in det.data:
         det = det[det.data["label_source"] != WHOLE_FRAME]
     probs = det.data.get("species_probs")
+    if probs is not None and "label_probs" in det.data:  # the vote over the classifier's labels
+        probs = det.data["label_probs"][:, : probs.shape[1]]
     entries = []
     for i, bbox in enumerate(det.normalised_xywh(result.image_hw)):
         entry: dict[str, object] = {"category": str(int(det.class_id[i]) + 1),
                                     "conf": round(float(det.confidence[i]), 4), "bbox": bbox}
-        if probs is not None and det.data["label_source"][i] == "classifier":
+        if probs is not None and det.data["label_source"][i] in ("classifier", ENSEMBLE):
             order = np.argsort(-probs[i], kind="stable")[:top_k]
             entry["classifications"] = [[str(int(k)), round(float(probs[i, k]), 4)] for k in order]
         entries.append(entry)

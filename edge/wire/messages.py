@@ -149,7 +149,7 @@ class Box:
     confidence: float
     label: str | None
     label_score: float | None
-    label_source: Literal["detector", "classifier", "whole_frame", "rollup"]
+    label_source: Literal["detector", "classifier", "ensemble", "whole_frame", "rollup"]
 
     def __post_init__(self) -> None:
         if len(self.bbox) != 4 or not all(0.0 <= float(v) <= 1.0 for v in self.bbox):
