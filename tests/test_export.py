@@ -102,7 +102,8 @@ def test_blank_calibration_fails_the_gates_and_writes_nothing(data, pretrained, 
         blanks.append(tmp_path / f"blank{i}.jpg")
         Image.new("RGB", (1920, 1080), (i, i, i)).save(blanks[-1])
     images = default_images(data)
-    images = dataclasses.replace(images, detector_calibration=blanks, crop_calibration=images.crop_calibration[::4])
+    images = dataclasses.replace(images, detector_calibration=blanks, crop_calibration=images.crop_calibration[::4],
+                                 check_frames=images.check_frames[::5], check_crops=images.check_crops[::3])
     out = tmp_path / "bundles" / "blank"
     with pytest.raises(gates.GateError, match="detector.int8_recall_of_fp32"):
         build_bundle(default_models(pretrained["efficientnet_lite0"].parent), ExportOptions(out=out, data=data, images=images))
