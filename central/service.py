@@ -16,6 +16,7 @@ from central.ingest import Rejected, parse, sighting_of
 from central.matching import Matcher, numpy_gallery
 from central.store import CentralStore
 from central.subscriber import Subscriber
+from common.logs import setup_logging
 
 log = logging.getLogger("trapedge.central")
 
@@ -124,7 +125,7 @@ class CentralService:
 
 def main(config: CentralConfig) -> int:
     """Run until SIGTERM or SIGINT."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)
     service = CentralService(config)
     service.start()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -281,6 +282,54 @@ def test_huge_jpeg_decodes_small_in_bounded_memory(tmp_path, coyote):
     height, width, flags, grew_mib = int(out[0]), int(out[1]), out[2], int(out[3])
     assert (width, height) == (1500, 1125) and flags == "reduced"  # 1/8 DCT scale, still >= 960
     assert grew_mib < 100  # a full decode would need 324 MB for the pixels alone
+
+
+@pytest.mark.parametrize("size", [8944, 30000])
+def test_a_tiny_png_of_huge_size_is_refused_in_bounded_memory(tmp_path, size):
+    """A 1-bit PNG of a few KB that would decode to 80 MP / 900 MP (825 MB and more): refused with a
+    reason before any pixel is decoded, so the service's MemoryMax is never reached."""
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (size, size)).save(bomb, optimize=True)
+    assert bomb.stat().st_size < 200_000
+    code = (
+        "import resource; from edge.capture.decode import read_frame; "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        f"f = read_frame({str(bomb)!r}, 'sd', 'k'); "
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024); print(f.failure)"
+    )
+    grew_mib, failure = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                       check=True).stdout.splitlines()
+    assert int(grew_mib) < 50
+    assert failure.startswith("image too large") and ("20 MP" in failure or "decompression bomb" in failure)
+
+
+def test_a_png_within_the_budget_still_decodes(tmp_path):
+    Image.new("RGB", (5000, 4000), (10, 20, 30)).save(tmp_path / "ok.png")
+    frame = read_frame(tmp_path / "ok.png", "sd", "k")
+    assert frame.ok and frame.rgb.shape == (4000, 5000, 3)
+
+
+def test_the_folder_never_follows_a_symbolic_link_out_of_it(tmp_path, data, caplog):
+    inbox, outside = tmp_path / "in", tmp_path / "secret"
+    inbox.mkdir()
+    outside.mkdir()
+    shutil.copy(data / "frames/ena24_small/8831.jpg", outside / "private.jpg")
+    shutil.copy(data / "frames/ena24_small/8786.jpg", inbox / "camera.jpg")
+    (inbox / "link.jpg").symlink_to(outside / "private.jpg")
+    (inbox / "passwd.jpg").symlink_to("/etc/passwd")
+    (inbox / "dir").symlink_to(outside, target_is_directory=True)
+    source = create_source(FolderConfig(id="sd", path=inbox, settle_seconds=0, poll_seconds=0.01, recursive=True),
+                           lambda *_: False)
+    with caplog.at_level("WARNING"):
+        frames = _poll_all(source)
+        assert _poll_all(source) == []
+    assert [Path(f.path).name for f in frames] == ["camera.jpg"]
+    refused = [r.getMessage() for r in caplog.records if "symbolic link" in r.getMessage()]
+    assert len(refused) == 3  # each link said once, not at every scan
+    source.close()
+    # a file swapped for a link between the scan and the decode is refused, not read
+    frame = read_frame(inbox / "link.jpg", "sd", "k", follow_symlinks=False)
+    assert not frame.ok and "symbolic link" in frame.failure
 
 
 # --- folder source: files still arriving, clocks ahead, files that vanish

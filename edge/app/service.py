@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.logs import setup_logging
 from edge.analysis.analyzer import Analyzer, FrameFailure
 from edge.app import systemd
 from edge.app.bundle_install import self_rollback, smoke_check, smoke_images, store_frames
@@ -207,7 +208,7 @@ def install_signal_handlers(service: Service) -> None:
 
 def main(config: EdgeConfig, once: bool = False) -> int:
     """Start, run, stop."""
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.log_level)
     service = Service(config)
     install_signal_handlers(service)
     try:

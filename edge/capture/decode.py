@@ -8,6 +8,7 @@ JPEG draft mode, and bounded by ``max_pixels`` for other formats).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -15,6 +16,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -22,7 +24,11 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from edge.capture.frame import Frame, TimeSource
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
-MAX_PIXELS = 80_000_000
+MAX_PIXELS = 80_000_000  # a JPEG above this is decoded at 1/8 scale or less (draft mode); never in full
+# Formats without draft mode decode in full: the pixels as read, as RGB and as the numpy copy, ~7 bytes
+# a pixel at the peak (a 1-bit PNG of 80 MP reached 825 MB). 20 MP keeps that under 150 MB, beside the
+# models' ~220 MB, inside the unit's MemoryMax=512M; no camera trap writes larger PNG/TIFF/BMP/WebP.
+MAX_FULL_DECODE_PIXELS = 20_000_000
 # frames are decoded with the longer side >= this: enough for the 640 letterbox and for crops,
 # and JPEG draft mode then decodes 2-5 MP frames at 1/2 scale (measured 8.5 ms instead of 32 ms
 # for a 2048x1536 frame)
@@ -44,17 +50,31 @@ class DecodedImage:
     exif_time: datetime | None = None
 
 
-def _open(path: Path) -> Image.Image:
+def _open_file(path: Path, follow_symlinks: bool = True) -> BinaryIO:
+    """The file, opened for reading; refused with a reason when it is missing, empty or a link."""
+    if not follow_symlinks and path.is_symlink():
+        raise ImageDecodeError("a symbolic link (only files written into the folder are read)")
     if not path.is_file():
         raise ImageDecodeError("file not found")
     if path.stat().st_size == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     try:
+        # O_NOFOLLOW: a file swapped for a link after the scan is refused, not read
+        fd = os.open(path, os.O_RDONLY | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0)))
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot open: {exc.strerror or exc}") from exc
+    return os.fdopen(fd, "rb")
+
+
+def _open(handle: BinaryIO) -> Image.Image:
+    try:
         with warnings.catch_warnings():
-            # large but plausible: decode_image bounds it (JPEG draft mode, MAX_PIXELS otherwise)
+            # large but plausible: decode_image bounds it (JPEG draft mode, MAX_FULL_DECODE_PIXELS otherwise)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(path)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            return Image.open(handle)
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc}") from exc
+    except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__})") from exc
 
 
@@ -76,23 +96,28 @@ def _load(image: Image.Image) -> bool:
     return True
 
 
-def decode_image(path: str | Path, max_side: int | None = None) -> DecodedImage:
+def decode_image(path: str | Path, max_side: int | None = None, follow_symlinks: bool = True) -> DecodedImage:
     """Decode an image file into (H, W, 3) uint8 RGB, upright per its EXIF orientation.
 
     Args:
         path: the file.
         max_side: if given, JPEGs larger than this are decoded at a reduced DCT scale whose
             longer side is still at least ``max_side`` (fast and memory-light on a Pi).
+        follow_symlinks: False refuses a symbolic link (a watched folder reads only its own files).
 
     Raises:
         ImageDecodeError: for missing, empty, non-image or undecodable files.
     """
-    path = Path(path)
-    image = _open(path)
+    with _open_file(Path(path), follow_symlinks) as handle:
+        return _decode(_open(handle), max_side)
+
+
+def _decode(image: Image.Image, max_side: int | None) -> DecodedImage:
     source_size = image.size
     taken = exif_time(image)
-    if image.width * image.height > MAX_PIXELS and image.format != "JPEG":
-        raise ImageDecodeError(f"image too large ({image.width}x{image.height}) and not a JPEG")
+    if image.width * image.height > MAX_FULL_DECODE_PIXELS and image.format != "JPEG":
+        raise ImageDecodeError(f"image too large ({image.width}x{image.height}, {image.format}): formats other than "
+                               f"JPEG decode in full, at most {MAX_FULL_DECODE_PIXELS // 1_000_000} MP")
     reduced = False
     if image.format == "JPEG":
         target = max_side or (max(image.size) if image.width * image.height <= MAX_PIXELS else 4096)
@@ -165,11 +190,12 @@ def file_time(path: Path) -> tuple[datetime, TimeSource]:
         return datetime.now().astimezone(), "clock"
 
 
-def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None = DEFAULT_MAX_SIDE) -> Frame:
+def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None = DEFAULT_MAX_SIDE,
+               follow_symlinks: bool = True) -> Frame:
     """A ``Frame`` from an image file: pixels and flags, or a failure — never an exception."""
     path = Path(path)
     try:
-        decoded = decode_image(path, max_side=max_side)
+        decoded = decode_image(path, max_side=max_side, follow_symlinks=follow_symlinks)
     except (ImageDecodeError, OSError, ValueError, SyntaxError, MemoryError) as exc:
         return Frame(source_id, key, *file_time(path), path=path, failure=str(exc) or type(exc).__name__)
     time_source: TimeSource
@@ -182,12 +208,12 @@ def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None 
 
 
 def read_ahead(pool: Executor, jobs: Iterable[tuple[Path, str, str]], max_side: int | None = DEFAULT_MAX_SIDE,
-               prefetch: int = 1) -> Iterator[Frame]:
+               prefetch: int = 1, follow_symlinks: bool = True) -> Iterator[Frame]:
     """``read_frame`` for each (path, source id, key), decoding ``prefetch`` files ahead in ``pool``
     so the next JPEG decodes while the caller runs the models on this one."""
     pending: deque[Future] = deque()
     for path, source_id, key in jobs:
-        pending.append(pool.submit(read_frame, path, source_id, key, max_side))
+        pending.append(pool.submit(read_frame, path, source_id, key, max_side, follow_symlinks))
         if len(pending) > prefetch:
             yield pending.popleft().result()
     while pending:

@@ -8,6 +8,7 @@ that are not images are not skipped: they become failure frames, so nothing goes
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.capture.decode import DEFAULT_MAX_SIDE, read_ahead
 from edge.capture.frame import Frame
 from edge.capture.sources.base import IsDone
+
+log = logging.getLogger(__name__)
 
 KEY = "folder"
 UNAVAILABLE_REASON = ""
@@ -52,6 +55,7 @@ class Source:
         self.id, self.config, self.is_done = config.id, config, is_done
         self.root = Path(config.path)
         self.seen: set[str] = set()
+        self.links_refused: set[str] = set()
         self.unchanged_since: dict[str, float] = {}  # key -> when a scan first saw that size and mtime
         self.next_scan = 0.0
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{self.id}")
@@ -71,12 +75,21 @@ class Source:
                     if entry.is_dir(follow_symlinks=False):
                         if self.config.recursive:
                             stack.append(Path(entry.path))
-                    elif entry.is_file():
-                        stat = entry.stat()
+                    elif entry.is_symlink():
+                        self._refuse_link(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        stat = entry.stat(follow_symlinks=False)
                         found.append((stat.st_mtime, entry.name, Path(entry.path), stat))
                 except FileNotFoundError:
                     continue
         return sorted(found, key=lambda item: (item[0], item[1]))
+
+    def _refuse_link(self, path: str) -> None:
+        """A symbolic link is never followed out of the folder (it could name any file on the unit);
+        said once per link."""
+        if path not in self.links_refused:
+            self.links_refused.add(path)
+            log.warning("%s: skipping symbolic link %s: only files written into the folder are read", self.id, path)
 
     def key_of(self, path: Path, stat: os.stat_result) -> str:
         """Identity of a file version: relative path, size and mtime."""
@@ -116,7 +129,7 @@ class Source:
     def poll(self) -> Iterator[Frame]:
         """New settled files, decoded (one file ahead, in a worker thread), oldest first."""
         jobs = ((path, self.id, key) for path, key in self._new_files())
-        return read_ahead(self.pool, jobs, self.config.max_side, self.config.prefetch)
+        return read_ahead(self.pool, jobs, self.config.max_side, self.config.prefetch, follow_symlinks=False)
 
     def close(self) -> None:
         """Stop the decoding thread."""
