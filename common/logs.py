@@ -48,4 +48,4 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     """Log to stderr, one safe line per record (the services' set-up)."""
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter(FORMAT))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler])  # a no-op where logging is set up already (tests)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -81,11 +82,20 @@ class DiskGuard:
         self.path, self.config, self.usage = Path(path), config, usage
         self.full = False
         self.free_mb: float | None = None
+        self.write_failed_until = 0.0  # monotonic: a write failed for want of space; full at least till then
+
+    def write_failed(self, reason: str, hold_s: float = 30.0) -> None:
+        """A database write failed for want of space (the filesystem filled faster than the checks,
+        or another process filled it): full now, whatever free space says, for ``hold_s`` at least."""
+        self.write_failed_until = time.monotonic() + hold_s
+        if not self.full:
+            self.full = True
+            log.warning("disk full: a database write failed (%s): not taking frames; outbox keeps draining", reason)
 
     def check(self) -> bool:
         """Measure now; returns True when the state changed (logged once per change)."""
         self.free_mb = disk_free_mb(self.path, self.usage)
-        full = disk_full(self.free_mb, self.config, self.full)
+        full = disk_full(self.free_mb, self.config, self.full) or time.monotonic() < self.write_failed_until
         if full == self.full:
             return False
         self.full = full

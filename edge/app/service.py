@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from edge.capture.sources import create_source
 from edge.publish.mqtt import Publisher
 from edge.runtime.bundle import Bundle, BundleError, load_bundle
 from edge.storage.recorder import Recorder
-from edge.storage.store import Store
+from edge.storage.store import Store, StoreError, is_full
 
 log = logging.getLogger("trapedge")
 
@@ -152,15 +154,46 @@ class Service:
         count = 0
         for source in self.sources:
             for frame in source.poll():
-                if self.stop_requested.is_set():
-                    return count
+                if self.stop_requested.is_set() or not self.disk.accepting:
+                    source.retry_later(frame.key)  # taken but not recorded: offered again later (a file)
+                    break  # the source offers the rest of its batch again too
                 try:
                     self.process(frame)
+                except (sqlite3.Error, OSError) as exc:
+                    if not self._storage_failed(f"recording {frame.source_id}/{frame.key}", exc):
+                        raise
+                    source.retry_later(frame.key)
                 except Exception as exc:  # one bad frame must not stop the appliance
                     self.counters.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("processing %s/%s failed", frame.source_id, frame.key)
                 count += 1
+            if self.stop_requested.is_set():
+                break
         return count
+
+    def _storage_failed(self, what: str, exc: BaseException) -> bool:
+        """A database write that failed: for want of space, the disk is full (frames wait, the outbox
+        keeps draining) and memory is read back from the database; True when handled so."""
+        if not is_full(exc):
+            return False
+        self.disk.write_failed(f"{what}: {exc}")
+        self.counters.last_error = f"disk full: {exc}"
+        self.recorder.resync()
+        if self.publisher:
+            self.publisher.publish_status()
+        return True
+
+    def _housekeeping(self, what: str, step: Callable[[], object]) -> object:
+        """A periodic write (closing bursts, retention, status): a full disk or a database error is
+        logged and tried again next time, never the end of the service."""
+        try:
+            return step()
+        except (sqlite3.Error, OSError) as exc:
+            if not self._storage_failed(what, exc):
+                self.counters.last_error = f"{what}: {type(exc).__name__}: {exc}"
+                log.error("%s failed: %s: %s (tried again later)", what, type(exc).__name__, exc)
+                self.recorder.resync()
+            return None
 
     def run(self, once: bool = False) -> None:
         """Loop until SIGTERM (or, with ``once``, until the sources are drained and bursts closed)."""
@@ -168,19 +201,20 @@ class Service:
         systemd.ready()
         next_retention = next_status = time.monotonic()
         while not self.stop_requested.is_set():
+            self.store.check_file()
             handled = self.poll_once()
             watchdog.tick()
             if once and handled == 0:
-                self.recorder.close_idle(idle_seconds=0)
+                self._housekeeping("closing bursts", lambda: self.recorder.close_idle(idle_seconds=0))
                 break
-            if self.recorder.close_idle() and self.publisher:
+            if self._housekeeping("closing bursts", self.recorder.close_idle) and self.publisher:
                 self.publisher.kick()
             now = time.monotonic()
             if now >= next_retention:
-                self.store.apply_retention(self.config.store)
+                self._housekeeping("retention", lambda: self.store.apply_retention(self.config.store))
                 next_retention = now + self.config.retention_interval_s
             if now >= next_status and self.publisher:
-                self.publisher.publish_status()
+                self._housekeeping("status", self.publisher.publish_status)
                 next_status = now + self.config.status_interval_s
             if handled == 0:
                 self.stop_requested.wait(self.config.idle_sleep_s)
@@ -207,13 +241,17 @@ def install_signal_handlers(service: Service) -> None:
 
 
 def main(config: EdgeConfig, once: bool = False) -> int:
-    """Start, run, stop."""
+    """Start, run, stop. A database that cannot be used (read-only, deleted while running) ends it
+    with one line saying why and exit status 1 (systemd starts it again)."""
     setup_logging(config.log_level)
     service = Service(config)
     install_signal_handlers(service)
     try:
         service.start()
         service.run(once=once)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 1
     finally:
         service.stop()
     return 0

@@ -27,7 +27,7 @@ from edge.events.bursts import BurstConfig, BurstState, Event, add_frame, aggreg
 from edge.events.rules import RulesConfig, decide_alert
 from edge.runtime.detections import Detections
 from edge.storage.store import Store
-from edge.wire.messages import AlertMessage, Box, EmbeddingMessage, EventMessage, Message, Picture
+from edge.wire.messages import AlertMessage, Box, EmbeddingMessage, EventMessage, Message, Picture, stable_id
 from edge.wire.thumbnails import thumbnail_jpeg
 
 
@@ -95,6 +95,11 @@ class Recorder:
         self.labels = list(labels.labels) if isinstance(labels, LabelSpace) else list(labels)
         self.open: dict[str, _OpenBurst] = self._load_open()
 
+    def resync(self) -> None:
+        """Forget the bursts in memory and read the open ones back from the database: after a write
+        that failed (and was rolled back), memory and database agree again."""
+        self.open = self._load_open()
+
     # --- bursts -------------------------------------------------------------------------------
     def _load_open(self) -> dict[str, _OpenBurst]:
         rows = self.store.conn.execute(
@@ -117,7 +122,7 @@ class Recorder:
         event = aggregate_burst(burst.state, self.bursts, closed=True, space=self.space)
         self._save_event(event, burst)
         self._queue(EventMessage(device=self.identity.device_id, site=self.identity.site, event=event,
-                                 alerted=burst.alerted))
+                                 alerted=burst.alerted, id=stable_id(self.identity.device_id, "event", event.id)))
         return 1
 
     def close_idle(self, idle_seconds: float | None = None) -> int:
@@ -208,7 +213,7 @@ class Recorder:
             return None
         burst.alerted = True
         self._queue(AlertMessage(device=self.identity.device_id, site=self.identity.site, event=event,
-                                 thumbnail=burst.thumbnail))
+                                 thumbnail=burst.thumbnail, id=stable_id(self.identity.device_id, "alert", event.id)))
         return decision.label
 
     def _insert_frame(self, analysis: FrameAnalysis, event: str | None) -> int:
@@ -251,6 +256,8 @@ class Recorder:
             box = Box((x, y, w, h), float(det.confidence[i]), labels[i], float(det.data["label_score"][i]),
                       det.data["label_source"][i])
             self._queue(EmbeddingMessage(
+                id=stable_id(self.identity.device_id, "embedding", frame.source_id, frame.key, int(i),
+                             self.identity.bundle_version),
                 device=self.identity.device_id, event_id=event, source_id=frame.source_id, frame_time=frame.time,
                 box=box, vector=vector, model=self.identity.embedder_model, model_version=self.identity.bundle_version,
                 crop=self._embedding_crop(analysis, int(i))))

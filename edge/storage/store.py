@@ -6,6 +6,8 @@ and retention by age and size that never deletes an unsent outbox message.
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
@@ -76,16 +78,54 @@ def migrate(conn: sqlite3.Connection) -> int:
     return apply_migrations(conn, MIGRATIONS)
 
 
+class StoreError(Exception):
+    """The database cannot be used; the message says why and what to do, in one line."""
+
+
+class StoreLost(StoreError):
+    """The database file was deleted or replaced while the service had it open."""
+
+
+def is_full(exc: BaseException) -> bool:
+    """Whether a write failed for want of space (SQLite's SQLITE_FULL, or ENOSPC)."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
 class Store:
     """The database of one appliance. Thread-safe through one lock around its connection."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.conn = connect(self.path)
-        self.lock = threading.RLock()
-        with self.lock:
-            migrate(self.conn)
+        try:
+            self.conn = connect(self.path)
+            self.lock = threading.RLock()
+            with self.lock:
+                migrate(self.conn)
+                self.conn.execute("BEGIN IMMEDIATE")  # a read-only file or folder shows now, not at the first frame
+                self.conn.execute("ROLLBACK")
+            self.file_id = _file_id(self.path)
+        except (sqlite3.Error, OSError, RuntimeError) as exc:
+            raise StoreError(_why(self.path, exc)) from None
         self.outbox = Outbox(self.conn, self.lock)
+
+    def check_file(self) -> None:
+        """Raise ``StoreLost`` when the database file is no longer the one this store opened (deleted,
+        or replaced): writes would go to an unlinked file and be lost at the next start."""
+        try:
+            same = _file_id(self.path) == self.file_id
+        except FileNotFoundError:
+            same = False
+        if not same:
+            raise StoreLost(f"store {self.path} was deleted or replaced while running: stopping, so that the "
+                            "service starts again on the file now there (frames are analysed again under the same "
+                            "message ids: central keeps no duplicates)")
 
     def transaction(self) -> _Transaction:
         """``with store.transaction():`` — one atomic unit (frame rows + its outbox messages)."""
@@ -142,6 +182,22 @@ class Store:
         return deleted
 
 
+def _why(path: Path, exc: BaseException) -> str:
+    """One line: what is wrong with the database at ``path`` and what to do."""
+    text = str(exc) or type(exc).__name__
+    if "readonly" in text or "read-only" in text or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS)):
+        hint = "make the file, its -wal/-shm files and its folder writable by the service user"
+    elif is_full(exc):
+        hint = "free space on that filesystem"
+    elif "malformed" in text or "not a database" in text:
+        hint = "move it aside (the service then starts a new one) and keep it for inspection"
+    elif "newer than this trapedge" in text:
+        hint = "install the trapedge version that wrote it"
+    else:
+        hint = "check the path in store.path"
+    return f"store {path}: {text}: {hint}"
+
+
 class _Transaction:
     def __init__(self, store: Store):
         self.store = store
@@ -153,6 +209,12 @@ class _Transaction:
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         try:
-            self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            try:
+                self.store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            except sqlite3.Error:
+                if self.store.conn.in_transaction:  # a COMMIT that failed (disk full) leaves it open
+                    self.store.conn.execute("ROLLBACK")
+                if not exc_type:
+                    raise
         finally:
             self.store.lock.release()

@@ -25,9 +25,19 @@ from edge.events.bursts import Event
 STATES = ("online", "offline")
 
 
+_MESSAGE_NAMESPACE = uuid.UUID("0c7a4a52-9a43-4f58-8d0e-3b1f6f1d2e77")
+
+
 def new_id() -> str:
     """A message id, kept across every retry of that message."""
     return str(uuid.uuid4())
+
+
+def stable_id(device: str, kind: str, *parts: object) -> str:
+    """The id of a message that says one thing about one frame or event (uuid5 of what it is about):
+    analysing the same file again (a lost database, a restart before the commit) makes the same id,
+    so central, which keeps one message per device and id, never counts a sighting twice."""
+    return str(uuid.uuid5(_MESSAGE_NAMESPACE, "/".join([device, kind, *map(str, parts)])))
 
 
 def _built_now() -> datetime:

@@ -21,4 +21,9 @@ class FrameSource(Protocol):
 
     def poll(self) -> Iterable[Frame]: ...
 
+    def retry_later(self, key: str) -> None:
+        """A frame it gave that could not be recorded (disk full): offer it again (a file), or let it go
+        (a live frame cannot come back)."""
+        ...
+
     def close(self) -> None: ...

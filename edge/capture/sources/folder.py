@@ -127,9 +127,24 @@ class Source:
         return todo
 
     def poll(self) -> Iterator[Frame]:
-        """New settled files, decoded (one file ahead, in a worker thread), oldest first."""
-        jobs = ((path, self.id, key) for path, key in self._new_files())
-        return read_ahead(self.pool, jobs, self.config.max_side, self.config.prefetch, follow_symlinks=False)
+        """New settled files (chosen now), decoded one file ahead in a worker thread, oldest first.
+        Files not handed out because the caller stopped early are offered again at the next scan."""
+        return self._decoded(self._new_files())
+
+    def _decoded(self, todo: list[tuple[Path, str]]) -> Iterator[Frame]:
+        given = 0
+        try:
+            for frame in read_ahead(self.pool, ((path, self.id, key) for path, key in todo), self.config.max_side,
+                                    self.config.prefetch, follow_symlinks=False):
+                given += 1
+                yield frame
+        finally:
+            for _, key in todo[given:]:
+                self.seen.discard(key)
+
+    def retry_later(self, key: str) -> None:
+        """Offer a file again at the next scan (it was handed out but could not be recorded)."""
+        self.seen.discard(key)
 
     def close(self) -> None:
         """Stop the decoding thread."""

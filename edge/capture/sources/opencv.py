@@ -174,6 +174,9 @@ class Source:
             self.capture.release()
             self.capture = None
 
+    def retry_later(self, key: str) -> None:
+        """A live frame cannot be offered again."""
+
     def close(self) -> None:
         """Release the camera (a live reader stuck in a dead stream is left to exit as a daemon)."""
         if not self.is_file:

@@ -59,6 +59,9 @@ class Source:
         self.count += 1
         return [Frame(self.id, f"{self.session}-{self.count}", datetime.now(), "clock", rgb=rgb)]
 
+    def retry_later(self, key: str) -> None:
+        """A live frame cannot be offered again."""
+
     def close(self) -> None:
         """Stop the camera."""
         self.camera.stop()
