@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.logs import setup_logging
-from edge.analysis.analyzer import Analyzer, FrameFailure
+from edge.analysis.analyzer import Analyzer, FrameAnalysis, FrameFailure
 from edge.app import systemd
 from edge.app.bundle_install import self_rollback, smoke_check, smoke_images, store_frames
 from edge.app.config import EdgeConfig
@@ -45,6 +45,9 @@ class Counters:
     alerts: int = 0
     started: float = field(default_factory=time.monotonic)
     last_error: str | None = None
+
+
+MAX_ATTEMPTS = 2  # analyses of one frame that may end with the service (the third is a failure record)
 
 
 class Service:
@@ -125,8 +128,15 @@ class Service:
                 "bundle_rollback": self.bundle_rollback}
 
     def process(self, frame: Frame) -> None:
-        """One frame, start to finish: its analysis (or failure) recorded and its messages sent."""
-        result = self.analyzer.process(frame)
+        """One frame, start to finish: its analysis (or failure) recorded and its messages sent. A frame
+        whose analysis never finished ``MAX_ATTEMPTS`` times (the service died on it: out of memory) is
+        recorded as a failure instead of being tried again at every restart."""
+        attempt = self.store.begin_attempt(frame.source_id, frame.key)
+        if attempt > MAX_ATTEMPTS:
+            result: FrameAnalysis | FrameFailure = FrameFailure(
+                frame, f"its analysis stopped the service {attempt - 1} times (out of memory?): skipped")
+        else:
+            result = self.analyzer.process(frame)
         if isinstance(result, FrameFailure):
             self.recorder.record_failure(result)
             self.counters.failures += 1

@@ -158,6 +158,7 @@ class Recorder:
         with self.store.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO failures (source_id, key, path, reason, at) VALUES (?,?,?,?,?)",
                          (frame.source_id, frame.key, str(frame.path or ""), failure.reason, utc_now()))
+            self.store.end_attempt(frame.source_id, frame.key)
         return Recorded(None, None, None, 0)
 
     def record(self, analysis: FrameAnalysis) -> Recorded:
@@ -166,6 +167,7 @@ class Recorder:
         with self.store.transaction():
             burst = self._assign(analysis)
             frame_id = self._insert_frame(analysis, burst.state.id if burst else None)
+            self.store.end_attempt(analysis.frame.source_id, analysis.frame.key)
             detection_ids = self._insert_detections(frame_id, analysis)
             alert = None
             if burst is not None:

@@ -60,6 +60,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE detections ADD COLUMN label_source TEXT;
     """,
+    # 3: frames being analysed: a frame that kills the service (out of memory) is not retried forever
+    """
+    CREATE TABLE attempts (
+        source_id TEXT NOT NULL, key TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (source_id, key)
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -140,6 +146,20 @@ class Store:
                 (source_id, key, source_id, key),
             ).fetchone()
         return row is not None
+
+    def begin_attempt(self, source_id: str, key: str) -> int:
+        """Note that a frame's analysis starts; returns how many times it has (1 the first time). The
+        row goes when the frame or its failure is recorded (``end_attempt``, in that transaction), so a
+        count above 1 means an earlier analysis of it never finished: the service died on it."""
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO attempts (source_id, key, count) VALUES (?, ?, 1) "
+                         "ON CONFLICT (source_id, key) DO UPDATE SET count = count + 1", (source_id, key))
+            return int(conn.execute("SELECT count FROM attempts WHERE source_id = ? AND key = ?",
+                                    (source_id, key)).fetchone()[0])
+
+    def end_attempt(self, source_id: str, key: str) -> None:
+        """The frame is recorded (call inside the recording transaction)."""
+        self.conn.execute("DELETE FROM attempts WHERE source_id = ? AND key = ?", (source_id, key))
 
     def close(self) -> None:
         with self.lock:

@@ -11,6 +11,8 @@ import logging
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -161,3 +163,34 @@ def test_a_read_only_database_is_one_line_at_start(tmp_path, data, bundle_dir, m
         from edge.storage.store import Store
         Store(db)
     tally.record("edge: read-only database at start", attempts=1, rejected=1, crashes=0, failed_restarts=0)
+
+
+KILLER = """
+import os, sys
+from edge.analysis.analyzer import Analyzer
+from edge.app.config import EdgeConfig
+from edge.app.service import main
+
+real = Analyzer.process
+def dies_on_poison(self, frame):  # as the kernel's OOM killer ends a service that decodes a bomb
+    if frame.key.startswith("poison"):
+        os._exit(137)
+    return real(self, frame)
+Analyzer.process = dies_on_poison
+sys.exit(main(EdgeConfig.model_validate_json(sys.argv[1]), once=True))
+"""
+
+
+def test_a_frame_that_kills_the_service_is_not_retried_forever(tmp_path, data, bundle_dir, tally):
+    config = _config(tmp_path, bundle_dir)
+    for rel in FRAMES[:2]:
+        _drop(data, tmp_path, rel)
+    shutil.copy(data / "frames" / FRAMES[2], tmp_path / "incoming" / "poison.jpg")
+    codes = [subprocess.run([sys.executable, "-c", KILLER, config.model_dump_json()], capture_output=True,
+                            timeout=300).returncode for _ in range(3)]
+    assert codes == [137, 137, 0], "the third start records the frame as a failure and goes on"
+    db = config.store.path
+    (reason,) = _rows(db, "SELECT reason FROM failures WHERE key LIKE 'poison%'")[0]
+    assert "stopped the service 2 times" in reason
+    assert len(_rows(db, "SELECT key FROM frames")) == 2 and _rows(db, "SELECT * FROM attempts") == []
+    tally.record("edge: a frame that kills the service (OOM)", attempts=3, rejected=1, crashes=0, failed_restarts=0)
