@@ -10,7 +10,7 @@ PINS   := torch==2.13.0 torchvision==0.28.0
 RUN    ?= runs/trained
 # the Debian packages beside the venv (mosquitto, chromium, ...): installed when missing, see the script
 SYSDEPS ?= sh deploy/sysdeps.sh
-.PHONY: sysdeps setup models export train demo test lint reliability clean docker-jetson
+.PHONY: sysdeps setup models export train demo test lint reliability security clean docker-jetson
 
 sysdeps:
 	@PYTHON='$(PYTHON)' $(SYSDEPS)
@@ -60,6 +60,12 @@ lint: setup
 reliability: $(BUNDLE)/manifest.json
 	TRAPEDGE_RELIABILITY=1 RELIABILITY_SHORT=$(RELIABILITY_SHORT) RELIABILITY_JSON=$(RELIABILITY_JSON) \
 		$(BIN)/pytest -s -q -p no:cacheprovider tests/reliability
+
+# the attack suite (tests/attacks/ and tests/test_security.py) with its long fuzz variant; its table of
+# attempts, rejections, crashes, failed restarts and bytes stored goes to results/security.{md,json}
+# (`make test`, and so CI, runs the short variant)
+security: $(BUNDLE)/manifest.json
+	SECURITY_FULL=1 SECURITY_REPORT=results/security $(BIN)/pytest -q -p no:cacheprovider tests/attacks tests/test_security.py
 
 clean:
 	rm -rf bundles results .pytest_cache
