@@ -23,6 +23,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    from central.service import main
+    from central.service import StartupError, main
 
-    return main(config)
+    try:
+        return main(config)
+    except StartupError as exc:
+        print(f"trapedge central: {exc}", file=sys.stderr)
+        return 2

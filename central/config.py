@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from central.dsn import dsn_problem
 from common.wire import check_prefix
+
+PGVECTOR_MAX_DIM = 2000  # pgvector's HNSW index refuses vectors of more dimensions
+VECTOR_TYPE_MAX_DIM = 16000  # pgvector's vector type; numpy has no ceiling, but 64 kB a vector is plenty
 
 
 class BrokerConfig(BaseModel):
@@ -40,11 +44,25 @@ class StoreConfig(BaseModel):
 class GalleryConfig(BaseModel):
     """Which vector search backs the matching."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # the DSN holds a password
     backend: Literal["numpy", "pgvector"] = Field("numpy", title="Exact numpy search, or PostgreSQL + pgvector")
     dsn: SecretStr | None = Field(None, title="PostgreSQL connection string (pgvector backend)")
     table: str = Field("trapedge_gallery", pattern=r"^[a-z_][a-z0-9_]*$", title="pgvector table name")
     ef_search: int = Field(100, ge=10, le=1000, title="pgvector HNSW candidate list per search (recall vs speed)")
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        problem = None if value is None else dsn_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(problem)  # masked: libpq echoes the string it cannot parse
+        return value
+
+    @model_validator(mode="after")
+    def _pgvector_has_a_dsn(self) -> GalleryConfig:
+        if self.backend == "pgvector" and self.dsn is None:
+            raise ValueError("the pgvector backend needs gallery.dsn: postgresql://user:password@host:5432/dbname")
+        return self
 
 
 class MatchingConfig(BaseModel):
@@ -67,6 +85,13 @@ class ReviewLogin(BaseModel):
         None, title="File of at least 32 random bytes that signs session cookies (unset: a new key per start)")
     session_hours: float = Field(12.0, gt=0, le=24 * 30, title="Hours a login lasts")
     secure_cookie: bool = Field(False, title="Mark the session cookie Secure (set when served over HTTPS)")
+    revoked_sessions_file: Path | None = Field(
+        None, title="File that keeps logged-out sessions refused across restarts (unset: beside the store database)")
+    # limits against password guessing and login floods (answered 429 / 503 with Retry-After)
+    attempts_per_minute_per_address: int = Field(10, ge=1, le=10_000, title="Login attempts per minute from one address")
+    attempts_per_minute_per_user: int = Field(20, ge=1, le=10_000, title="Login attempts per minute for one user name")
+    password_check_threads: int = Field(2, ge=1, le=16, title="Threads that check passwords (PBKDF2) off the event loop")
+    password_check_queue: int = Field(8, ge=0, le=1000, title="Password checks that may wait for a thread (more: 503)")
 
 
 class ReviewConfig(BaseModel):
@@ -77,6 +102,48 @@ class ReviewConfig(BaseModel):
     host: str = Field("127.0.0.1", title="Address to listen on")
     port: int = Field(8080, ge=0, le=65535, title="Port (0: any free port)")
     login: ReviewLogin | None = Field(None, title="Reviewer credentials (required to use the UI)")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024,
+                                title="Largest request body in bytes (larger: 413, refused before it is read)")
+
+
+class PayloadLimits(BaseModel):
+    """The largest payload of each message kind, in bytes; a larger one is rejected before it is parsed."""
+
+    model_config = ConfigDict(extra="forbid")
+    status: int = Field(16 * 1024, ge=1024, title="Largest status payload (a few health figures)")
+    alert: int = Field(256 * 1024, ge=1024, title="Largest alert payload (its thumbnail included)")
+    event: int = Field(64 * 1024, ge=1024, title="Largest event payload")
+    embedding: int = Field(512 * 1024, ge=1024, title="Largest embedding payload (a 2048-d vector and a 256 KiB crop fit)")
+
+
+class IngestConfig(BaseModel):
+    """What central accepts from devices: sizes, nesting, vector dimensions, crops and embedding models."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_bytes: PayloadLimits = Field(default_factory=PayloadLimits, title="Largest payload of each kind")
+    max_json_depth: int = Field(32, ge=4, le=200, title="Deepest nesting of arrays and objects in a payload")
+    max_vector_dim: int = Field(
+        2048, ge=1, le=VECTOR_TYPE_MAX_DIM,
+        title=f"Largest embedding dimension accepted (with the pgvector backend at most {PGVECTOR_MAX_DIM}, "
+              "the HNSW index's ceiling; left unset there, it is that ceiling)")
+    max_crop_pixels: int = Field(2_000_000, ge=64 * 64, le=50_000_000,
+                                 title="Largest embedding crop, width x height (devices send at most 1024 px a side)")
+    max_models_per_device: int = Field(
+        8, ge=1, title="Embedding models (name@version and dimension) one device may send, over its lifetime")
+    max_models: int = Field(64, ge=1, title="Embedding models (name@version and dimension) stored in all")
+    models: dict[str, int] = Field(
+        default_factory=dict,
+        title="The embedding models accepted, name@version: dimension; set, nothing else is accepted and the two "
+              "limits above do not apply; empty: any model, within them")
+
+    @field_validator("models")
+    @classmethod
+    def _dimensions(cls, value: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        limit = info.data.get("max_vector_dim", VECTOR_TYPE_MAX_DIM)
+        bad = {name: dim for name, dim in value.items() if not 1 <= dim <= limit or "@" not in name}
+        if bad:
+            raise ValueError(f"each entry must be name@version: dimension (1 to max_vector_dim {limit}), got {bad}")
+        return value
 
 
 class CentralConfig(BaseModel):
@@ -88,3 +155,18 @@ class CentralConfig(BaseModel):
     gallery: GalleryConfig = Field(default_factory=GalleryConfig, title="Vector search")
     matching: MatchingConfig = Field(default_factory=MatchingConfig, title="Matching")
     review: ReviewConfig = Field(default_factory=ReviewConfig, title="Review UI")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, validate_default=True, title="Limits on what devices send")
+
+    @field_validator("ingest")
+    @classmethod
+    def _dimensions_fit_the_gallery(cls, ingest: IngestConfig, info: ValidationInfo) -> IngestConfig:
+        gallery = info.data.get("gallery")
+        if gallery is None or gallery.backend != "pgvector":
+            return ingest
+        explicit = "max_vector_dim" in ingest.model_fields_set
+        too_wide = {"max_vector_dim": ingest.max_vector_dim} if explicit and ingest.max_vector_dim > PGVECTOR_MAX_DIM else {}
+        too_wide |= {name: dim for name, dim in ingest.models.items() if dim > PGVECTOR_MAX_DIM}
+        if too_wide:
+            raise ValueError(f"pgvector's HNSW index takes at most {PGVECTOR_MAX_DIM} dimensions: lower {too_wide} "
+                             "or use the numpy gallery")
+        return ingest.model_copy(update={"max_vector_dim": min(ingest.max_vector_dim, PGVECTOR_MAX_DIM)})

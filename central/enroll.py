@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     embedder, model = open_embedder(args.bundle)
-    sightings = sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, args.root, args.edges)
+    vectors = embed_paths(embedder, [i.path for i in images])
+    if vectors.shape[1] > config.ingest.max_vector_dim:  # the gallery would quarantine every one of them
+        print(f"{args.bundle}'s embedder gives {vectors.shape[1]} dimensions, more than ingest.max_vector_dim "
+              f"({config.ingest.max_vector_dim}): raise it in {args.config} or enrol with another bundle", file=sys.stderr)
+        return 2
+    sightings = sightings_of(images, vectors, model, args.root, args.edges)
     store = CentralStore(config.store.path)
     added = sum(store.add_sighting(s) for s in sightings)
     if args.known:

@@ -5,6 +5,10 @@ by the ground-truth folder most of its images came from (enrolled collections), 
 ``ind-0001``, ``ind-0002``, ... in order of first appearance. An exported image is one that has
 been reviewed or linked; unreviewed, unlinked images are not identified yet and are left out.
 
+Devices choose many of the strings exported (device id, label, event id, source), so none is
+trusted: a CSV cell that a spreadsheet would run as a formula is prefixed with ``'`` (OWASP's
+rule), and file names and paths are reduced to safe relative ones (no ``..``, no absolute path).
+
 ``python -m central.exports --config central.yaml --out DIR [--format spotid camtrapdp megadetector]``
 """
 
@@ -31,6 +35,25 @@ CAMTRAP_COLUMNS = [
     "observationTags", "observationComments",
 ]
 MATCHES_COLUMNS = ["image", "matched_image", "verdict", "cosine", "individual", "decided_at"]
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+NUMBER = re.compile(r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?")
+
+
+def csv_cell(value):
+    """A CSV cell no spreadsheet runs: text starting with = + - @ tab or CR gets a leading ``'``.
+
+    Numbers (and text that is exactly a number, such as a negative cosine) are left as they are.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def relative_path(*parts: str) -> str:
+    """``parts`` joined as a safe relative POSIX path: no empty, ``.`` or ``..`` level, no root, no drive,
+    no backslash or control character (each such character becomes ``_``)."""
+    levels = [re.sub(r"[\x00-\x1f\x7f:]", "_", level) for part in parts for level in part.replace("\\", "/").split("/")]
+    return "/".join(level for level in levels if level not in ("", ".", "..")) or "unnamed"
 
 
 @dataclass(frozen=True)
@@ -82,13 +105,16 @@ def export_spotid(store: CentralStore, out: Path) -> Path:
         for d in store.decisions():
             name = lambda i: by_id[i].file_name if i in by_id else i  # noqa: E731
             individual = by_id[d.anchor_id].individual if d.anchor_id in by_id else ""
-            writer.writerow([name(d.anchor_id), name(d.candidate_id), d.verdict,
-                             "" if d.cosine is None else f"{d.cosine:.4f}", individual, d.at])
+            row = [name(d.anchor_id), name(d.candidate_id), d.verdict, "" if d.cosine is None else f"{d.cosine:.4f}",
+                   individual, d.at]
+            writer.writerow([csv_cell(cell) for cell in row])
     return out
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "unnamed"
+    """One safe folder level (never ``.`` or ``..``)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return safe if safe.strip(".") else "unnamed"
 
 
 def camtrap_rows(store: CentralStore) -> list[dict]:
@@ -113,7 +139,7 @@ def export_camtrapdp(store: CentralStore, out: Path) -> Path:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, CAMTRAP_COLUMNS)
         writer.writeheader()
-        writer.writerows(camtrap_rows(store))
+        writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in camtrap_rows(store))
     return path
 
 
@@ -125,7 +151,8 @@ def megadetector_batch(store: CentralStore) -> dict:
         detection = {"category": "1", "conf": round(float(s.meta.get("confidence", 1.0)), 4),
                      "bbox": [round(float(v), 4) for v in s.meta.get("bbox", [0.0, 0.0, 1.0, 1.0])],
                      "individual_id": image.individual}
-        images.append({"file": s.name or f"{s.device}/{s.meta.get('source', s.id)}", "detections": [detection]})
+        file = relative_path(s.name) if s.name else relative_path(s.device, str(s.meta.get("source", s.id)))
+        images.append({"file": file, "detections": [detection]})
     return {"info": {"format_version": "1.4", "detector": "trapedge edge detector",
                      "detection_completion_time": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")},
             "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"}, "images": images}

@@ -35,9 +35,11 @@ class Gallery(Protocol):
 class NumpyGallery:
     """Exact cosine search over an in-memory float32 matrix that grows by doubling."""
 
+    INITIAL_ROWS = 64  # small: an empty gallery costs 64 x dim x 4 bytes
+
     def __init__(self, dim: int):
         self.dim = int(dim)
-        self._matrix = np.zeros((1024, self.dim), np.float32)
+        self._matrix = np.zeros((self.INITIAL_ROWS, self.dim), np.float32)
         self._ids: list[str] = []
         self._known: set[str] = set()
 

@@ -1,4 +1,4 @@
-"""The ``Gallery`` seam on PostgreSQL + pgvector: one table per embedding model, an HNSW cosine index.
+"""The ``Gallery`` seam on PostgreSQL + pgvector: one table per embedding model and dimension, an HNSW cosine index.
 
 For deployments whose gallery outgrows one machine's memory, or that already run PostgreSQL.
 Vectors are loaded with binary ``COPY`` (fast bulk enrolment) and searched with ``<=>`` (cosine
@@ -14,15 +14,16 @@ import struct
 import numpy as np
 import psycopg
 
+from central.config import PGVECTOR_MAX_DIM
 from central.gallery import Hit
 
 EXACT_ABOVE = 1000  # pgvector's ef_search ceiling
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 
 
-def table_name(base: str, model: str) -> str:
-    """``<base>_<10 hex of sha1(model)>``: one table per model, a safe SQL identifier."""
-    return f"{base}_{hashlib.sha1(model.encode()).hexdigest()[:10]}"
+def table_name(base: str, model: str, dim: int) -> str:
+    """``<base>_<10 hex of sha1(model)>_<dim>``: one table per model and dimension, a safe SQL identifier."""
+    return f"{base}_{hashlib.sha1(model.encode()).hexdigest()[:10]}_{int(dim)}"
 
 
 def copy_rows(ids: list[str], vectors: np.ndarray) -> bytes:
@@ -44,7 +45,7 @@ def literal(vector: np.ndarray) -> str:
 
 
 class PgVectorGallery:
-    """One model's vectors in one table.
+    """One model's vectors of one dimension in one table.
 
     Args:
         dsn: libpq connection string.
@@ -57,6 +58,9 @@ class PgVectorGallery:
 
     def __init__(self, dsn: str, table: str, dim: int, index: bool = True, ef_search: int = 100):
         self.table, self.dim, self.ef_search = table, int(dim), int(ef_search)
+        if not 1 <= self.dim <= PGVECTOR_MAX_DIM:
+            raise ValueError(f"pgvector's HNSW index takes 1 to {PGVECTOR_MAX_DIM} dimensions, not {self.dim}: "
+                             "keep ingest.max_vector_dim at most that, or use the numpy gallery")
         self.conn = psycopg.connect(dsn, autocommit=True)
         self.conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         self.conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id text PRIMARY KEY, embedding vector({self.dim}) NOT NULL)")
@@ -99,9 +103,9 @@ class PgVectorGallery:
 
 
 def pgvector_factory(dsn: str, base: str = "trapedge_gallery", ef_search: int = 100):
-    """A ``GalleryFactory`` for ``central.matching.Matcher``: one table per model."""
+    """A ``GalleryFactory`` for ``central.matching.Matcher``: one table per model and dimension."""
 
     def make(model: str, dim: int) -> PgVectorGallery:
-        return PgVectorGallery(dsn, table_name(base, model), dim, ef_search=ef_search)
+        return PgVectorGallery(dsn, table_name(base, model, dim), dim, ef_search=ef_search)
 
     return make

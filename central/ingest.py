@@ -1,13 +1,13 @@
 """Incoming MQTT messages checked against the devices' JSON Schemas: a typed record or a rejection.
 
-Nothing raises: a payload that is not UTF-8, not JSON, not an object, on an unknown topic or
-against its schema becomes a ``Rejected`` value carrying the reason, which the store logs.
+Nothing raises: a payload larger than its kind's limit, not UTF-8, not JSON, nested too deep, not an
+object, on an unknown topic, against its schema, with a vector too wide or a crop that does not
+decode as declared becomes a ``Rejected`` value carrying the reason, which the store logs. The
+limits are ``ingest`` in the central config (``central.config.IngestConfig``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,7 +16,12 @@ from functools import cache
 import jsonschema
 import numpy as np
 
-from common.wire import KINDS, MAX_CROP_BYTES, load_schema
+from central.config import IngestConfig
+from central.crops import CropError, verified_crop
+from common.wire import KINDS, load_schema
+
+DEFAULT_LIMITS = IngestConfig()
+RAISE_IF_RIGHT = "raise that limit if the device is right"
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Message:
     topic: str
     payload: dict
     raw: bytes
+    crop: bytes | None = None  # an embedding's crop, decoded and re-encoded by central
 
     @property
     def id(self) -> str:
@@ -68,10 +74,10 @@ class Sighting:
         vector = np.asarray(self.vector, dtype=np.float32)
         if vector.ndim != 1 or vector.size == 0 or not np.isfinite(vector).all():
             raise ValueError(f"sighting vector must be 1-D, non-empty and finite, got shape {vector.shape}")
-        norm = float(np.linalg.norm(vector))
+        norm = float(np.linalg.norm(vector.astype(np.float64)))  # float32 overflows near its largest values
         if norm == 0:
             raise ValueError("sighting vector is all zeros")
-        object.__setattr__(self, "vector", vector / norm)
+        object.__setattr__(self, "vector", (vector / norm).astype(np.float32))
 
 
 @cache
@@ -87,24 +93,63 @@ def kind_of(topic: str, prefix: str) -> str | None:
     return parts[1] if len(parts) == 2 and parts[0] and parts[1] in KINDS else None
 
 
-def parse(topic: str, raw: bytes, prefix: str) -> Message | Rejected:
-    """Decode and validate one payload received on ``topic``."""
+def parse(topic: str, raw: bytes, prefix: str, limits: IngestConfig = DEFAULT_LIMITS) -> Message | Rejected:
+    """Decode and validate one payload received on ``topic``, within ``limits``."""
     kind = kind_of(topic, prefix)
     if kind is None:
         return Rejected(topic, f"topic is not {prefix}/<device>/<{'|'.join(KINDS)}>", raw)
+    payload = _decoded(kind, raw, limits)
+    if isinstance(payload, str):
+        return Rejected(topic, payload, raw)
+    message_id = payload.get("id") if isinstance(payload.get("id"), str) else None
+    problem = _schema_problem(kind, payload) or _consistency_problem(topic, kind, payload, limits)
+    if problem:
+        return Rejected(topic, problem, raw, message_id)
+    try:
+        crop = verified_crop(payload["crop"], limits.max_crop_pixels) if payload.get("crop") else None
+    except CropError as exc:
+        return Rejected(topic, f"embedding {exc}", raw, message_id)
+    return Message(kind, topic, payload, raw, crop)
+
+
+def _decoded(kind: str, raw: bytes, limits: IngestConfig) -> dict | str:
+    """The payload's JSON object, or why there is none."""
+    most = getattr(limits.max_bytes, kind)
+    if len(raw) > most:
+        return f"{kind} payload is {len(raw)} bytes, more than ingest.max_bytes.{kind} ({most}); {RAISE_IF_RIGHT}"
     try:
         payload = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        return Rejected(topic, f"payload is not UTF-8 ({exc.reason} at byte {exc.start})", raw)
+        return f"payload is not UTF-8 ({exc.reason} at byte {exc.start})"
     except json.JSONDecodeError as exc:
-        return Rejected(topic, f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", raw)
+        return f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        return f"payload is nested deeper than ingest.max_json_depth ({limits.max_json_depth}); {RAISE_IF_RIGHT}"
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        return f"payload is not JSON that can be read: {str(exc)[:200]}"
     if not isinstance(payload, dict):
-        return Rejected(topic, f"payload is a JSON {type(payload).__name__}, not an object", raw)
-    message_id = payload.get("id") if isinstance(payload.get("id"), str) else None
-    problem = _schema_problem(kind, payload) or _consistency_problem(topic, kind, payload)
-    if problem:
-        return Rejected(topic, problem, raw, message_id)
-    return Message(kind, topic, payload, raw)
+        return f"payload is a JSON {type(payload).__name__}, not an object"
+    if json_depth(payload, limits.max_json_depth) > limits.max_json_depth:
+        return f"payload is nested deeper than ingest.max_json_depth ({limits.max_json_depth}); {RAISE_IF_RIGHT}"
+    return payload
+
+
+def json_depth(value: object, limit: int) -> int:
+    """How deep arrays and objects nest in parsed JSON (a scalar is 0), counted no further than ``limit + 1``.
+
+    Iterative, so any depth is measured without recursion.
+    """
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def _schema_problem(kind: str, payload: dict) -> str | None:
@@ -121,35 +166,33 @@ def _schema_problem(kind: str, payload: dict) -> str | None:
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-    return f"{kind} schema: {where}: {error.message[:300]}"
+    return f"{kind} schema: {where[:100]}: {error.message[:300]}"
 
 
-def _consistency_problem(topic: str, kind: str, payload: dict) -> str | None:
+def _consistency_problem(topic: str, kind: str, payload: dict, limits: IngestConfig) -> str | None:
     device = topic.split("/")[-2]
     if payload["device"] != device:
-        return f"payload device {payload['device']!r} differs from topic device {device!r}"
-    if kind == "embedding":
-        if payload["dim"] != len(payload["vector"]):
-            return f"embedding dim {payload['dim']} but vector has {len(payload['vector'])} numbers"
-        if not any(payload["vector"]):
-            return "embedding vector is all zeros"
-        if payload.get("crop") is not None and _crop_bytes(payload["crop"]) is None:
-            return "embedding crop is not base64 JPEG data of at most 256 KiB"
+        return f"payload device {payload['device'][:100]!r} differs from topic device {device[:100]!r}"
+    return _vector_problem(payload, limits.max_vector_dim) if kind == "embedding" else None
+
+
+def _vector_problem(payload: dict, max_dim: int) -> str | None:
+    if payload["dim"] > max_dim:
+        return f"embedding dim {payload['dim']} is more than ingest.max_vector_dim ({max_dim}); {RAISE_IF_RIGHT}"
+    if payload["dim"] != len(payload["vector"]):
+        return f"embedding dim {payload['dim']} but vector has {len(payload['vector'])} numbers"
+    with np.errstate(over="ignore", under="ignore"):
+        stored = np.asarray(payload["vector"], np.float64).astype(np.float32)  # as the store keeps it
+    if not np.isfinite(stored).all():
+        return "embedding vector: every item must be within float32's range (about 3.4e38)"
+    if not stored.any():
+        return "embedding vector is all zeros"
     return None
-
-
-def _crop_bytes(crop: dict) -> bytes | None:
-    try:
-        data = base64.b64decode(crop["base64"], validate=True)
-    except (binascii.Error, KeyError, TypeError, ValueError):
-        return None
-    return data if data[:3] == b"\xff\xd8\xff" and len(data) <= MAX_CROP_BYTES else None
 
 
 def sighting_of(message: Message) -> Sighting:
     """The sighting carried by a valid embedding message."""
     p = message.payload
-    crop = _crop_bytes(p["crop"]) if p.get("crop") else None
     return Sighting(id=p["id"], device=p["device"], event_id=p["event_id"], frame_time=p["frame_time"],
                     label=p["label"], model=f"{p['model']}@{p['model_version']}", vector=np.asarray(p["vector"]),
-                    crop_jpeg=crop, meta={"bbox": p["bbox"], "confidence": p["confidence"], "source": p["source"]})
+                    crop_jpeg=message.crop, meta={"bbox": p["bbox"], "confidence": p["confidence"], "source": p["source"]})

@@ -2,19 +2,26 @@
 
 Pure core: ``rank_individuals`` turns nearest images into at most ``k`` individuals (best image
 each), skipping the anchor's own individual and those already rejected for it (SpotID's skip).
-``Matcher`` keeps one gallery per embedding model (vectors of different models never meet).
+``Matcher`` keeps one gallery per embedding space, a model and its dimension (vectors of different
+models never meet; nor do a model's vectors of another dimension, so the first sender of a model
+name cannot decide its dimension for everyone else).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from central.calibration import Calibration, calibrate
 from central.gallery import Gallery, Hit, NumpyGallery
 from central.graph import Individuals, build
 from central.ingest import Sighting
 from central.store import CentralStore
+
+log = logging.getLogger("trapedge.central")
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,10 @@ class Matcher:
     """Proposes candidates for sightings against everything stored so far.
 
     Args:
-        store: the central store (vectors are loaded from it once per model).
+        store: the central store (vectors are loaded from it once per embedding space).
         top_k: individuals proposed per anchor.
         min_pairs: verdicts of each kind needed to replace the default calibration.
-        factory: makes the gallery of one model (numpy by default, pgvector optional).
+        factory: makes the gallery of one model and dimension (numpy by default, pgvector optional).
         reranker: optional ``(anchor, [candidate sightings]) -> inlier counts`` re-ranking.
         rerank_depth: how many cosine candidates the re-ranker sees.
     """
@@ -77,17 +84,42 @@ class Matcher:
                  factory: GalleryFactory = numpy_gallery, reranker=None, rerank_depth: int = 10):
         self.store, self.top_k, self.min_pairs = store, top_k, min_pairs
         self.factory, self.reranker, self.rerank_depth = factory, reranker, rerank_depth
-        self.galleries: dict[str, Gallery] = {}
+        self.galleries: dict[tuple[str, int], Gallery] = {}
 
     def gallery(self, model: str, dim: int) -> Gallery:
-        """The gallery of one model, loaded from the store the first time."""
-        if model not in self.galleries:
+        """The gallery of one model and dimension, loaded from the store the first time.
+
+        Stored vectors that are not finite, or all zeros, are quarantined rather than loaded.
+        """
+        if (model, dim) not in self.galleries:
             gallery = self.factory(model, dim)
-            ids, vectors = self.store.vectors(model)
+            ids, vectors = self.store.vectors(model, dim)
+            usable = np.isfinite(vectors).all(axis=1) & (np.nan_to_num(vectors) != 0).any(axis=1)
+            if not usable.all():
+                bad = [i for i, ok in zip(ids, usable) if not ok]
+                self.store.quarantine(bad, "stored vector is not finite or all zeros")
+                for sighting_id in bad:
+                    log.warning("quarantined sighting %s: stored vector is not finite or all zeros (kept, not matched)",
+                                sighting_id)
+                ids, vectors = [i for i, ok in zip(ids, usable) if ok], vectors[usable]
             if ids:
                 gallery.add(ids, vectors)
-            self.galleries[model] = gallery
-        return self.galleries[model]
+            self.galleries[(model, dim)] = gallery
+        return self.galleries[(model, dim)]
+
+    def build_galleries(self) -> list[str]:
+        """Load the gallery of every stored embedding space; one line for each that could not be built.
+
+        A gallery that fails (its database is down, say) is left out and tried again when next needed.
+        """
+        problems = []
+        for model, dim in self.store.embedding_spaces():
+            try:
+                self.gallery(model, dim)
+            except Exception as exc:  # one space's failure must not keep the others, or the service, down
+                first_line = (str(exc).splitlines() or [""])[0][:200]
+                problems.append(f"gallery of {model} ({dim} dimensions) not built: {type(exc).__name__}: {first_line}")
+        return problems
 
     def add(self, sighting: Sighting) -> None:
         """Make a stored sighting searchable."""

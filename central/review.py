@@ -16,7 +16,7 @@ VERDICTS = ("match", "no_match")
 
 def anchor_view(store: CentralStore, matcher: Matcher, anchor_id: str | None = None) -> dict:
     """The anchor to review (the oldest unreviewed one unless given) with its live candidates."""
-    waiting = store.count("sightings", "reviewed = 0")
+    waiting = store.count("sightings", "reviewed = 0 AND quarantined IS NULL")
     anchor_id = anchor_id or next(iter(store.queue(limit=1)), None)
     anchor = store.sighting(anchor_id) if anchor_id else None
     if anchor is None:
@@ -52,7 +52,8 @@ def decide(store: CentralStore, anchor_id: str, candidate_id: str, verdict: str)
     anchor, candidate = store.sighting(anchor_id), store.sighting(candidate_id)
     if anchor is None or candidate is None or anchor_id == candidate_id:
         raise ValueError("anchor and candidate must be two different stored images")
-    cosine = float(anchor.vector @ candidate.vector) if anchor.model == candidate.model else None
+    same_space = anchor.model == candidate.model and anchor.vector.size == candidate.vector.size
+    cosine = float(anchor.vector @ candidate.vector) if same_space else None
     store.decide(anchor_id, candidate_id, verdict, cosine)
     if verdict == "match":
         store.mark_reviewed(anchor_id)

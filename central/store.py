@@ -1,15 +1,19 @@
 """The central SQLite database: messages, rejections, sightings, review decisions.
 
 Same habits as ``edge.storage.store``: WAL, a schema versioned by ``PRAGMA user_version`` and applied by
-ordered migrations, one connection shared under a lock. A message is stored once per ``id``: a
-redelivered QoS-1 message is recognised and ignored.
+ordered migrations, one connection shared under a lock. A message is stored once per device and ``id``:
+a redelivered QoS-1 message is recognised and ignored, another device's message with the same id is not.
+A sighting no gallery can take (a vector too wide, cut short, not finite) is quarantined: kept, with
+the reason, but out of the galleries, the review queue and the exports.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +55,25 @@ MIGRATIONS: list[str] = [
     """
     DROP TABLE proposals;
     """,
+    # 3: message ids are unique per device (another device's message with the same id was dropped);
+    # sightings no gallery can take are quarantined with the reason instead of stopping start-up
+    """
+    CREATE TABLE messages_by_device (
+        id TEXT NOT NULL, kind TEXT NOT NULL, device TEXT NOT NULL, topic TEXT NOT NULL,
+        payload TEXT NOT NULL, received_at TEXT NOT NULL, PRIMARY KEY (device, id)
+    );
+    INSERT INTO messages_by_device (id, kind, device, topic, payload, received_at)
+        SELECT id, kind, device, topic, payload, received_at FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_by_device RENAME TO messages;
+    CREATE INDEX messages_kind ON messages (kind, device);
+    ALTER TABLE sightings ADD COLUMN quarantined TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 SIGHTING_COLUMNS = "id, device, event_id, frame_time, label, model, vector, crop, name, edge, individual, meta"
+USABLE = "quarantined IS NULL"
+SIGHTING_IDS = uuid.UUID("0b8f4f6e-3c57-4c1e-a2f4-6d9a5e1c7b20")  # for a message id another device's sighting holds
 
 
 @dataclass(frozen=True)
@@ -87,7 +107,10 @@ class CentralStore:
 
     # --- ingest -------------------------------------------------------------------------------
     def add_message(self, message: Message, sighting: Sighting | None = None) -> bool:
-        """Store a valid message (and its sighting); False when its ``id`` was already stored."""
+        """Store a valid message (and its sighting); False when its device already sent its ``id``.
+
+        Give the sighting through ``claim_id`` first: its id must be free.
+        """
         with self.lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -104,6 +127,16 @@ class CentralStore:
                 raise
         return new
 
+    def claim_id(self, sighting: Sighting) -> Sighting:
+        """The sighting under an id no other device's sighting holds: its message id, else
+        ``uuid5(device/message id)`` (the message id in ``meta["message_id"]``)."""
+        with self.lock:
+            row = self.conn.execute("SELECT device FROM sightings WHERE id = ?", (sighting.id,)).fetchone()
+        if row is None or row[0] == sighting.device:
+            return sighting
+        return dataclasses.replace(sighting, id=str(uuid.uuid5(SIGHTING_IDS, f"{sighting.device}/{sighting.id}")),
+                                   meta={**sighting.meta, "message_id": sighting.id})
+
     def add_sighting(self, sighting: Sighting) -> bool:
         """Store an enrolled image's sighting; False when its id is already stored."""
         with self.lock:
@@ -119,11 +152,34 @@ class CentralStore:
         return cursor.rowcount == 1
 
     def add_rejected(self, rejected: Rejected) -> None:
-        """Log a payload that was refused, with its reason (first 4 KiB of it kept)."""
+        """Log a payload that was refused, with its reason (first 4 KiB of it kept, and of its topic 1 KiB)."""
+        message_id = rejected.message_id[:100] if rejected.message_id is not None else None
         with self.lock:
             self.conn.execute(
                 "INSERT INTO rejected (topic, message_id, reason, payload, received_at) VALUES (?, ?, ?, ?, ?)",
-                (rejected.topic, rejected.message_id, rejected.reason, rejected.raw[:4096], utc_now()))
+                (rejected.topic[:1024], message_id, rejected.reason[:1024], rejected.raw[:4096], utc_now()))
+
+    # --- quarantine ---------------------------------------------------------------------------
+    def quarantine_unusable(self, max_dim: int) -> list[tuple[str, str]]:
+        """Quarantine every sighting whose stored vector no gallery can take; (id, reason) of each.
+
+        Checked without reading the vectors: a dimension outside 1..``max_dim``, or a vector blob
+        that is not ``dim`` float32 numbers. Vectors that are not finite are caught as galleries load.
+        """
+        with self.lock:
+            rows = self.conn.execute(
+                f"SELECT id, dim, typeof(dim), typeof(vector), length(vector) FROM sightings WHERE {USABLE} AND "
+                "(typeof(dim) != 'integer' OR typeof(vector) != 'blob' OR dim < 1 OR dim > ? OR length(vector) != 4 * dim)",
+                (max_dim,)).fetchall()
+        found = [(row[0], _unusable(*row[1:], max_dim)) for row in rows]
+        for sid, reason in found:
+            self.quarantine([sid], reason)
+        return found
+
+    def quarantine(self, ids: list[str], reason: str) -> None:
+        """Take sightings out of the galleries, the queue and the exports, keeping them and the reason."""
+        with self.lock:
+            self.conn.executemany("UPDATE sightings SET quarantined = ? WHERE id = ?", [(reason, i) for i in ids])
 
     # --- reads --------------------------------------------------------------------------------
     def count(self, table: str, where: str = "1") -> int:
@@ -139,27 +195,38 @@ class CentralStore:
     def sighting(self, sighting_id: str) -> Sighting | None:
         """One stored sighting, with its crop and edge map."""
         with self.lock:
-            row = self.conn.execute(f"SELECT {SIGHTING_COLUMNS} FROM sightings WHERE id = ?", (sighting_id,)).fetchone()
+            row = self.conn.execute(f"SELECT {SIGHTING_COLUMNS} FROM sightings WHERE id = ? AND {USABLE}",
+                                    (sighting_id,)).fetchone()
         return None if row is None else _sighting(row)
 
     def sightings(self) -> list[Sighting]:
-        """Every sighting, in arrival order (images included)."""
+        """Every sighting not quarantined, in arrival order (images included)."""
         with self.lock:
-            rows = self.conn.execute(f"SELECT {SIGHTING_COLUMNS} FROM sightings ORDER BY seq").fetchall()
+            rows = self.conn.execute(f"SELECT {SIGHTING_COLUMNS} FROM sightings WHERE {USABLE} ORDER BY seq").fetchall()
         return [_sighting(row) for row in rows]
 
-    def vectors(self, model: str) -> tuple[list[str], np.ndarray]:
-        """Ids and (N, D) float32 vectors of one model's sightings, in arrival order."""
+    def vectors(self, model: str, dim: int) -> tuple[list[str], np.ndarray]:
+        """Ids and (N, dim) float32 vectors of one embedding space's sightings, in arrival order."""
         with self.lock:
-            rows = self.conn.execute("SELECT id, vector FROM sightings WHERE model = ? ORDER BY seq", (model,)).fetchall()
+            rows = self.conn.execute(f"SELECT id, vector FROM sightings WHERE model = ? AND dim = ? AND {USABLE} "
+                                     "ORDER BY seq", (model, dim)).fetchall()
         if not rows:
-            return [], np.zeros((0, 0), np.float32)
+            return [], np.zeros((0, dim), np.float32)
         return [r[0] for r in rows], np.stack([np.frombuffer(r[1], np.float32) for r in rows])
 
-    def models(self) -> dict[str, int]:
-        """Each embedding model stored, with its vector dimension."""
+    def embedding_spaces(self) -> list[tuple[str, int]]:
+        """Each (model, dimension) stored: vectors meet only their own space's."""
         with self.lock:
-            return dict(self.conn.execute("SELECT model, max(dim) FROM sightings GROUP BY model ORDER BY model"))
+            return self.conn.execute(
+                f"SELECT DISTINCT model, dim FROM sightings WHERE {USABLE} ORDER BY model, dim").fetchall()
+
+    def device_spaces(self) -> dict[str, set[tuple[str, int]]]:
+        """The (model, dimension) pairs each device has sent."""
+        spaces: dict[str, set[tuple[str, int]]] = {}
+        with self.lock:
+            for device, model, dim in self.conn.execute(f"SELECT DISTINCT device, model, dim FROM sightings WHERE {USABLE}"):
+                spaces.setdefault(device, set()).add((model, dim))
+        return spaces
 
     # --- review -------------------------------------------------------------------------------
     def decide(self, anchor_id: str, candidate_id: str, verdict: str, cosine: float | None = None) -> None:
@@ -185,8 +252,16 @@ class CentralStore:
         """Anchors still to review, oldest first: the first is where the researcher resumes."""
         with self.lock:
             rows = self.conn.execute(
-                "SELECT id FROM sightings WHERE reviewed = 0 ORDER BY seq LIMIT ?", (limit,)).fetchall()
+                f"SELECT id FROM sightings WHERE reviewed = 0 AND {USABLE} ORDER BY seq LIMIT ?", (limit,)).fetchall()
         return [r[0] for r in rows]
+
+
+def _unusable(dim, dim_type: str, vector_type: str, size: int | None, max_dim: int) -> str:
+    if dim_type != "integer" or vector_type != "blob":
+        return f"stored dim ({dim_type}) or vector ({vector_type}) is not an integer and a blob"
+    if not 1 <= dim <= max_dim:
+        return f"vector of {dim} dimensions, outside 1..ingest.max_vector_dim ({max_dim})"
+    return f"vector blob of {size} bytes, not {dim} float32 numbers"
 
 
 def _slim(payload: dict) -> str:

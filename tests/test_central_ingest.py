@@ -3,6 +3,7 @@
 Embeddings are computed from the SpotID leopard crops by the default bundle's embedder.
 """
 
+import io
 import json
 import time
 from contextlib import nullcontext as does_not_raise
@@ -13,6 +14,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from PIL import Image
 
 from central.config import BrokerConfig, CentralConfig, ReviewConfig, StoreConfig
 from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
@@ -40,7 +42,7 @@ def embedding_message(vector, *, crop: bytes | None = None, device=DEVICE, event
     return EmbeddingMessage(
         device=device, event_id=event, source_id="sd", frame_time=datetime(2019, 3, 1, 19, 49, 36, tzinfo=timezone.utc),
         box=Box((0.1, 0.2, 0.3, 0.4), 0.9, "leopard", 0.8, "classifier"), vector=vector, model="m", model_version="1",
-        crop=None if crop is None else Picture(crop, 128, 64)).to_json()
+        crop=None if crop is None else Picture(crop, *Image.open(io.BytesIO(crop)).size)).to_json()
 
 
 def event_message() -> dict:
@@ -109,7 +111,8 @@ def test_valid_embedding_becomes_a_normalised_sighting_with_its_crop(leopards):
     result = parse(topic("embedding"), encode(embedding_message(vector * 3.0, crop=crop)), PREFIX)
     assert isinstance(result, Message), getattr(result, "reason", "")
     sighting = sighting_of(result)
-    assert sighting.crop_jpeg == crop
+    sent, kept = (np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), np.float32) for jpeg in (crop, sighting.crop_jpeg))
+    assert kept.shape == sent.shape and np.abs(kept - sent).mean() < 2.0  # re-encoded by central, same picture
     assert np.linalg.norm(sighting.vector) == pytest.approx(1.0, abs=1e-5)
     assert float(sighting.vector @ vector) == pytest.approx(1.0, abs=1e-4)  # direction kept (6-decimal wire)
     assert sighting.model == "m@1"
@@ -142,7 +145,7 @@ def test_store_reopens_at_the_same_schema(tmp_path, leopards):
     store.close()
     again = CentralStore(tmp_path / "central.db")
     assert again.count("sightings") == 1
-    assert again.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert again.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def publish(broker, items: list[tuple[str, bytes]]) -> None:
@@ -178,7 +181,8 @@ def test_service_ingests_through_the_broker_and_proposes_matches(mosquitto, tmp_
                   (topic("status"), encode(StatusMessage(device=DEVICE, state="online").to_json()))]
         publish(mosquitto, items)
         store = service.store
-        assert wait_until(lambda: len(service.matcher.gallery("m@1", 1280)) == 12 and store.count("rejected") == 1)
+        assert wait_until(lambda: len(service.matcher.gallery("m@1", 1280)) == 12 and store.count("rejected") == 1
+                          and store.count("messages") == 14)  # the status, last sent, is stored last
         assert store.count("messages") == 14 and store.count("sightings") == 12
         assert [r[2].split(":")[0] for r in store.rejections()] == ["payload is not JSON"]
         # proposals come from the gallery the service indexed; independent expectation: the 5 most

@@ -8,6 +8,7 @@ and valid payloads on wrong topics or devices.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 from hypothesis import strategies as st
+from PIL import Image
 
 from common.wire import KINDS
 from edge.events.bursts import Event
@@ -40,7 +42,7 @@ def _event(closed: bool = True) -> Event:
 
 
 def _message(kind: str, dim: int, seed: int, thumbnail: bytes) -> messages.Message:
-    picture = messages.Picture(thumbnail, 64, 48)
+    picture = messages.Picture(thumbnail, *Image.open(io.BytesIO(thumbnail)).size)  # central checks the size
     if kind == "status":
         return messages.StatusMessage(device=DEVICE, state="online", bundle_version="1",
                                       health={"frames": seed, "disk_full": False})
