@@ -51,9 +51,10 @@ def browser():
         browser.close()
 
 
-def logged_in_page(browser, server):
-    """A new page, logged in through the login form, showing the review page."""
-    page = browser.new_page()
+def logged_in_page(browser, server, bypass_csp: bool = True):
+    """A new page, logged in through the login form, showing the review page. ``bypass_csp``: for
+    ``wait_for_function``, which evaluates its predicate in the page, as the page's CSP forbids."""
+    page = browser.new_page(bypass_csp=bypass_csp)
     page.goto(server.url)
     page.wait_for_selector("[data-testid=login-form]")  # redirected to the login
     page.fill("[data-testid=username]", USER)
@@ -177,4 +178,15 @@ def test_missing_edge_map_is_404(server, browser, store):
     page = logged_in_page(browser, server)
     assert page.request.get(server.url + f"api/image/{sighting.id}/crop").status == 200
     assert page.request.get(server.url + "api/image/unknown/crop").status == 404
+    page.close()
+
+
+def test_the_page_runs_under_its_own_content_security_policy(browser, server):
+    """The page's nonce'd script renders the candidates with the CSP enforced (no bypass)."""
+    page = logged_in_page(browser, server, bypass_csp=False)
+    errors = []
+    page.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
+    page.reload()
+    page.wait_for_selector("[data-testid=candidate]")
+    assert errors == []
     page.close()
