@@ -96,7 +96,8 @@ def _load(image: Image.Image) -> bool:
     return True
 
 
-def decode_image(path: str | Path, max_side: int | None = None, follow_symlinks: bool = True) -> DecodedImage:
+def decode_image(path: str | Path, max_side: int | None = None, follow_symlinks: bool = True,
+                 max_pixels: int = MAX_FULL_DECODE_PIXELS) -> DecodedImage:
     """Decode an image file into (H, W, 3) uint8 RGB, upright per its EXIF orientation.
 
     Args:
@@ -104,20 +105,21 @@ def decode_image(path: str | Path, max_side: int | None = None, follow_symlinks:
         max_side: if given, JPEGs larger than this are decoded at a reduced DCT scale whose
             longer side is still at least ``max_side`` (fast and memory-light on a Pi).
         follow_symlinks: False refuses a symbolic link (a watched folder reads only its own files).
+        max_pixels: the most pixels a format without draft mode (PNG, TIFF...) may decode to.
 
     Raises:
         ImageDecodeError: for missing, empty, non-image or undecodable files.
     """
     with _open_file(Path(path), follow_symlinks) as handle:
-        return _decode(_open(handle), max_side)
+        return _decode(_open(handle), max_side, max_pixels)
 
 
-def _decode(image: Image.Image, max_side: int | None) -> DecodedImage:
+def _decode(image: Image.Image, max_side: int | None, max_pixels: int) -> DecodedImage:
     source_size = image.size
     taken = exif_time(image)
-    if image.width * image.height > MAX_FULL_DECODE_PIXELS and image.format != "JPEG":
+    if image.width * image.height > max_pixels and image.format != "JPEG":
         raise ImageDecodeError(f"image too large ({image.width}x{image.height}, {image.format}): formats other than "
-                               f"JPEG decode in full, at most {MAX_FULL_DECODE_PIXELS // 1_000_000} MP")
+                               f"JPEG decode in full, at most {max_pixels / 1e6:g} MP (max_pixels)")
     reduced = False
     if image.format == "JPEG":
         target = max_side or (max(image.size) if image.width * image.height <= MAX_PIXELS else 4096)
@@ -191,11 +193,11 @@ def file_time(path: Path) -> tuple[datetime, TimeSource]:
 
 
 def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None = DEFAULT_MAX_SIDE,
-               follow_symlinks: bool = True) -> Frame:
+               follow_symlinks: bool = True, max_pixels: int = MAX_FULL_DECODE_PIXELS) -> Frame:
     """A ``Frame`` from an image file: pixels and flags, or a failure — never an exception."""
     path = Path(path)
     try:
-        decoded = decode_image(path, max_side=max_side, follow_symlinks=follow_symlinks)
+        decoded = decode_image(path, max_side=max_side, follow_symlinks=follow_symlinks, max_pixels=max_pixels)
     except (ImageDecodeError, OSError, ValueError, SyntaxError, MemoryError) as exc:
         return Frame(source_id, key, *file_time(path), path=path, failure=str(exc) or type(exc).__name__)
     time_source: TimeSource
@@ -208,12 +210,13 @@ def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None 
 
 
 def read_ahead(pool: Executor, jobs: Iterable[tuple[Path, str, str]], max_side: int | None = DEFAULT_MAX_SIDE,
-               prefetch: int = 1, follow_symlinks: bool = True) -> Iterator[Frame]:
+               prefetch: int = 1, follow_symlinks: bool = True,
+               max_pixels: int = MAX_FULL_DECODE_PIXELS) -> Iterator[Frame]:
     """``read_frame`` for each (path, source id, key), decoding ``prefetch`` files ahead in ``pool``
     so the next JPEG decodes while the caller runs the models on this one."""
     pending: deque[Future] = deque()
     for path, source_id, key in jobs:
-        pending.append(pool.submit(read_frame, path, source_id, key, max_side, follow_symlinks))
+        pending.append(pool.submit(read_frame, path, source_id, key, max_side, follow_symlinks, max_pixels))
         if len(pending) > prefetch:
             yield pending.popleft().result()
     while pending:

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.capture.decode import DEFAULT_MAX_SIDE, read_ahead
+from edge.capture.decode import DEFAULT_MAX_SIDE, MAX_FULL_DECODE_PIXELS, read_ahead
 from edge.capture.frame import Frame
 from edge.capture.sources.base import IsDone
 
@@ -42,6 +42,9 @@ class Config(BaseModel):
     max_side: int = Field(DEFAULT_MAX_SIDE, ge=64, title="JPEGs are decoded at reduced scale down to this size")
     batch: int = Field(32, ge=1, title="Most files returned by one poll")
     prefetch: int = Field(1, ge=0, title="Files decoded ahead while the models run")
+    max_pixels: int = Field(MAX_FULL_DECODE_PIXELS, ge=1_000_000,
+                            title="Most pixels a PNG/TIFF/BMP/WebP may decode to (JPEGs decode reduced, any size): "
+                                  "~7 bytes a pixel at the peak must fit the unit's MemoryMax beside the models")
 
 
 def _ignored(name: str) -> bool:
@@ -135,7 +138,7 @@ class Source:
         given = 0
         try:
             for frame in read_ahead(self.pool, ((path, self.id, key) for path, key in todo), self.config.max_side,
-                                    self.config.prefetch, follow_symlinks=False):
+                                    self.config.prefetch, follow_symlinks=False, max_pixels=self.config.max_pixels):
                 given += 1
                 yield frame
         finally:
