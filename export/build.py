@@ -1,7 +1,8 @@
 """Build a model bundle: export, quantize, gate, then move it into place in one rename.
 
 A bundle whose gates fail is never written: work happens in a hidden sibling directory that
-is removed on any error.
+is removed on any error. The finished manifest is signed (``manifest.sig``, export/signing.py)
+before the bundle moves into place.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 from common.hashing import sha256_file
+from common.signing import encode_public, public_key_of
 from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image
-from edge.runtime.bundle import load_bundle
+from edge.runtime.bundle import BundleTrust, load_bundle
 from edge.runtime.detections import Detections
 from edge.runtime.manifest import MANIFEST_NAME, FileEntry, InputSpec, Manifest, ModelSpec
 from edge.runtime.models import Classifier, Detector, Embedder
@@ -30,6 +32,7 @@ from export import gates
 from export.calibration import ExportImages, calibration_samples, default_images
 from export.onnx_export import OPSET, export_onnx, torch_vs_onnx
 from export.quantize import EFFICIENTNET_FRONT, quantize_int8
+from export.signing import development_key, load_private_key, sign_bundle
 from train.models.classifier import CROP_INPUT, SharedCropModel, shares_backbone
 from train.models.yolox import DEFAULT_SIZE, DETECTION_THRESHOLD, NATIVE_SIZE, NMS_IOU, detector_input
 
@@ -69,6 +72,8 @@ class ExportOptions:
     # held-out evaluation of the built bundle (its work folder) → figures per source, for the manifest
     # and the model card; None: none (the default bundle has no held-out data of its own)
     evaluate: Callable[[Path], dict[str, object]] | None = None
+    # private key that signs the manifest; None: the checkout's development key (export/signing.py)
+    signing_key: Path | None = None
 
 
 def _frames(paths: list[Path]) -> Iterator[np.ndarray]:
@@ -291,8 +296,10 @@ def build_bundle(models: TorchModels, options: ExportOptions) -> Manifest:
 
     Raises:
         GateError: listing the failed gates (nothing is left at ``options.out``'s place).
+        SignatureError: the signing key is missing, readable by others or not Ed25519 (before any work).
     """
     out = options.out
+    private_pem = load_private_key(options.signing_key or development_key())  # a bad key fails now, not at the end
     work = out.parent / f".{out.name}.partial"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -310,7 +317,8 @@ def build_bundle(models: TorchModels, options: ExportOptions) -> Manifest:
         builder.write_manifest(gate_list)
         if options.evaluate is not None:
             builder.write_evaluation(options.evaluate(work))
-        load_bundle(work)  # the final manifest must verify too
+        sign_bundle(work, private_pem)  # checks every file against the final manifest first
+        load_bundle(work, BundleTrust((encode_public(public_key_of(private_pem)),)))  # as a camera will
         _swap_into_place(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

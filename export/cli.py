@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 import torch
 
+from common.signing import SIGNATURE_NAME, SignatureError
+from edge.runtime.manifest import SAFE_NAME
 from export.build import ExportOptions, TorchModels, build_bundle, manifest_summary
 from export.gates import GateError
+from export.signing import development_key_warning
 from train.models.yolox import DEFAULT_SIZE, detector_input
 
 
@@ -109,12 +113,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a `trapedge train` output folder to export instead of the pretrained models")
     parser.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
                         help="calibration method for all three models (default: per model, see export.build)")
+    parser.add_argument("--signing-key", type=Path, default=None, metavar="KEY",
+                        help="Ed25519 private key that signs the manifest (`python -m export.signing keygen KEY` makes "
+                             "one); default: the checkout's development key, which only the default edge config trusts")
 
 
 def run(args: argparse.Namespace) -> int:
+    if not re.fullmatch(SAFE_NAME, args.out.name):
+        print(f"export refused: the bundle is named after --out, and {args.out.name!r} is not a safe name "
+              "(letters, digits, '.', '_', '-'; no leading dot)", file=sys.stderr)
+        return 2
+    if args.signing_key is None:
+        print(development_key_warning(), file=sys.stderr)
     size = args.detector_size or (_trained_size(args.trained) if args.trained else None) or DEFAULT_SIZE
     options = ExportOptions(out=args.out, data=args.data, name=args.out.name, detector_threshold=args.threshold,
-                            detector_size=size)
+                            detector_size=size, signing_key=args.signing_key)
     if args.calibration:
         options.calibration = dict.fromkeys(options.calibration, args.calibration)
     if args.trained and (args.trained / "splits").is_dir():
@@ -128,10 +141,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         models = trained_models(args.trained, args.weights) if args.trained else default_models(args.weights)
         manifest = build_bundle(models, options)
-    except (GateError, FileNotFoundError) as exc:
+    except (GateError, FileNotFoundError, SignatureError) as exc:
         print(f"export failed, no bundle written: {exc}", file=sys.stderr)
         return 2
     print(manifest_summary(manifest, args.out))
+    print(f"signed: {args.out / SIGNATURE_NAME}" + (" with the DEVELOPMENT key" if args.signing_key is None else ""))
     if manifest.evaluation:
         print(f"what the camera does on held-out images: {args.out / 'MODEL_CARD.md'}")
     return 0

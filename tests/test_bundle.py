@@ -1,8 +1,11 @@
 import json
+from contextlib import nullcontext as does_not_raise
 
 import pytest
+from pydantic import ValidationError
 
-from edge.runtime.bundle import BundleError, load_bundle
+from edge.runtime.bundle import BundleError, BundleTrust, load_bundle
+from edge.runtime.manifest import FileEntry
 
 
 def test_default_bundle_verifies_and_describes_itself(bundle_dir):
@@ -58,3 +61,72 @@ def test_bad_manifest_is_refused(bundle_copy, edit, message):
 def test_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="not a model bundle"):
         load_bundle(tmp_path)
+
+
+# --- signatures and paths ---------------------------------------------------------------------
+def test_the_default_bundle_is_signed_with_a_key_the_default_config_trusts(bundle_dir):
+    from edge.runtime.config import BundleConfig
+
+    bundle = load_bundle(bundle_dir, BundleConfig().trust)
+    assert bundle.signer is not None and "development key" in (bundle.warning or "")
+    with pytest.raises(BundleError, match="not in bundle.trusted_keys"):
+        load_bundle(bundle_dir, BundleConfig(trusted_keys=[]).trust)
+
+
+def test_keygen_writes_a_key_only_its_owner_reads_and_never_overwrites_one(tmp_path, capsys):
+    from common.signing import decode_public
+    from export.signing import main
+
+    key = tmp_path / "keys" / "release.key"
+    assert main(["keygen", str(key)]) == 0
+    printed = capsys.readouterr().out.splitlines()[-1]
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert (tmp_path / "keys" / "release.pub").read_text().strip() == printed and len(decode_public(printed)) == 32
+    before = key.read_bytes()
+    assert main(["keygen", str(key)]) == 2 and "never overwritten" in capsys.readouterr().err
+    assert key.read_bytes() == before
+
+
+def test_sign_command_signs_only_a_bundle_whose_files_match(bundle_copy, tmp_path, capsys):
+    from export.signing import main, write_key_pair
+
+    key = tmp_path / "release.key"
+    public = write_key_pair(key)
+    assert main(["sign", str(bundle_copy), "--key", str(key)]) == 0
+    assert load_bundle(bundle_copy, BundleTrust((public,))).signer is not None  # inline base64 key
+    data = bytearray((bundle_copy / "detector.int8.onnx").read_bytes())
+    data[100] ^= 0xFF
+    (bundle_copy / "detector.int8.onnx").write_bytes(bytes(data))
+    assert main(["sign", str(bundle_copy), "--key", str(key)]) == 2
+    assert "detector.int8.onnx does not match" in capsys.readouterr().err
+    key.chmod(0o644)
+    assert main(["sign", str(bundle_copy), "--key", str(key)]) == 2
+    assert "chmod 600" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("not-a-key", "neither a base64 Ed25519 public key nor a key file"),
+    ("{tmp}/absent.pub", "neither a base64 Ed25519 public key nor a key file"),
+    ("{tmp}/garbage.pub", "does not hold a base64 Ed25519 public key"),
+    ("AAAA", "neither a base64 Ed25519 public key nor a key file"),  # base64, but not 32 bytes
+])
+def test_a_trusted_key_that_is_not_one_is_refused_by_name(bundle_dir, tmp_path, entry, message):
+    (tmp_path / "garbage.pub").write_text("hello\n")
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_dir, BundleTrust((entry.format(tmp=tmp_path),)))
+
+
+@pytest.mark.parametrize(("path", "expectation"), [
+    ("detector.int8.onnx", does_not_raise()),
+    ("models/detector.int8.onnx", does_not_raise()),
+    ("../detector.int8.onnx", pytest.raises(ValidationError, match="plain relative path")),
+    ("/etc/passwd", pytest.raises(ValidationError, match="plain relative path")),
+    ("models/../../x.onnx", pytest.raises(ValidationError, match="plain relative path")),
+    ("./detector.int8.onnx", pytest.raises(ValidationError, match="plain relative path")),
+    ("models//x.onnx", pytest.raises(ValidationError, match="plain relative path")),
+    ("models\\..\\x.onnx", pytest.raises(ValidationError, match="plain relative path")),
+    ("", pytest.raises(ValidationError, match="plain relative path")),
+])
+def test_file_paths_are_plain_relative_paths(path, expectation):
+    with expectation:
+        FileEntry(path=path, sha256="0" * 64, bytes=1)

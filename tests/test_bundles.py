@@ -17,16 +17,23 @@ import yaml
 from common.hashing import sha256_file
 from edge.app.bundle_install import BundleRoot, InstallError, frames_from, install, list_versions, switch
 from edge.runtime.bundle import load_bundle
+from export.signing import development_key, load_private_key, sign_bundle
 
 VERSION_A, VERSION_B = "2026.01.01-000000", "2026.02.01-000000"
 
 
+def _resign(bundle: Path) -> None:
+    """Sign an edited manifest again with the development key, which the default config trusts."""
+    sign_bundle(bundle, load_private_key(development_key()))
+
+
 def _versioned(bundle_dir: Path, dest: Path, version: str) -> Path:
-    """A copy of the bundle whose manifest says ``version`` (the manifest itself is not hashed)."""
+    """A copy of the bundle whose manifest says ``version``, signed again."""
     shutil.copytree(bundle_dir, dest)
     manifest = json.loads((dest / "manifest.json").read_text())
     manifest["version"] = version
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    _resign(dest)
     return dest
 
 
@@ -87,12 +94,13 @@ def test_cli_install_dir_then_tar_then_rollback(tmp_path, data, sources):
 
 
 def _swap_detector_for_crops(bundle: Path) -> None:
-    """A bundle whose hashes are right but whose detector file is the crop model: it loads, it cannot run."""
+    """A bundle signed by a trusted key whose detector file is the crop model: it verifies, it cannot run."""
     shutil.copy(bundle / "crops.int8.onnx", bundle / "detector.int8.onnx")
     manifest = json.loads((bundle / "manifest.json").read_text())
     entry = manifest["models"]["detector"]["files"]["int8"]
     entry.update(sha256=sha256_file(bundle / "detector.int8.onnx"), bytes=(bundle / "detector.int8.onnx").stat().st_size)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
+    _resign(bundle)
 
 
 @pytest.mark.parametrize(
@@ -207,6 +215,7 @@ def _install_tampered_as_current(root: BundleRoot, bundle_copy: Path, spoil=None
     manifest = json.loads((bundle_copy / "manifest.json").read_text())
     manifest["version"] = VERSION_B
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    _resign(bundle_copy)
     (spoil or (lambda b: _flip_byte(b / "detector.int8.onnx")))(bundle_copy)
     bad = root.versions / f"default-{VERSION_B}"
     shutil.move(bundle_copy, bad)

@@ -8,17 +8,26 @@ Layout under a bundles root (default ``/var/lib/trapedge/bundles``)::
 
 ``current`` and ``previous`` are relative symlinks, replaced with ``os.replace`` of a fresh temp
 link, so a reader sees the old bundle or the new one, never none.
+
+A bundle is copied (never following a link) or unpacked into a hidden ``versions/.staging-*``,
+where its signature, files and models are checked; only then is it renamed into ``versions/``
+and switched to. An install killed on the way leaves a hidden leftover (removed by the next
+install) or a verified version that neither link names (replaced when it is installed again).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sqlite3
+import stat
 import tarfile
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,11 +40,12 @@ from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image, list_images
 from edge.capture.frame import Frame
 from edge.runtime.backends import BackendUnavailable
-from edge.runtime.bundle import BundleError, load_bundle, read_manifest
+from edge.runtime.bundle import Bundle, BundleError, BundleTrust, load_bundle
 from edge.runtime.manifest import MANIFEST_NAME
 
 DEFAULT_ROOT = Path("/var/lib/trapedge/bundles")
 SMOKE_FRAMES = 3
+LEFTOVERS = (".staging-", ".replaced-")  # hidden folders an interrupted install leaves in versions/
 
 
 class InstallError(RuntimeError):
@@ -121,10 +131,10 @@ def rollback(root: BundleRoot) -> tuple[str, str]:
     return current.name, previous.name
 
 
-def self_rollback(path: Path) -> tuple[str, str] | None:
+def self_rollback(path: Path, trust: BundleTrust | None = None) -> tuple[str, str] | None:
     """At service start: if ``path`` is a ``current`` link with a sibling ``previous`` that
-    loads, point ``current`` at it. Returns (bad version dir, good version dir), or None when
-    there is nothing to go back to."""
+    loads (signed by a key of ``trust``), point ``current`` at it. Returns (bad version dir, good
+    version dir), or None when there is nothing to go back to."""
     path = Path(path)
     root = BundleRoot(path.parent)
     if path.name != "current" or not path.is_symlink() or not root.previous.is_symlink():
@@ -132,7 +142,7 @@ def self_rollback(path: Path) -> tuple[str, str] | None:
     bad, good = root.target(root.current), root.target(root.previous)
     if good is None or good == bad:
         return None
-    load_bundle(good)  # raises if the previous bundle is bad too
+    load_bundle(good, trust)  # raises if the previous bundle is bad too
     point(root.current, good)
     return (bad.name if bad else "?"), good.name
 
@@ -150,6 +160,52 @@ def list_versions(root: BundleRoot) -> list[tuple[str, str]]:
 
 
 # --- staging ----------------------------------------------------------------------------------
+@dataclass
+class _Budget:
+    """How many more bytes a bundle may take (``bundle.install_max_mb``)."""
+
+    limit_mb: float
+    used: int = 0
+
+    def take(self, count: int) -> None:
+        self.used += count
+        if self.used > self.limit_mb * 1e6:
+            raise InstallError(f"the bundle is larger than bundle.install_max_mb ({self.limit_mb:g} MB): refused "
+                               "(raise the limit in edge.yaml if the bundle is genuine)")
+
+
+def _copy_file(source: Path, dest: Path, budget: _Budget) -> None:
+    """Copy one plain file; a link or a special file swapped in since the folder was listed is refused."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise InstallError(f"{source}: {exc.strerror}: a bundle holds only plain files and folders") from None
+    with os.fdopen(fd, "rb") as src, open(dest, "xb") as out:
+        if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+            raise InstallError(f"{source} is not a plain file: a bundle holds only plain files and folders")
+        while block := src.read(1 << 20):
+            budget.take(len(block))
+            out.write(block)
+
+
+def _copy_plain_tree(source: Path, dest: Path, budget: _Budget) -> None:
+    """Copy a bundle folder: plain files and folders only, never following a link, within ``budget``."""
+    dest.mkdir()
+    with os.scandir(source) as listing:
+        entries = sorted(listing, key=lambda entry: entry.name)
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_symlink():
+            raise InstallError(f"{path} is a symbolic link: a bundle holds only plain files and folders (put the "
+                               "file itself in the bundle)")
+        if entry.is_dir(follow_symlinks=False):
+            _copy_plain_tree(path, dest / entry.name, budget)
+        elif entry.is_file(follow_symlinks=False):
+            _copy_file(path, dest / entry.name, budget)
+        else:
+            raise InstallError(f"{path} is a device, pipe or socket: a bundle holds only plain files and folders")
+
+
 def _checked_member(archive: Path, member: tarfile.TarInfo) -> tarfile.TarInfo:
     """``member`` if it is a plain file or folder inside the bundle, with plain permissions; else refuse."""
     name = Path(member.name)
@@ -164,7 +220,7 @@ def _checked_member(archive: Path, member: tarfile.TarInfo) -> tarfile.TarInfo:
     return member
 
 
-def _extract(archive: Path, dest: Path) -> None:
+def _extract(archive: Path, dest: Path, budget: _Budget) -> None:
     """Unpack a .tar/.tar.gz of plain files and folders, refusing members that would land outside ``dest``.
 
     The checks are ours, so they hold on Pythons without tarfile's extraction filters (before
@@ -172,6 +228,7 @@ def _extract(archive: Path, dest: Path) -> None:
     """
     with tarfile.open(archive) as tar:
         members = [_checked_member(archive, member) for member in tar.getmembers()]
+        budget.take(sum(member.size for member in members if member.isfile()))
         if hasattr(tarfile, "data_filter"):
             try:
                 tar.extractall(dest, members=members, filter="data")
@@ -191,32 +248,57 @@ def _bundle_root_in(unpacked: Path) -> Path:
     raise InstallError(f"not a model bundle: no {MANIFEST_NAME} at its top (or in its only folder)")
 
 
-def stage(root: BundleRoot, source: Path) -> Path:
-    """Copy or unpack ``source`` into ``versions/.staging-*``, then rename it to
-    ``versions/<name>-<version>``. Returns the final directory (the staging dir is gone)."""
+def stage(source: Path, staging: Path, max_mb: float) -> Path:
+    """Copy or unpack ``source`` (at most ``max_mb``) into ``staging``; returns the folder holding its manifest."""
+    unpacked, budget = staging / "bundle", _Budget(max_mb)
+    if source.is_dir():
+        _copy_plain_tree(source, unpacked, budget)
+    elif source.is_file() and tarfile.is_tarfile(source):
+        unpacked.mkdir()
+        _extract(source, unpacked, budget)
+    else:
+        raise InstallError(f"{source} is neither a bundle directory nor a .tar/.tar.gz of one")
+    return _bundle_root_in(unpacked)
+
+
+@contextmanager
+def _locked(root: BundleRoot) -> Iterator[None]:
+    """One install at a time under a root (``.install.lock`` beside ``current``; it goes with the process)."""
     root.versions.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.versions))
-    try:
-        unpacked = staging / "bundle"
-        if source.is_dir():
-            shutil.copytree(source, unpacked)
-        elif tarfile.is_tarfile(source):
-            unpacked.mkdir()
-            _extract(source, unpacked)
-        else:
-            raise InstallError(f"{source} is neither a bundle directory nor a .tar/.tar.gz of one")
-        bundle = _bundle_root_in(unpacked)
-        try:
-            manifest = read_manifest(bundle)
-        except BundleError as exc:
-            raise InstallError(str(exc)) from exc
-        final = root.versions / f"{manifest.name}-{manifest.version}"
-        if final.exists():
-            raise InstallError(f"{final.name} is already installed (use `trapedge bundle rollback`, or remove it)")
-        bundle.rename(final)
-        return final
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with open(root.path / ".install.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def remove_leftovers(root: BundleRoot) -> list[str]:
+    """Remove the hidden folders an interrupted install left in ``versions/``; returns their names.
+
+    Call it holding the install lock: another install's staging folder is not a leftover.
+    """
+    found = [p for p in root.versions.iterdir() if p.is_dir() and not p.is_symlink() and p.name.startswith(LEFTOVERS)]
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in found]
+
+
+def _version_dir(root: BundleRoot, bundle: Bundle) -> Path:
+    """``versions/<name>-<version>`` for a verified bundle; refused while ``current`` or ``previous`` names it."""
+    final = root.versions / f"{bundle.manifest.name}-{bundle.manifest.version}"
+    for link in (root.current, root.previous):
+        if root.target(link) == final.resolve():
+            raise InstallError(f"{final.name} is already installed ({link.name}): `trapedge bundle rollback` "
+                               "switches between current and previous")
+    return final
+
+
+def _place(staged: Path, final: Path) -> None:
+    """Rename the verified ``staged`` folder to ``final``; a folder already there that neither link
+    names (an install killed before its switch) is replaced."""
+    if final.exists() or final.is_symlink():
+        aside = Path(tempfile.mkdtemp(prefix=".replaced-", dir=final.parent))
+        final.rename(aside / final.name)
+        shutil.rmtree(aside, ignore_errors=True)
+    staged.rename(final)
 
 
 # --- smoke check ------------------------------------------------------------------------------
@@ -295,32 +377,43 @@ def smoke_check(analyzer: Analyzer, images: list[np.ndarray]) -> SmokeResult:
 
 
 # --- install ----------------------------------------------------------------------------------
+def _verify(staged: Path, config: EdgeConfig, root: BundleRoot) -> tuple[Path, Analyzer]:
+    """Signature and files of the staged copy, its version directory, its models built."""
+    try:
+        bundle = load_bundle(staged, config.bundle.trust)
+        final = _version_dir(root, bundle)
+        return final, build_analyzer(config, bundle)
+    except (BundleError, BackendUnavailable) as exc:
+        raise InstallError(str(exc)) from exc
+
+
 def install(root: BundleRoot, source: Path, frames: list[Path], config: EdgeConfig | None = None, *,
             allow_no_frames: bool = False) -> InstallResult:
-    """Stage, verify, smoke-check (the analyzer ``config`` describes) and switch ``current`` to one bundle.
+    """Stage, verify (signature against ``config``'s trusted keys, every sha256), smoke-check (the
+    analyzer ``config`` describes), then move into ``versions/`` and switch ``current`` to one bundle.
 
     Any failure before the switch removes the staged copy and leaves ``current`` untouched.
 
     Raises:
         InstallError: naming the reason in one line.
     """
+    config = config or command_defaults()
     images = smoke_images(frames)
     if not images and not allow_no_frames:
         raise InstallError("no frames for the smoke check (give --frames DIR or --store DB with recorded "
                            "frames, or --allow-no-frames to install without running the models)")
-    staged = stage(root, Path(source))
-    try:
+    with _locked(root):
+        remove_leftovers(root)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.versions))
         try:
-            bundle = load_bundle(staged)
-            analyzer = build_analyzer(config or command_defaults(), bundle)
-        except (BundleError, BackendUnavailable) as exc:
-            raise InstallError(str(exc)) from exc
-        smoke = smoke_check(analyzer, images)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
-    old = switch(root, staged)
-    return InstallResult(old, staged.name, smoke)
+            staged = stage(Path(source), staging, config.bundle.install_max_mb)
+            final, analyzer = _verify(staged, config, root)
+            smoke = smoke_check(analyzer, images)
+            _place(staged, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        old = switch(root, final)
+    return InstallResult(old, final.name, smoke)
 
 
 def frames_from(directory: Path | None, store: Path | None) -> list[Path]:

@@ -27,7 +27,7 @@ from edge.app.health import THERMAL_ROOT, DiskGuard, temperature_c
 from edge.capture.frame import Frame
 from edge.capture.sources import create_source
 from edge.publish.mqtt import Publisher
-from edge.runtime.bundle import Bundle, BundleError, load_bundle
+from edge.runtime.bundle import Bundle, BundleError, BundleTrust, load_bundle
 from edge.storage.recorder import Recorder
 from edge.storage.store import Store, StoreError, is_full
 
@@ -69,6 +69,9 @@ class Service:
         self.store = Store(self.config.store.path)
         self.disk = DiskGuard(self.config.store.path, self.config.disk)
         self.disk.check()
+        if self.config.bundle.allow_unsigned:
+            log.warning("bundle.allow_unsigned is true: this device loads UNSIGNED model bundles (development only; "
+                        "set it false and list your signing key in bundle.trusted_keys on a deployed camera)")
         self._load_models()
         self.recorder: Recorder = build_recorder(self.config, self.store, self.analyzer, self.bundle)
         self.sources = [create_source(cfg, self.store.is_done) for cfg in self.config.sources]
@@ -85,7 +88,7 @@ class Service:
             return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            rolled = self._roll_back(path, reason)
+            rolled = self._roll_back(path, reason, self.config.bundle.trust)
             if rolled is None:
                 raise
         log.error("bundle %s failed (%s): rolled back to %s", rolled[0], reason, rolled[1])
@@ -93,17 +96,19 @@ class Service:
         self._try_bundle(path)
 
     @staticmethod
-    def _roll_back(path: Path, reason: str) -> tuple[str, str] | None:
+    def _roll_back(path: Path, reason: str, trust: BundleTrust) -> tuple[str, str] | None:
         try:
-            return self_rollback(path)
+            return self_rollback(path, trust)
         except (BundleError, OSError) as exc:
             log.error("bundle at %s failed (%s); cannot roll back to previous: %s", path, reason, exc)
             return None
 
     def _try_bundle(self, path: Path) -> None:
-        """Load the bundle, build the analyzer and smoke-check it on one frame (a recorded one,
-        else a gray one), as ``trapedge bundle install`` does."""
-        self.bundle = load_bundle(path)
+        """Load the bundle (its signature checked against ``bundle.trusted_keys``), build the analyzer
+        and smoke-check it on one frame (a recorded one, else a gray one), as ``trapedge bundle install`` does."""
+        self.bundle = load_bundle(path, self.config.bundle.trust)
+        if self.bundle.warning:
+            log.warning("%s", self.bundle.warning)
         self.analyzer: Analyzer = build_analyzer(self.config, self.bundle)
         images = smoke_images(store_frames(self.config.store.path), count=1)
         h, w = self.analyzer.detector.spec.input.size

@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.signing import DEV_PUBLIC_KEY
 from edge.runtime.backends import PLUGINS, BackendConfig
 from edge.runtime.backends.onnxruntime import Config as OnnxRuntimeConfig
+from edge.runtime.bundle import BundleTrust
 
 DEFAULT_PATH = Path("/var/lib/trapedge/bundles/current")
 
@@ -26,6 +28,13 @@ class BundleConfig(BaseModel):
     precision: Literal["int8", "fp16", "fp32"] = Field(
         "int8", title="What the backend runs: int8 or fp32 ONNX on onnxruntime, int8 or fp16 engines on tensorrt")
     backend: BackendConfig = Field(default_factory=OnnxRuntimeConfig, title="Inference backend and its options")
+    trusted_keys: list[str] = Field(
+        default_factory=lambda: [str(DEV_PUBLIC_KEY)],
+        title="Ed25519 public keys whose bundle signatures this device accepts: base64 lines or .pub files. The "
+              "default is the checkout's development key (for demos and tests); a deployed camera lists its own")
+    allow_unsigned: bool = Field(False, title="Development only: also load bundles without manifest.sig (a WARNING "
+                                              "at every start); a bad signature is refused all the same")
+    install_max_mb: float = Field(1024, gt=0, title="Largest bundle `trapedge bundle install` copies or unpacks")
 
     @model_validator(mode="before")
     @classmethod
@@ -36,6 +45,11 @@ class BundleConfig(BaseModel):
         if isinstance(data, dict) and isinstance(data.get("backend"), str):
             data = {**data, "backend": {"type": data["backend"]}}
         return data
+
+    @property
+    def trust(self) -> BundleTrust:
+        """The keys and the unsigned rule that ``load_bundle`` checks a bundle's signature with."""
+        return BundleTrust(tuple(self.trusted_keys), self.allow_unsigned)
 
     @model_validator(mode="after")
     def _precision_runs(self) -> BundleConfig:

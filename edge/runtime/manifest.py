@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
+# name and version become the install directory ``<name>-<version>``: no separators, no leading dot
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Precision = Literal["fp32", "int8"]
 
 
@@ -23,8 +25,16 @@ class FileEntry(_Strict):
     """One file of the bundle and its checksum."""
 
     path: str = Field(title="File name relative to the bundle directory")
-    sha256: str = Field(title="Hex sha256 of the file's bytes")
-    bytes: int = Field(title="File size in bytes")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", title="Hex sha256 of the file's bytes")
+    bytes: int = Field(ge=0, title="File size in bytes")
+
+    @field_validator("path")
+    @classmethod
+    def _plain_relative(cls, value: str) -> str:
+        if "\\" in value or "\0" in value or any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError(f"{value!r} is not a plain relative path inside the bundle (no leading /, no . or .., "
+                             "no backslash)")
+        return value
 
 
 class InputSpec(_Strict):
@@ -72,8 +82,8 @@ class Manifest(_Strict):
     """The whole bundle."""
 
     schema_version: int = SCHEMA_VERSION
-    name: str
-    version: str
+    name: str = Field(pattern=SAFE_NAME, title="Bundle name: letters, digits, '.', '_', '-' (it names a directory)")
+    version: str = Field(pattern=SAFE_NAME, title="Bundle version: letters, digits, '.', '_', '-'")
     created: str
     models: dict[Literal["detector", "classifier", "embedder"], ModelSpec]
     versions: dict[str, str] = Field(default_factory=dict, title="Package versions used to export")
