@@ -551,7 +551,8 @@ def mutate(rng: random.Random, kind: str, payload: dict) -> tuple[bytes, str]:
     return raw, how
 
 
-def test_fuzzed_payloads_of_every_kind_never_escape_and_each_gets_a_reason(store, tally, thumbnail):
+def test_fuzzed_payloads_of_every_kind_never_escape_and_each_gets_a_reason(store, tally, thumbnail, tmp_path,
+                                                                          mosquitto):
     rng = random.Random(20261126)
     count = fuzz_count(400, 5000)
     samples = {kind: sample(kind, thumbnail) for kind in KINDS}
@@ -571,8 +572,15 @@ def test_fuzzed_payloads_of_every_kind_never_escape_and_each_gets_a_reason(store
         assert not isinstance(result, Rejected) or result.reason
     outcomes = deliver(Ingestor(store, PREFIX), items)
     found = reasons(store)
-    tally.record("central: fuzzed payloads of every kind", attempts=count, rejected=len(found),
-                 crashes=len(escaped) + crashes(outcomes), bytes_stored=stored_bytes(store))
+    stored = stored_bytes(store)
+    store.close()
+    service, failure = restart(central_config(tmp_path, mosquitto))  # whatever was stored, central starts again
+    if service is not None:
+        service.stop()
+    tally.record("central: fuzzed payloads of every kind, then a restart", attempts=count, rejected=len(found),
+                 crashes=len(escaped) + crashes(outcomes), failed_restarts=int(failure is not None),
+                 bytes_stored=stored)
+    assert failure is None, failure
     assert {kind for kind, _ in families} == set(KINDS)
     assert not escaped, escaped[:5]
     assert not crashes(outcomes)

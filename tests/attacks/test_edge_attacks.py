@@ -194,3 +194,27 @@ def test_a_frame_that_kills_the_service_is_not_retried_forever(tmp_path, data, b
     assert "stopped the service 2 times" in reason
     assert len(_rows(db, "SELECT key FROM frames")) == 2 and _rows(db, "SELECT * FROM attempts") == []
     tally.record("edge: a frame that kills the service (OOM)", attempts=3, rejected=1, crashes=0, failed_restarts=0)
+
+
+def test_the_service_takes_a_png_bomb_and_links_as_failures_and_skips(tmp_path, data, bundle_dir, tally):
+    """End to end: a 10 KB PNG declaring 8944² pixels is one failure record with its reason; links
+    in the drop folder are never followed (not a frame, not a message); the real frame goes through."""
+    from PIL import Image
+
+    config = _config(tmp_path, bundle_dir)
+    incoming, outside = tmp_path / "incoming", tmp_path / "outside"
+    outside.mkdir()
+    Image.new("1", (8944, 8944)).save(incoming / "bomb.png", optimize=True)
+    shutil.copy(data / "frames" / FRAMES[0], outside / "private.jpg")
+    (incoming / "private.jpg").symlink_to(outside / "private.jpg")
+    (incoming / "passwd.png").symlink_to("/etc/passwd")
+    _drop(data, tmp_path, FRAMES[1])
+    assert main(config, once=True) == 0
+    db = config.store.path
+    (reason,) = _rows(db, "SELECT reason FROM failures WHERE key LIKE 'bomb.png%'")[0]
+    assert reason.startswith("image unreadable: image too large (8944x8944, PNG)")
+    assert [k.split(":")[0] for (k,) in _rows(db, "SELECT key FROM frames")] == [Path(FRAMES[1]).name]
+    assert not _rows(db, "SELECT key FROM failures WHERE key NOT LIKE 'bomb.png%'")
+    stored = sum(len(p) for (p,) in _rows(db, "SELECT payload FROM outbox"))
+    tally.record("edge: PNG bomb and symbolic links in the drop folder", attempts=3, rejected=3, crashes=0,
+                 failed_restarts=0, bytes_stored=stored)
