@@ -13,6 +13,7 @@ from common.signing import SIGNATURE_NAME, SignatureError
 from edge.runtime.manifest import SAFE_NAME
 from export.build import ExportOptions, TorchModels, build_bundle, manifest_summary
 from export.gates import GateError
+from export.model_card import add_camera_section
 from export.signing import development_key_warning
 from train.models.yolox import DEFAULT_SIZE, detector_input
 
@@ -147,5 +148,7 @@ def run(args: argparse.Namespace) -> int:
     print(manifest_summary(manifest, args.out))
     print(f"signed: {args.out / SIGNATURE_NAME}" + (" with the DEVELOPMENT key" if args.signing_key is None else ""))
     if manifest.evaluation:
-        print(f"what the camera does on held-out images: {args.out / 'MODEL_CARD.md'}")
+        report = args.trained / "report" / "report.md"
+        add_camera_section(report, manifest.evaluation, str(args.out))
+        print(f"what the camera does on held-out images: {args.out / 'MODEL_CARD.md'} (and at the top of {report})")
     return 0

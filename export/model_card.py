@@ -4,6 +4,7 @@ through the bundle's own INT8 pipeline)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from edge.runtime.manifest import Manifest
@@ -46,13 +47,35 @@ def model_card(manifest: Manifest) -> str:
     lines += [f"- {name}: {gate['value']:.4g} (limit {gate['limit']:g})" for name, gate in manifest.gates.items()
               if isinstance(gate, dict)]
     if manifest.evaluation:
-        lines += ["", "## What the camera does on held-out images", "",
-                  "Each source's test split (fixed by `trapedge train` before any tuning, never trained on), run "
-                  "through this bundle's INT8 pipeline with info bars detected: `trapedge evaluate`. Box recall "
-                  "at IoU ≥ 0.5 (boxes in brackets); sizes by area share: small < 1 % ≤ medium < 10 % ≤ large.", "",
-                  "| source | images | animal boxes found | small | medium | large | person boxes labelled person "
-                  "| people labelled animal | person frames called person | empties kept out "
-                  "| animal frames non-empty | species top-1 / macro-F1 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [_row(name, figures) for name, figures in manifest.evaluation.items() if isinstance(figures, dict)]
+        lines += ["", *camera_section(manifest.evaluation)]
     return "\n".join(lines) + "\n"
+
+
+def camera_section(evaluation: dict[str, Any], bundle: str = "this bundle") -> list[str]:
+    """Markdown lines: what the camera does on each source's held-out images (the model card's and the
+    training report's one table)."""
+    lines = ["## What the camera does on held-out images", "",
+             f"Each source's test split (fixed by `trapedge train` before any tuning, never trained on), run "
+             f"through {bundle}'s INT8 pipeline with info bars detected: `trapedge evaluate`. Box recall "
+             "at IoU ≥ 0.5 (boxes in brackets); sizes by area share: small < 1 % ≤ medium < 10 % ≤ large.", "",
+             "| source | images | animal boxes found | small | medium | large | person boxes labelled person "
+             "| people labelled animal | person frames called person | empties kept out "
+             "| animal frames non-empty | species top-1 / macro-F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    return lines + [_row(name, figures) for name, figures in evaluation.items() if isinstance(figures, dict)]
+
+
+CAMERA_START, CAMERA_END = "<!-- camera: written by trapedge export -->", "<!-- /camera -->"
+
+
+def add_camera_section(report: Path, evaluation: dict[str, Any], bundle: str) -> None:
+    """Put the camera's held-out table at the top of a training report (replacing an earlier one), so
+    the report leads with what the camera does, not with the training's whole-frame checks."""
+    text = report.read_text() if report.is_file() else "# trapedge training report\n"
+    if CAMERA_START in text and CAMERA_END in text:
+        head, rest = text.split(CAMERA_START, 1)
+        text = head + rest.split(CAMERA_END, 1)[1].lstrip("\n")
+    title, _, body = text.partition("\n")
+    section = "\n".join([CAMERA_START, *camera_section(evaluation, f"`{bundle}`"), CAMERA_END])
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(f"{title}\n\n{section}\n\n{body.lstrip()}")

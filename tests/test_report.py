@@ -18,3 +18,19 @@ def test_report_has_sections_and_plots(tmp_path):
     for png in ("confusion.png", "roc_empty.png", "reid.png"):
         data = (tmp_path / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_the_training_report_leads_with_the_camera_and_a_new_export_replaces_it(tmp_path):
+    from export.model_card import add_camera_section
+
+    report = tmp_path / "report" / "report.md"
+    report.parent.mkdir()
+    report.write_text("# trapedge training report\n\nintro\n\n## Species classifier alone\n")
+    figures = {"images": 3, "boxes": None, "image_classes": {"confusion": [[1, 0, 0, 0]] * 4, "empty_kept_out": 1.0,
+                                                             "animal_found": 0.5}, "species": {"top1": 0.5, "macro_f1": 0.25}}
+    add_camera_section(report, {"species:x": figures}, "bundles/a")
+    add_camera_section(report, {"species:x": {**figures, "species": {"top1": 0.75, "macro_f1": 0.5}}}, "bundles/b")
+    text = report.read_text()
+    assert text.startswith("# trapedge training report\n\n<!-- camera")
+    assert text.count("## What the camera does") == 1 and "`bundles/b`" in text and "0.750 / 0.500" in text
+    assert text.index("## What the camera does") < text.index("intro") < text.index("## Species classifier alone")

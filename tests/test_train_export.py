@@ -30,6 +30,8 @@ def test_quick_train_then_export_then_detect_and_embed(tmp_path, data):
     assert set(manifest.evaluation) == {"species:mlwic_ca01", "boxes:missouri_camtraps", "boxes:mlwic_ca01"}
     missouri = manifest.evaluation["boxes:missouri_camtraps"]
     assert missouri["boxes"]["recall"]["animal"]["all"]["boxes"] > 100
+    report = (run / "report" / "report.md").read_text()  # the training report now leads with the camera
+    assert report.index("## What the camera does on held-out images") < report.index("## Species classifier alone")
     card = (bundle / "MODEL_CARD.md").read_text()
     assert "| boxes:missouri_camtraps |" in card and "INT8 gates" in card
     assert manifest.models["classifier"].taxonomy["Bobcat"] == ["felidae", "carnivora", "mammalia"]

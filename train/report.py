@@ -104,10 +104,13 @@ def write_report(out: Path, *, classifier: dict | None = None, roc: dict | None 
                  reid: dict | None = None, detector: dict | None = None, notes: list[str] | None = None) -> Path:
     """Write ``report.md`` and its PNGs into ``out``; sections appear for what was measured."""
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# trapedge evaluation report", ""]
+    lines = ["# trapedge training report", "",
+             "What the camera does (the INT8 bundle through the edge pipeline, each source's held-out images) "
+             "is put at the top of this report by `trapedge export --trained`; the sections below are the "
+             "training's own checks of each model on its own, not what the camera does.", ""]
     if classifier:
         plot_confusion(np.asarray(classifier["confusion"]), classifier["labels"], out / "confusion.png")
-        lines += ["## Species classifier", "",
+        lines += ["## Species classifier alone (whole frames; a training check, not the camera)", "",
                   f"Held-out test split: top-1 **{classifier['top1']:.3f}**, macro-F1 **{classifier['macro_f1']:.3f}** "
                   f"({classifier['n']} images).", "", *_per_class_table(classifier), "", "![confusion](confusion.png)", ""]
     if roc:
