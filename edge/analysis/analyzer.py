@@ -77,7 +77,8 @@ class Analyzer:
         self.frame_context = learnt_whole if detection.frame_context is None else detection.frame_context
         self.space = LabelSpace.of(detector.labels, classifier.labels if classifier else (),
                                    getattr(getattr(classifier, "spec", None), "taxonomy", None),
-                                   detection.rollup_min_score if classifier else None)
+                                   detection.rollup_min_score if classifier else None,
+                                   detection.sure_box)
 
     @property
     def labels(self) -> list[str]:

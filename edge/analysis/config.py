@@ -32,6 +32,9 @@ class DetectionConfig(BaseModel):
     whole_frame_min_score: float = Field(0.8, ge=0, le=1, title="Probability the whole frame's animal class needs")
     second_look: SecondLookConfig = Field(default_factory=SecondLookConfig,
                                           title="Tiles for small and far animals (edge/analysis/tiles.py)")
+    sure_box: float | None = Field(
+        0.5, ge=0, le=1, title="A detector box at least this confident is never labelled empty: an empty class from the "
+                               "classifier rolls up to 'animal' (blurred, never embedded); null: the classifier decides")
     rollup_min_score: float | None = Field(
         0.3, ge=0, le=1, title="Below this, a box's (and an event's) best species rolls up the bundle's taxonomy "
                                "(species → family → ... → animal) to the first level that reaches it; null: never")

@@ -23,6 +23,9 @@ output). The rules:
    ancestors, nearest first, carried in the manifest) to the most specific ancestor whose
    descendants' probabilities sum to it (``Bobcat`` 0.45 + ``Mountain lion`` 0.3 → ``felidae``
    0.75), else to ``animal`` when the animal classes together reach it; ``label_source`` ``rollup``.
+7. A box the detector is sure of (``LabelSpace.sure_box``) is never labelled empty: when the
+   classifier's label for it is an empty one, the label rolls up to ``animal`` (SpeciesNet's detector
+   fallback); like any roll-up to ``animal`` it is blurred and never embedded.
 
 Each box also gets ``label_probs``, its vote over ``LabelSpace.labels`` (the classifier's
 probabilities, or all on the detector's label; a rolled-up box moves its descendants' mass onto the
@@ -57,19 +60,22 @@ class LabelSpace:
         detector, classifier: the models' labels.
         taxonomy: classifier label → its ancestors, nearest first (the manifest's ``taxonomy``).
         rollup_min_score: below this, a box's best animal class rolls up (None: never).
+        sure_box: a detector box at least this confident is never labelled empty (rule 7; needs
+            roll-up on, for the ``animal`` label; None: off).
     """
 
     detector: tuple[str, ...]
     classifier: tuple[str, ...]
     taxonomy: tuple[tuple[str, tuple[str, ...]], ...] = ()
     rollup_min_score: float | None = None
+    sure_box: float | None = None
 
     @classmethod
     def of(cls, detector: Sequence[str], classifier: Sequence[str], taxonomy: Mapping[str, Sequence[str]] | None = None,
-           rollup_min_score: float | None = None) -> LabelSpace:
+           rollup_min_score: float | None = None, sure_box: float | None = None) -> LabelSpace:
         """A space from plain lists and a taxonomy dict (only the classifier's labels' entries kept)."""
         tree = tuple((label, tuple(up)) for label, up in (taxonomy or {}).items() if label in classifier)
-        return cls(tuple(detector), tuple(classifier), tree, rollup_min_score)
+        return cls(tuple(detector), tuple(classifier), tree, rollup_min_score, sure_box)
 
     @cached_property
     def ancestors(self) -> list[str]:
@@ -140,6 +146,11 @@ def _decide(space: LabelSpace, class_id: int, confidence: float, probs: np.ndarr
     if rolled is not None:
         return rolled[0], rolled[1], ROLLUP, rolled[2]
     best = int(np.argmax(probs))
+    if (space.sure_box is not None and confidence >= space.sure_box and ANIMAL in space.labels
+            and category_of(space.classifier[best]) is None):
+        vote[space.index(ANIMAL)] += vote[best]  # the empty label's mass goes to "animal"
+        vote[best] = 0.0
+        return ANIMAL, float(confidence), ROLLUP, vote
     return space.classifier[best], float(probs[best]), source, vote
 
 
