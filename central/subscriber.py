@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from central.config import BrokerConfig
+from common.logs import quiet_after_disconnect
 from common.wire import KINDS
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Subscriber:
             password = config.password.get_secret_value() if config.password else None
             self.client.username_pw_set(config.username, password)
         self.client.enable_logger(log.getChild("paho"))
+        log.getChild("paho").addFilter(quiet_after_disconnect)
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *args: self.subscribed.set()

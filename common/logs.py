@@ -49,3 +49,13 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(SafeFormatter(FORMAT))
     logging.basicConfig(level=level, handlers=[handler])  # a no-op where logging is set up already (tests)
+
+
+def quiet_after_disconnect(record: logging.LogRecord) -> bool:
+    """A filter for paho's logger: its network thread runs once more between ``disconnect()`` and
+    ``loop_stop()`` and logs "Client is not connected" as an error; at a clean stop that is
+    expected, so it becomes a debug record."""
+    if record.levelno >= logging.ERROR and "Client is not connected" in record.getMessage():
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+    return True

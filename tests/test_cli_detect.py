@@ -159,3 +159,9 @@ def test_bench_without_a_bundle_is_one_line(data, tmp_path, capsys):
                  "--frames", "1", "--no-torch"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("trapedge bench: ") and "not a model bundle" in err and len(err.splitlines()) == 1
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("trapedge ")

@@ -259,13 +259,16 @@ def test_last_will_marks_a_dead_device_offline(mosquitto, tmp_path, clients):
     assert retained_status(mosquitto)["id"] == will["id"]
 
 
-def test_clean_stop_publishes_offline_once(mosquitto, store, clients):
+def test_clean_stop_publishes_offline_once(mosquitto, store, clients, caplog):
     publisher, subscriber = clients
     watcher = subscriber(mosquitto)
     pub = publisher(mosquitto)
     assert wait_until(lambda: pub.connected and pub.inflight == 0, 5)
-    pub.stop(timeout=3)
+    with caplog.at_level(logging.DEBUG):
+        pub.stop(timeout=3)
+        time.sleep(0.2)
     assert not pub.connected
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR], "a clean stop logs no error"
     time.sleep(0.3)  # a will, wrongly sent after our own offline, would arrive by now
     assert [p["state"] for p in watcher.payloads("status")] == ["online", "offline"]
     assert retained_status(mosquitto)["state"] == "offline"

@@ -24,14 +24,26 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed trapedge's version (``unknown`` when run from a tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("trapedge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="trapedge", description="Edge appliance for wildlife camera traps.")
+    parser.add_argument("--version", action="version", version=f"trapedge {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv)  # prints usage / error and exits
+        parser.parse_args(argv)  # --version, or usage / an error, and exits
     module = importlib.import_module(COMMANDS[argv[0]][0])
     command = argparse.ArgumentParser(prog=f"trapedge {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(command)

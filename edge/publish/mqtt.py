@@ -29,11 +29,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from common.logs import quiet_after_disconnect
 from common.wire import check_device, check_prefix, topic
 from edge.storage.outbox import Outbox
 from edge.wire.messages import StatusMessage
 
 log = logging.getLogger(__name__)
+
+
 
 
 class MqttTls(BaseModel):
@@ -291,6 +294,7 @@ class Publisher:
             )
             client.tls_insecure_set(tls.insecure)
         client.enable_logger(log.getChild("paho"))  # paho logs flags, never the password
+        log.getChild("paho").addFilter(quiet_after_disconnect)
         client.suppress_exceptions = True  # a failing callback is logged; paho's thread goes on
         client.reconnect_delay_set(config.reconnect_min_s, config.reconnect_max_s)  # type: ignore[arg-type]  # paho takes float seconds; its stub says int
         client.max_inflight_messages_set(0)  # our window is the limit; paho must never queue behind it
