@@ -215,10 +215,15 @@ class Service:
         watchdog = systemd.Watchdog()
         systemd.ready()
         next_retention = next_status = time.monotonic()
+        settle = max((getattr(cfg, "settle_seconds", 0.0) for cfg in self.config.sources), default=0.0)
+        once_until = time.monotonic() + 2 * settle + 10  # files arriving now settle and are taken; then stop
         while not self.stop_requested.is_set():
             self.store.check_file()
             handled = self.poll_once()
             watchdog.tick()
+            if once and handled == 0 and self.settling() and time.monotonic() < once_until:
+                self.stop_requested.wait(self.config.idle_sleep_s)
+                continue
             if once and handled == 0:
                 self._housekeeping("closing bursts", lambda: self.recorder.close_idle(idle_seconds=0))
                 break
@@ -233,6 +238,20 @@ class Service:
                 next_status = now + self.config.status_interval_s
             if handled == 0:
                 self.stop_requested.wait(self.config.idle_sleep_s)
+
+    def settling(self) -> int:
+        """Files the sources have seen that are still settling (not yet taken)."""
+        return sum(getattr(source, "settling", lambda: 0)() for source in getattr(self, "sources", []))
+
+    def summary(self) -> str:
+        """One line: what this run did (``run --once`` prints it)."""
+        c = self.counters
+        events = self.store.conn.execute("SELECT COUNT(*) FROM events WHERE closed = 1").fetchone()[0]
+        waiting = self.settling()
+        return (f"{c.frames + c.failures} frames ({c.failures} failed, {c.gated} gated out), {c.detections} detections, "
+                f"{events} events in the store, {c.alerts} alerts, {len(self.store.outbox)} messages waiting to be sent"
+                + (f"; {waiting} files still settling (being written?): run again once they are complete"
+                   if waiting else ""))
 
     def stop(self, drain_seconds: float = 5.0) -> None:
         """Close sources, flush the outbox if connected, close the store."""
@@ -264,6 +283,8 @@ def main(config: EdgeConfig, once: bool = False) -> int:
     try:
         service.start()
         service.run(once=once)
+        if once:
+            print(f"trapedge run --once: {service.summary()}")
     except StoreError as exc:
         log.error("%s", exc)
         return 1

@@ -145,6 +145,10 @@ class Source:
             for _, key in todo[given:]:
                 self.seen.discard(key)
 
+    def settling(self) -> int:
+        """Files seen but not yet unchanged for ``settle_seconds`` (still being written, or just arrived)."""
+        return len(self.unchanged_since)
+
     def retry_later(self, key: str) -> None:
         """Offer a file again at the next scan (it was handed out but could not be recorded)."""
         self.seen.discard(key)
