@@ -299,12 +299,14 @@ def load_config(path: Path, model: type[ModelT]) -> ModelT:
     raise ConfigError(path, sorted(problems, key=lambda p: p.line or 0))
 
 
-def validate_config_command(path: Path, model: type[BaseModel]) -> int:
-    """``--validate-config``: print ``config OK`` (exit 0) or every problem to stderr (exit 1)."""
+def validate_config_command(path: Path, model: type[BaseModel], quiet_ok: bool = False) -> int:
+    """``--validate-config``: print ``config OK`` (exit 0; nothing with ``quiet_ok``, for a caller that
+    checks more) or every problem to stderr (exit 1)."""
     try:
         load_config(path, model)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print("config OK")
+    if not quiet_ok:
+        print("config OK")
     return 0

@@ -20,7 +20,17 @@ def run(args: argparse.Namespace) -> int:
     from edge.app.config import EdgeConfig
 
     if args.validate_config:
-        return validate_config_command(args.config, EdgeConfig)
+        if validate_config_command(args.config, EdgeConfig, quiet_ok=True) != 0:
+            return 1
+        from edge.app.checks import run_problems
+
+        problems = run_problems(load_config(args.config, EdgeConfig))
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            return 2
+        print("config OK: the bundle loads, every watch-listed label is one it gives, the folders are there")
+        return 0
     try:
         config = load_config(args.config, EdgeConfig)
     except ConfigError as exc:

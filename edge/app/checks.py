@@ -1,0 +1,66 @@
+"""What ``trapedge run`` needs beyond a config that parses, checked before it runs.
+
+``trapedge run --validate-config`` prints each problem as one line that says what to do (exit 2);
+the service logs the same at start. Checked: the bundle loads with the device's trusted keys, every
+watch-listed label is a label that bundle can give (else it can never alert), the store's folder
+is writable, and the drop folders exist.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edge.analysis.labels import LabelSpace
+from edge.app.config import EdgeConfig
+from edge.events.rules import thresholds_for
+from edge.runtime.bundle import BundleError, load_bundle
+
+
+def bundle_labels(config: EdgeConfig) -> tuple[str, list[str]]:
+    """(``name version``, every label a box or an event can have) of the configured bundle.
+
+    Raises:
+        BundleError: the bundle does not load (missing, unsigned, tampered).
+    """
+    bundle = load_bundle(config.bundle.path, config.bundle.trust)
+    models = bundle.manifest.models
+    classifier = models.get("classifier") if config.detection.classify else None
+    space = LabelSpace.of(models["detector"].labels, classifier.labels if classifier else (),
+                          classifier.taxonomy if classifier else None,
+                          config.detection.rollup_min_score if classifier else None)
+    return f"{bundle.manifest.name} {bundle.manifest.version}", space.labels
+
+
+def watch_problems(config: EdgeConfig, name: str, labels: list[str]) -> list[str]:
+    """A line for each watch-listed label the bundle cannot give."""
+    known = set(labels)
+    return [f"rules: {label!r} is not a label of bundle {name}, so it can never alert: use one of "
+            f"{', '.join(sorted(known, key=str.casefold))}"
+            for label in thresholds_for(config.rules, config.site) if label not in known]
+
+
+def _writable_folder(path: Path) -> bool:
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def run_problems(config: EdgeConfig) -> list[str]:
+    """Every problem ``trapedge run`` would meet, one line each (empty: ready to run)."""
+    problems = []
+    try:
+        name, labels = bundle_labels(config)
+        problems += watch_problems(config, name, labels)
+    except BundleError as exc:
+        problems.append(f"bundle.path: {exc}")
+    if not _writable_folder(config.store.path):
+        problems.append(f"store.path: {config.store.path.parent} is not writable by this user: create it, owned by "
+                        "the service user")
+    for source in config.sources:
+        folder = getattr(source, "path", None)
+        if getattr(source, "type", None) == "folder" and folder is not None and not Path(folder).is_dir():
+            problems.append(f"sources: {getattr(source, 'id', '?')}: folder {folder} does not exist: create it (or mount "
+                            "the card)")
+    return problems
