@@ -7,7 +7,8 @@ BUNDLE ?= bundles/default
 # pin torch first: anything else pulls the CUDA build (several GB)
 PINS   := torch==2.13.0 torchvision==0.28.0
 
-RUN    ?= runs/trained
+# the run folder: RUN=..., else the training config's `out:` (read when a recipe needs it), else runs/trained
+RUN    ?= $(if $(CONFIG),$(shell $(BIN)/python -m train.config $(CONFIG)),runs/trained)
 # the Debian packages beside the venv (mosquitto, chromium, ...): installed when missing, see the script
 SYSDEPS ?= sh deploy/sysdeps.sh
 .PHONY: sysdeps setup models export train demo test lint reliability security clean docker-jetson

@@ -250,8 +250,9 @@ def test_stale_saved_split_refused_with_both_lists(tmp_path):
     path = tmp_path / "split.csv"
     load_or_make_split(records, path, "event")
     changed = records[1:] + [rec("new.jpg", event="evX")]
-    with pytest.raises(StaleSplitError, match="1 saved files are gone") as err:
+    with pytest.raises(StaleSplitError, match="1 of its files are gone, 1 new ones") as err:
         load_or_make_split(changed, path, "event")
+    assert "\n" not in str(err.value) and "--out" in str(err.value)  # one line that says what to do
     assert err.value.gone == [records[0].path.as_posix()]
     assert err.value.new == ["cam/new.jpg"]
     with pytest.raises(StaleSplitError, match="splits by 'event', not 'location'"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from train.reid_metrics import retrieval_metrics
 from train.report import write_report
 from train.splits import (
     FRAME_NUMBER,
+    StaleSplitError,
     load_or_make_split,
     load_split,
     split_individuals,
@@ -272,6 +274,14 @@ def run(args: argparse.Namespace) -> int:
 
         return validate_config_command(args.config, TrainingConfig)
     config = training_config(args)
+    try:
+        return _train(args, config)
+    except StaleSplitError as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace, config: TrainingConfig) -> int:
     start = time.perf_counter()
     config.out.mkdir(parents=True, exist_ok=True)
     (config.out / "config.json").write_text(config.model_dump_json(indent=2) + "\n")

@@ -222,3 +222,9 @@ def read_boxes(config: TrainingConfig) -> list[Record]:
         name = source.name or where.stem
         records += [replace(r, source=name) for r in _read_boxes(source, where, images)]
     return records
+
+
+if __name__ == "__main__":  # `python -m train.config CONFIG`: the run folder it trains into (the Makefile's RUN)
+    import sys
+
+    print(load_training_config(Path(sys.argv[1])).out if len(sys.argv) > 1 else TrainingConfig().out)

@@ -377,9 +377,10 @@ def _apply(saved: SavedSplit, records: Sequence[Record], path: Path, root: Path 
     gone = sorted(set(split_of) - present)
     new = sorted(present - set(split_of))
     if gone or new:
+        example = (gone or new)[0]
         raise StaleSplitError(
-            f"{path} does not match the records: {len(gone)} saved files are gone {gone[:20]}, "
-            f"{len(new)} files are not in it {new[:20]}; delete it to make a new split",
+            f"{path} was made for other images ({len(gone)} of its files are gone, {len(new)} new ones are not in "
+            f"it, e.g. {example}): train into another folder (--out, or out: in the config) or delete it to split again",
             gone,
             new,
         )
