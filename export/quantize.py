@@ -7,6 +7,8 @@ prediction convs and reshapes zeroes scores.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,15 @@ def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarra
     prepared = int8.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     excluded = fp32_nodes(prepared, task, extra_fp32)
+    with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints its histogram settings per tensor
+        _quantize_static(prepared, int8, batches, method, excluded)
+    prepared.unlink()
+    return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
+            "calibration": method, "fp32_nodes": len(excluded), "fp32_extra": list(extra_fp32 or [])}
+
+
+def _quantize_static(prepared: Path, int8: Path, batches: Iterator[np.ndarray], method: str,
+                     excluded: list[str]) -> None:
     quantize_static(
         str(prepared), str(int8), _BatchReader(batches),
         quant_format=QuantFormat.QDQ,
@@ -68,6 +79,3 @@ def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarra
                           "entropy": CalibrationMethod.Entropy}[method],
         extra_options={"CalibPercentile": 99.999} if method == "percentile" else {},
     )
-    prepared.unlink()
-    return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
-            "calibration": method, "fp32_nodes": len(excluded), "fp32_extra": list(extra_fp32 or [])}

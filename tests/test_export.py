@@ -133,3 +133,18 @@ def test_fall_back_requantizes_only_crop_graphs_that_missed_their_int8_gate():
     assert calls == [("crops", ["classifier", "embedder"], EFFICIENTNET_FRONT)]  # never the detector
     assert not builder.fall_back(missed)  # already in fp32 at the front: nothing more to try
     assert not builder.fall_back([gates.Gate("embedder.int8_mean_cosine", 0.99, 0.98)])
+
+
+def test_quantization_keeps_onnxruntimes_chatter_off_the_terminal(tmp_path, capfd):
+    import numpy as np
+    import torch
+
+    from export.quantize import quantize_int8
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)).eval()
+    torch.onnx.export(model, torch.zeros(1, 3, 16, 16), tmp_path / "m.onnx", input_names=["images"],
+                      output_names=["out"], opset_version=17, dynamo=False)
+    batches = (np.random.default_rng(i).random((1, 3, 16, 16), dtype=np.float32) for i in range(4))
+    quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", batches, method="percentile")
+    assert (tmp_path / "m.int8.onnx").stat().st_size > 0
+    assert "Percentile" not in capfd.readouterr().out
