@@ -1,4 +1,4 @@
-"""``python -m central.bench``: central ingest rate and top-5 search latency.
+"""``trapedge central bench``: central ingest rate and top-5 search latency.
 
 * ingest: ``--messages`` embedding messages (QoS 1) published by a device client through a real
   Mosquitto on loopback into ``CentralService`` (SQLite store); reports messages/s until every
@@ -134,7 +134,7 @@ def _wait(condition, start: float, timeout: float = 600) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m central.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="trapedge central bench", description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--pg-max", type=int, default=100_000, help="largest gallery loaded into pgvector")

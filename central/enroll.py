@@ -1,6 +1,6 @@
 """Enrol a folder-per-individual image collection: embed each image with a bundle's embedder.
 
-``python -m central.enroll ROOT --bundle bundles/default --config central.yaml [--edges DIR] [--known]``
+``trapedge central enrol ROOT --bundle bundles/default --config central.yaml [--edges DIR] [--known]``
 stores every image under ``ROOT/<individual>/`` as a sighting (its crop as JPEG, its edge map
 from ``DIR/<individual>/<same name>`` if given). With ``--known`` the images of one folder are
 also linked as confirmed matches (a gallery of known individuals); otherwise the folder name is
@@ -87,7 +87,7 @@ def open_embedder(bundle_path: Path, precision: str = "int8"):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m central.enroll", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="trapedge central enrol", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="folder of <individual>/ folders of crops")
     parser.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     parser.add_argument("--config", type=Path, required=True, help="central.yaml (its store is written)")

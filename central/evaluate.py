@@ -1,6 +1,6 @@
 """Offline evaluation: leave-one-out rank-1 / top-5 of the proposals, with and without re-ranking.
 
-``python -m central.evaluate --bundle bundles/default [--data ../shared/data]`` enrols the SpotID
+``trapedge central evaluate --bundle bundles/default [--data ../shared/data]`` enrols the SpotID
 leopard crops and the held-out lion individuals (``reid/lion/val``) through the bundle's
 embedder. Each image in turn is the anchor; every other image is the gallery, linked into its
 true individual. The proposals are the top-5 individuals by cosine (best image each), and, with
@@ -76,7 +76,7 @@ def _rates(hits: list[list[bool]]) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m central.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="trapedge central evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--depth", type=int, default=10, help="individuals the re-ranking re-orders")

@@ -9,7 +9,7 @@ Devices choose many of the strings exported (device id, label, event id, source)
 trusted: a CSV cell that a spreadsheet would run as a formula is prefixed with ``'`` (OWASP's
 rule), and file names and paths are reduced to safe relative ones (no ``..``, no absolute path).
 
-``python -m central.exports --config central.yaml --out DIR [--format spotid camtrapdp megadetector]``
+``trapedge central export --config central.yaml --out DIR [--format spotid camtrapdp megadetector]``
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ EXPORTERS = {"spotid": lambda st, out: export_spotid(st, out / "spotid"),
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m central.exports", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="trapedge central export", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True, help="central.yaml (its store is read)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--format", nargs="+", choices=sorted(EXPORTERS), default=sorted(EXPORTERS))

@@ -165,3 +165,10 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.startswith("trapedge ")
+
+
+@pytest.mark.parametrize("tool", ["enrol", "export", "evaluate", "bench"])
+def test_centrals_tools_are_trapedge_central_subcommands(tool, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["central", tool, "--help"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith(f"usage: trapedge central {tool}")

@@ -19,8 +19,18 @@ COMMANDS = {
     "train": ("train.cli", "train the species classifier and the re-ID embedder; write the report"),
     "export": ("export.cli", "build a model bundle: ONNX fp32 + INT8 with accuracy gates"),
     "export-tensorrt": ("export.tensorrt", "build TensorRT FP16/INT8 engines from a bundle (Jetson)"),
-    "central": ("central.cli", "run the central matching service (ingest, match, review UI)"),
+    "central": ("central.cli", "run the central matching service (ingest, match, review UI); "
+                               "central enrol|export|evaluate|bench: its tools"),
     "bundle": ("edge.cli.bundle", "install, list or roll back model bundles (atomic switch, smoke check)"),
+}
+
+
+# trapedge central TOOL ...: central's tools (each module's own main parses the rest)
+CENTRAL_TOOLS = {
+    "enrol": ("central.enroll", "enrol a folder-per-individual collection (each image embedded)"),
+    "export": ("central.exports", "export the review's result: SpotID folders, Camtrap DP, MegaDetector JSON"),
+    "evaluate": ("central.evaluate", "leave-one-out rank-1 / top-5 of the proposals, with and without re-ranking"),
+    "bench": ("central.bench", "central ingest rate and top-5 search latency"),
 }
 
 
@@ -44,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # --version, or usage / an error, and exits
+    if argv[0] == "central" and len(argv) > 1 and argv[1] in CENTRAL_TOOLS:
+        return int(importlib.import_module(CENTRAL_TOOLS[argv[1]][0]).main(argv[2:]) or 0)
     module = importlib.import_module(COMMANDS[argv[0]][0])
     command = argparse.ArgumentParser(prog=f"trapedge {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(command)
