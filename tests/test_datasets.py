@@ -464,3 +464,13 @@ def test_summary_callable_and_unassigned(data):
     assert partial.split_total("(unassigned)") == sum(r.path != records[0].path for r in records)
     multi = summarise([Record(Path("a"), ("x", "y")), Record(Path("b"), ())])
     assert multi.counts == {("x+y", "all"): 1, ("(unlabelled)", "all"): 1}
+
+
+def test_data_problems_read_as_lines_and_say_how_many_more(tmp_path):
+    from train.datasets.inventory import Problem, problem_lines
+
+    problems = [Problem("missing", tmp_path / "labels.csv", f"line {i}", f"images/{i}.jpg") for i in range(25)]
+    assert str(problems[0]) == "labels.csv line 0: missing: images/0.jpg"
+    lines = problem_lines(problems, all_in=tmp_path / "run" / "data_problems.txt")
+    assert len(lines) == 21 and lines[-1] == f"  … and 5 more (all of them: {tmp_path / 'run' / 'data_problems.txt'})"
+    assert len((tmp_path / "run" / "data_problems.txt").read_text().splitlines()) == 25

@@ -21,6 +21,7 @@ import torch
 from train.classifier import TrainConfig, evaluate, train_classifier
 from train.config import TrainingConfig, load_training_config, read_boxes, read_reid, read_species
 from train.datasets import format_summary, save_summary, summarise
+from train.datasets.inventory import problem_lines
 from train.embedder import EmbedderConfig, embed_records, train_embedder
 from train.models.classifier import PooledEmbedder, create_backbone
 from train.pretrained import path_of
@@ -63,8 +64,8 @@ def species_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | N
     if not config.species:
         return None
     records, problems = read_species(config)
-    for problem in problems[:20]:
-        print(f"  {problem}")
+    for line in problem_lines(problems, all_in=config.out / "data_problems.txt"):
+        print(line)
     if not records:
         raise SystemExit("no labelled species images found: check the config's species sources")
     if config.crops == "detector":

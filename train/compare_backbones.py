@@ -28,6 +28,7 @@ from torch import nn
 
 from train.classifier import TrainConfig, TrainHistory, evaluate, train_classifier
 from train.config import TrainingConfig, read_species
+from train.datasets.inventory import problem_lines
 from train.models.classifier import BACKBONE_ARCHS, CROP_INPUT, Backbone
 from train.pretrained import fetch
 from train.records import Record
@@ -65,8 +66,8 @@ def species_splits(run: Path) -> tuple[TrainingConfig, dict[str, list[Record]], 
     if not config.species or not split_path.is_file():
         raise SystemExit(f"{run}: no species data or no {split_path}; train the species step there first")
     records, problems = read_species(config)
-    for problem in problems[:20]:
-        print(f"  {problem}")
+    for line in problem_lines(problems, all_in=run / "data_problems.txt"):
+        print(line)
     if config.crops == "detector":
         from train.crops import detector_boxes
 

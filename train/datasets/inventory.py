@@ -41,6 +41,22 @@ class Problem:
     entry: str
     detail: str = ""
 
+    def __str__(self) -> str:
+        """One readable line: ``labels.csv line 7: missing: images/a.jpg``."""
+        return f"{self.source.name} {self.entry}: {self.kind}" + (f": {self.detail}" if self.detail else "")
+
+
+def problem_lines(problems: list, limit: int = 20, all_in: Path | None = None) -> list[str]:
+    """The first ``limit`` problems, one line each, then how many more there are (and the file
+    ``all_in`` that lists every one, written here when given)."""
+    if all_in is not None and problems:
+        all_in.parent.mkdir(parents=True, exist_ok=True)
+        all_in.write_text("".join(f"{problem}\n" for problem in problems))
+    lines = [f"  {problem}" for problem in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"  … and {len(problems) - limit} more" + (f" (all of them: {all_in})" if all_in else ""))
+    return lines
+
 
 @dataclass
 class Inventory:
