@@ -133,6 +133,7 @@ def test_watch_listed_bear_raises_one_alert(tmp_path, data, bundle_dir, mosquitt
         wait_for(lambda: subscriber.of_kind("alert"), 60, "an alert")
         alert = subscriber.of_kind("alert")[0]
         assert alert["label"] == "bear" and alert["device"] == "cam-test" and alert["site"] == "island"
+        assert any(alert["file"].endswith(Path(rel).name) for rel in FRAMES[:3])  # the frame that raised it
         assert alert["thumbnail"]["format"] == "jpeg" and alert["thumbnail"]["bytes"] <= 40_000
         wait_for(lambda: subscriber.of_kind("embedding"), 30, "an embedding")
         embedding = subscriber.of_kind("embedding")[0]

@@ -62,6 +62,7 @@ class Service:
         self.counters = Counters()
         self.publisher: Publisher | None = None
         self.bundle_rollback: dict | None = None
+        self.file_time_sources: set[str] = set()  # sources already warned that frames carry no EXIF time
         self.thermal_root = THERMAL_ROOT
 
     # --- start-up -----------------------------------------------------------------------------
@@ -140,6 +141,11 @@ class Service:
         """One frame, start to finish: its analysis (or failure) recorded and its messages sent. A frame
         whose analysis never finished ``MAX_ATTEMPTS`` times (the service died on it: out of memory) is
         recorded as a failure instead of being tried again at every restart."""
+        if frame.ok and frame.time_source == "mtime" and frame.source_id not in self.file_time_sources:
+            self.file_time_sources.add(frame.source_id)
+            log.warning("%s: %s has no EXIF capture time: its file time is used (said once per source); bursts "
+                        "follow capture times, so keep file times when copying (cp -p, rsync -t) or they may merge",
+                        frame.source_id, frame.key.rsplit(":", 2)[0])
         attempt = self.store.begin_attempt(frame.source_id, frame.key)
         if attempt > MAX_ATTEMPTS:
             result: FrameAnalysis | FrameFailure = FrameFailure(

@@ -145,9 +145,10 @@ class AlertMessage(Message):
     site: str | None
     event: Event
     thumbnail: Picture | None
+    file: str | None = None  # the frame that raised it, as its source names it
 
     def body(self) -> dict[str, Any]:
-        return {"site": self.site, **_event_fields(self.event),
+        return {"site": self.site, **_event_fields(self.event), "file": self.file,
                 "thumbnail": self.thumbnail.to_json() if self.thumbnail else None}
 
 
