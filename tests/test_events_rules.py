@@ -105,3 +105,22 @@ def test_decide_alert(probs, counts, site, alerted, expected):
 def test_site_thresholds():
     assert thresholds_for(RULES, "north") == {"cat": (0.4, 1), "rat": (0.3, 2)}
     assert thresholds_for(RULES, "south") == {"rat": (0.3, 2)}
+
+
+def test_an_event_says_why_it_did_or_did_not_alert():
+    from datetime import datetime, timezone
+
+    from edge.events.bursts import Event
+    from edge.events.rules import RulesConfig, WatchRule, alert_reason
+
+    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def event(probs, counts):
+        return Event("e", "sd", t, t, 2, max(probs, key=probs.get), max(probs.values()), probs, counts, True)
+
+    rules = RulesConfig(watch=[WatchRule(label="fox", threshold=0.5), WatchRule(label="cat", threshold=0.6, min_count=2)])
+    assert alert_reason(event({"fox": 0.37}, {"fox": 1}), rules, None, False) == "fox 0.37 < threshold 0.50"
+    assert alert_reason(event({"fox": 0.8}, {"fox": 1}), rules, None, True) == "fox 0.80 >= threshold 0.50"
+    assert alert_reason(event({"cat": 0.9}, {"cat": 1}), rules, None, False) == "cat: 1 crops in one frame < min_count 2"
+    assert alert_reason(event({"bear": 0.9}, {"bear": 1}), rules, None, False).startswith("no watch-listed label")
+    assert alert_reason(event({"bear": 0.9}, {"bear": 1}), RulesConfig(), None, False) == "no watch-list"

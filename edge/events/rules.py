@@ -62,3 +62,20 @@ def decide_alert(event: Event, rules: RulesConfig, site: str | None, already_ale
         if (score := event.probs.get(label, 0.0)) >= threshold and event.counts.get(label, 0) >= min_count
     ]
     return max(candidates, key=lambda d: d.score, default=None)
+
+
+def alert_reason(event: Event, rules: RulesConfig, site: str | None, alerted: bool) -> str:
+    """Why this event did or did not alert, in a few words (the event message's ``alert_reason``)."""
+    active = thresholds_for(rules, site)
+    if not active:
+        return "no watch-list"
+    seen = [(label, event.probs.get(label, 0.0), threshold, min_count, event.counts.get(label, 0))
+            for label, (threshold, min_count) in active.items() if event.probs.get(label, 0.0) > 0]
+    if not seen:
+        return f"no watch-listed label ({', '.join(sorted(active))}) in this event"
+    label, score, threshold, min_count, count = max(seen, key=lambda s: s[1] - s[2])
+    if alerted or (score >= threshold and count >= min_count):
+        return f"{label} {score:.2f} >= threshold {threshold:.2f}"
+    if score < threshold:
+        return f"{label} {score:.2f} < threshold {threshold:.2f}"
+    return f"{label}: {count} crops in one frame < min_count {min_count}"

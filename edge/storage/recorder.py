@@ -24,7 +24,7 @@ from edge.analysis.config import PrivacyConfig
 from edge.analysis.labels import LabelSpace
 from edge.capture.frame import Frame, camera_time
 from edge.events.bursts import BurstConfig, BurstState, Event, add_frame, aggregate_burst, event_id, joins, voters
-from edge.events.rules import RulesConfig, decide_alert
+from edge.events.rules import RulesConfig, alert_reason, decide_alert
 from edge.runtime.detections import Detections
 from edge.storage.store import Store
 from edge.wire.messages import AlertMessage, Box, EmbeddingMessage, EventMessage, Message, Picture, stable_id
@@ -129,7 +129,8 @@ class Recorder:
         event = aggregate_burst(burst.state, self.bursts, closed=True, space=self.space)
         self._save_event(event, burst)
         self._queue(EventMessage(device=self.identity.device_id, site=self.identity.site, event=event,
-                                 alerted=burst.alerted, id=stable_id(self.identity.device_id, "event", event.id)))
+                                 alerted=burst.alerted, id=stable_id(self.identity.device_id, "event", event.id),
+                                 alert_reason=alert_reason(event, self.rules, self.identity.site, burst.alerted)))
         return 1
 
     def close_idle(self, idle_seconds: float | None = None) -> int:

@@ -129,12 +129,14 @@ class EventMessage(Message):
     site: str | None
     event: Event
     alerted: bool
+    alert_reason: str | None = None  # why it did or did not alert (edge.events.rules.alert_reason)
 
     def body(self) -> dict[str, Any]:
         ranked = sorted(self.event.probs.items(), key=lambda item: -item[1])
         return {"site": self.site, **_event_fields(self.event), "end": iso(self.event.end),
                 "probs": [[label, float(p)] for label, p in ranked], "closed": bool(self.event.closed),
-                "alerted": bool(self.alerted)}
+                "alerted": bool(self.alerted),
+                **({"alert_reason": self.alert_reason[:300]} if self.alert_reason is not None else {})}
 
 
 @dataclass(frozen=True, kw_only=True)
