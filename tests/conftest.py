@@ -115,3 +115,17 @@ def leopard_store(tmp_path: Path, leopard_sightings):
         store.add_sighting(sighting)
     yield store
     store.close()
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A PostgreSQL with pgvector in a temp dir on a free loopback port, one per test module (skips
+    where it cannot start)."""
+    from central.postgres import LocalPostgres, PostgresMissing
+
+    try:
+        server = LocalPostgres(tmp_path_factory.mktemp("postgres")).start()
+    except (PostgresMissing, RuntimeError) as exc:
+        pytest.skip(f"PostgreSQL with pgvector cannot start here: {exc}")
+    yield server
+    server.stop()

@@ -13,18 +13,6 @@ from central.store import CentralStore
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    from central.postgres import LocalPostgres, PostgresMissing
-
-    try:
-        server = LocalPostgres(tmp_path_factory.mktemp("postgres")).start()
-    except (PostgresMissing, RuntimeError) as exc:
-        pytest.skip(f"PostgreSQL with pgvector cannot start here: {exc}")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def lions(data, bundle_dir):
     root = data / "reid" / "lion" / "val"
     images = folder_images(root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,14 @@ from edge.runtime.models import Classifier, Detector, Embedder
 
 log = logging.getLogger(__name__)
 
+
+
+def label_space(detector: Sequence[str], classifier: Sequence[str] | None,
+                taxonomy: Mapping[str, Sequence[str]] | None, detection: DetectionConfig) -> LabelSpace:
+    """The labels a box can end with, for these models' labels and ``detection``'s rules (roll-up only
+    with a classifier)."""
+    return LabelSpace.of(detector, classifier or (), taxonomy if classifier else None,
+                         detection.rollup_min_score if classifier else None, detection.sure_box)
 
 @dataclass(frozen=True)
 class FrameAnalysis:
@@ -75,10 +84,8 @@ class Analyzer:
         self.min_crop_confidence = min_crop_confidence
         learnt_whole = bool(getattr(getattr(classifier, "spec", None), "whole_frames", False))
         self.frame_context = learnt_whole if detection.frame_context is None else detection.frame_context
-        self.space = LabelSpace.of(detector.labels, classifier.labels if classifier else (),
-                                   getattr(getattr(classifier, "spec", None), "taxonomy", None),
-                                   detection.rollup_min_score if classifier else None,
-                                   detection.sure_box)
+        self.space = label_space(detector.labels, classifier.labels if classifier else None,
+                                 getattr(getattr(classifier, "spec", None), "taxonomy", None), detection)
 
     @property
     def labels(self) -> list[str]:

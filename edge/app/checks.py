@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from edge.analysis.labels import LabelSpace
+from edge.analysis.analyzer import label_space
 from edge.app.config import EdgeConfig
 from edge.events.rules import thresholds_for
 from edge.runtime.bundle import BundleError, load_bundle
@@ -26,9 +26,8 @@ def bundle_labels(config: EdgeConfig) -> tuple[str, list[str]]:
     bundle = load_bundle(config.bundle.path, config.bundle.trust)
     models = bundle.manifest.models
     classifier = models.get("classifier") if config.detection.classify else None
-    space = LabelSpace.of(models["detector"].labels, classifier.labels if classifier else (),
-                          classifier.taxonomy if classifier else None,
-                          config.detection.rollup_min_score if classifier else None)
+    space = label_space(models["detector"].labels, classifier.labels if classifier else None,
+                        classifier.taxonomy if classifier else None, config.detection)
     return f"{bundle.manifest.name} {bundle.manifest.version}", space.labels
 
 

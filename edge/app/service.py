@@ -145,7 +145,7 @@ class Service:
             self.file_time_sources.add(frame.source_id)
             log.warning("%s: %s has no EXIF capture time: its file time is used (said once per source); bursts "
                         "follow capture times, so keep file times when copying (cp -p, rsync -t) or they may merge",
-                        frame.source_id, frame.key.rsplit(":", 2)[0])
+                        frame.source_id, frame.name)
         attempt = self.store.begin_attempt(frame.source_id, frame.key)
         if attempt > MAX_ATTEMPTS:
             result: FrameAnalysis | FrameFailure = FrameFailure(

@@ -56,6 +56,14 @@ class Frame:
         return self.failure is None
 
     @property
+    def name(self) -> str:
+        """The picture as a person finds it: a file's path relative to its folder (the key without the
+        size and mtime a folder source adds), else the key."""
+        if self.path is not None and self.key.count(":") >= 2:
+            return self.key.rsplit(":", 2)[0]
+        return self.key
+
+    @property
     def pixels(self) -> np.ndarray:
         """The (H, W, 3) pixels of a frame that decoded; ValueError for a failure frame."""
         if self.rgb is None:

@@ -22,7 +22,7 @@ from common.wire import MAX_CROP_BYTES, topic
 from edge.analysis.analyzer import FrameAnalysis, FrameFailure
 from edge.analysis.config import PrivacyConfig
 from edge.analysis.labels import LabelSpace
-from edge.capture.frame import Frame, camera_time
+from edge.capture.frame import camera_time
 from edge.events.bursts import BurstConfig, BurstState, Event, add_frame, aggregate_burst, event_id, joins, voters
 from edge.events.rules import RulesConfig, alert_reason, decide_alert
 from edge.runtime.detections import Detections
@@ -70,13 +70,6 @@ class Recorded:
     event_id: str | None
     alert: str | None
     messages: int
-
-
-def _file_name(frame: Frame) -> str | None:
-    """The frame as its source names it: a file's path relative to the drop folder (its key without the
-    size and mtime), or a stream's frame key."""
-    name = frame.key.rsplit(":", 2)[0] if frame.path is not None and frame.key.count(":") >= 2 else frame.key
-    return name[:1024] or None
 
 
 def _picture(thumb: bytes | None) -> Picture | None:
@@ -180,7 +173,7 @@ class Recorder:
             alert = None
             if burst is not None:
                 self._update_thumbnail(burst, analysis)
-                alert = self._maybe_alert(burst, _file_name(analysis.frame))
+                alert = self._maybe_alert(burst, analysis.frame.name[:1024] or None)
                 self._save_event(aggregate_burst(burst.state, self.bursts, space=self.space), burst)
                 self._insert_embeddings(analysis, detection_ids, burst.state.id)
         return Recorded(frame_id, burst.state.id if burst else None, alert, len(self.store.outbox) - before)

@@ -142,18 +142,6 @@ def thumbnail(data) -> bytes:
     return jpeg_bytes(image, quality=80)
 
 
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    from central.postgres import LocalPostgres, PostgresMissing
-
-    try:
-        server = LocalPostgres(tmp_path_factory.mktemp("postgres")).start()
-    except (PostgresMissing, RuntimeError) as exc:
-        pytest.skip(f"PostgreSQL with pgvector cannot start here: {exc}")
-    yield server
-    server.stop()
-
-
 def central_config(tmp_path: Path, broker, **sections) -> CentralConfig:
     return CentralConfig(broker=BrokerConfig(host=broker.host, port=broker.port, prefix=PREFIX,
                                              client_id=f"central-{tmp_path.name}"),
