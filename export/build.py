@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common.hashing import sha256_file
+from common.progress import progress
 from common.signing import encode_public, public_key_of
 from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image
 from edge.runtime.bundle import BundleTrust, load_bundle
@@ -82,7 +82,7 @@ def _frames(paths: list[Path]) -> Iterator[np.ndarray]:
 
 
 def _calibration(paths: list[Path], spec: InputSpec, desc: str) -> Iterator[np.ndarray]:
-    return tqdm(calibration_samples(paths, spec), total=len(paths), desc=desc, leave=False, disable=None)
+    return iter(progress(calibration_samples(paths, spec), total=len(paths), desc=desc, unit="image"))
 
 
 def _file_entry(root: Path, name: str) -> FileEntry:
@@ -226,7 +226,7 @@ class BundleBuilder:
         native = NativeDetector(self.models.detector, bundle.spec("detector"), self.models.detector_native_size)
         crops = [resize_whole(rgb, CROP_INPUT) for rgb in _frames(self.images.check_crops)]
         check_frames, shapes = self.images.check_frames, []
-        for rgb in tqdm(_frames(check_frames), total=len(check_frames), desc="check", leave=False, disable=None):
+        for rgb in progress(_frames(check_frames), total=len(check_frames), desc="check", unit="image"):
             shapes.append(rgb.shape[:2])
             for p in ("fp32", "int8"):
                 found[p].append(det[p].detect(rgb, threshold - gates.DETECTOR_SCORE_TOLERANCE))

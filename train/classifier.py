@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from tqdm import tqdm
 
+from common.progress import progress as show_progress
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image
 from edge.capture.frame_stats import detect_info_bars, is_night, trim_info_bars
 from edge.runtime.preprocess import crop, resize_whole, to_tensor
@@ -55,7 +55,7 @@ class TrainConfig(BaseModel):
     dropout: float = Field(0.2, ge=0, lt=1, title="Dropout before the Linear head")
     label_smoothing: float = Field(0.1, ge=0, lt=1, title="Cross-entropy label smoothing")
     max_train: int | None = Field(None, ge=1, title="Train on a seeded random subset of this many records")
-    progress: bool = Field(True, title="Show tqdm progress bars")
+    progress: bool = Field(True, title="Show progress (a bar on a terminal, else lines)")
     backbone: Backbone = Field("efficientnet_lite0", title="Pretrained backbone (train.pretrained key), fed 224² crops "
                                                            "whatever its native size; weights_path must be its file")
 
@@ -253,7 +253,7 @@ def extract_features(backbone: nn.Module, records: Sequence[Record], cache: Feat
     missing = [i for i, f in enumerate(out) if f is None]
     failures: list[tuple[str, str]] = []
     backbone.eval()
-    for start in tqdm(range(0, len(missing), batch_size), desc="features", unit="batch", disable=not progress):
+    for start in show_progress(range(0, len(missing), batch_size), desc="features", unit="batch", enabled=progress):
         chunk = missing[start : start + batch_size]
         kept, crops, failed = _read_crops([records[i] for i in chunk])
         failures += failed
@@ -322,8 +322,8 @@ def _run_epoch(backbone: nn.Module, features: np.ndarray, targets: np.ndarray, s
     _train_mode(backbone)
     order = np.fromiter(iter(sampler), np.int64)
     losses = []
-    bar = tqdm(range(0, len(order), config.batch_size), desc=desc, unit="step", disable=not config.progress,
-               leave=False)
+    bar = show_progress(range(0, len(order), config.batch_size), desc=desc, unit="step", enabled=config.progress,
+                        leave=False)
     for start in bar:
         idx = order[start : start + config.batch_size]
         flip = rng.random(len(idx)) < 0.5 if config.augment else np.zeros(len(idx), bool)
@@ -402,25 +402,26 @@ def _fit(backbone: nn.Module, split: int, train_x: np.ndarray, train_y: np.ndarr
     sampler = _balanced_sampler(train_y, len(labels), config.seed)
     rng = np.random.default_rng(config.seed)
     best_f1, best_state, waited = -1.0, None, 0
-    for epoch in range(1, config.epochs + 1):
-        tick = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        loss = _run_epoch(backbone, train_x, train_y, split, config, optimizer, scheduler, sampler, rng,
-                          f"epoch {epoch}/{config.epochs}")
-        report = classification_report(val_y, _predict_features(backbone, val_x, split), labels)
-        history.epochs.append(EpochStats(epoch, loss, report["top1"], report["macro_f1"], lr,
-                                         time.perf_counter() - tick))
-        if config.progress:
-            tqdm.write(f"epoch {epoch}: loss {loss:.3f} val top-1 {report['top1']:.3f} "
-                       f"macro-F1 {report['macro_f1']:.3f}")
-        if report["macro_f1"] > best_f1:
-            best_f1, best_state, waited, history.best_epoch = report["macro_f1"], copy.deepcopy(
-                backbone.state_dict()), 0, epoch
-        else:
-            waited += 1
-            if waited >= config.patience:
-                history.stopped_early = epoch < config.epochs
-                break
+    epochs = show_progress(range(1, config.epochs + 1), desc="classifier", unit="epoch", enabled=config.progress)
+    with epochs:
+        for epoch in epochs:
+            tick = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            loss = _run_epoch(backbone, train_x, train_y, split, config, optimizer, scheduler, sampler, rng,
+                              f"epoch {epoch}/{config.epochs}")
+            report = classification_report(val_y, _predict_features(backbone, val_x, split), labels)
+            history.epochs.append(EpochStats(epoch, loss, report["top1"], report["macro_f1"], lr,
+                                             time.perf_counter() - tick))
+            epochs.write(f"epoch {epoch}: loss {loss:.3f} val top-1 {report['top1']:.3f} "
+                         f"macro-F1 {report['macro_f1']:.3f}")
+            if report["macro_f1"] > best_f1:
+                best_f1, best_state, waited, history.best_epoch = report["macro_f1"], copy.deepcopy(
+                    backbone.state_dict()), 0, epoch
+            else:
+                waited += 1
+                if waited >= config.patience:
+                    history.stopped_early = epoch < config.epochs
+                    break
     backbone.load_state_dict(best_state)
 
 
@@ -433,7 +434,7 @@ def predict(model: nn.Module, records: Sequence[Record], batch_size: int = 32, p
     probs, nights, failures = [], [], []
     model.eval().to(memory_format=torch.channels_last)  # as in training: faster on CPU, same numbers
     try:
-        for start in tqdm(range(0, len(records), batch_size), desc="evaluate", unit="batch", disable=not progress):
+        for start in show_progress(range(0, len(records), batch_size), desc="evaluate", unit="batch", enabled=progress):
             probs += _predict_batch(model, records[start : start + batch_size], nights, failures)
     finally:
         model.to(memory_format=torch.contiguous_format)

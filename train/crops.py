@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from common.progress import progress
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image
 from edge.capture.frame_stats import detect_info_bars, trim_info_bars
 from edge.runtime.bundle import load_bundle
@@ -49,7 +49,7 @@ def detector_boxes(records: Sequence[Record], bundle_dir: Path, cache_path: Path
     entries = cache.setdefault(version, {})
     detector = None
     out, found = [], 0
-    for record in tqdm(records, desc="detector crops", leave=False, disable=None):
+    for record in progress(records, desc="detector crops", unit="image", leave=False):
         if record.bbox is not None:
             out.append(record)
             continue

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
-from tqdm import tqdm
 
+from common.progress import progress as show_progress
 from edge.runtime.manifest import InputSpec
 from train.detector_data import (
     PRIOR_PROB,
@@ -71,7 +71,7 @@ class DetectorConfig(BaseModel):
     scale_jitter: float = Field(0.25, ge=0, lt=1, title="Rescale training images by 1 ± this, then crop or pad")
     patience: int = Field(3, ge=1, title="Epochs without a lower val loss before stopping")
     seed: int = Field(0, title="Seed for new class weights, shuffling and augmentation")
-    progress: bool = Field(True, title="Show tqdm progress bars")
+    progress: bool = Field(True, title="Show progress (a bar on a terminal, else lines)")
 
     @field_validator("classes")
     @classmethod
@@ -200,8 +200,8 @@ def _run_epoch(model: YOLOX, images: Sequence[InputImage], config: DetectorConfi
     train_mode(model, config)
     grid = AnchorGrid.for_size(config.input_size, STRIDES)
     losses = []
-    bar = tqdm(batches(images, config, rng), desc=desc, unit="step", total=-(-len(images) // config.batch_size),
-               disable=not config.progress or None, leave=False)
+    bar = show_progress(batches(images, config, rng), desc=desc, unit="step", total=-(-len(images) // config.batch_size),
+                        enabled=config.progress, leave=False)
     for x, targets in bar:
         loss = yolox_loss(model(x), targets, grid).total
         optimizer.zero_grad()
@@ -242,21 +242,22 @@ def _fit(model: YOLOX, train: Sequence[InputImage], val: Sequence[InputImage], c
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     rng = np.random.default_rng(config.seed)
     best_loss, best_state, waited = math.inf, None, 0
-    for epoch in range(1, config.epochs + 1):
-        tick, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
-        epoch_images = repeated(train, factors, rng) if factors is not None else train
-        loss = _run_epoch(model, epoch_images, config, optimizer, scheduler, rng, f"epoch {epoch}/{config.epochs}")
-        val_loss = loss_of(model, val, config)
-        history.epochs.append(EpochStats(epoch, loss, val_loss, lr, time.perf_counter() - tick))
-        if config.progress:
-            tqdm.write(f"epoch {epoch}: loss {loss:.3f} val loss {val_loss:.3f}")
-        if val_loss < best_loss:
-            best_loss, best_state, waited, history.best_epoch = val_loss, copy.deepcopy(model.state_dict()), 0, epoch
-        else:
-            waited += 1
-            if waited >= config.patience:
-                history.stopped_early = epoch < config.epochs
-                break
+    epochs = show_progress(range(1, config.epochs + 1), desc="detector", unit="epoch", enabled=config.progress)
+    with epochs:
+        for epoch in epochs:
+            tick, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+            epoch_images = repeated(train, factors, rng) if factors is not None else train
+            loss = _run_epoch(model, epoch_images, config, optimizer, scheduler, rng, f"epoch {epoch}/{config.epochs}")
+            val_loss = loss_of(model, val, config)
+            history.epochs.append(EpochStats(epoch, loss, val_loss, lr, time.perf_counter() - tick))
+            epochs.write(f"epoch {epoch}: loss {loss:.3f} val loss {val_loss:.3f}")
+            if val_loss < best_loss:
+                best_loss, best_state, waited, history.best_epoch = val_loss, copy.deepcopy(model.state_dict()), 0, epoch
+            else:
+                waited += 1
+                if waited >= config.patience:
+                    history.stopped_early = epoch < config.epochs
+                    break
     if best_state is not None:  # None only when every val loss was NaN
         model.load_state_dict(best_state)
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from common.progress import progress as show_progress
 from edge.capture.decode import DEFAULT_MAX_SIDE, ImageDecodeError, decode_image
 from edge.runtime.manifest import InputSpec
 from edge.runtime.preprocess import Letterbox, letterbox, to_tensor
@@ -203,7 +203,7 @@ def prepare_all(images: Sequence[BoxImage], spec: InputSpec, progress: bool = Fa
                 ) -> tuple[list[InputImage], list[tuple[str, str]]]:
     """Letterboxed images (kept in memory: the datasets are small) and (path, reason) of unreadable ones."""
     out, failures = [], []
-    for image in tqdm(images, desc="decode", unit="image", disable=not progress or None, leave=False):
+    for image in show_progress(images, desc="decode", unit="image", enabled=progress, leave=False):
         try:
             out.append(prepare(image, spec))
         except (ImageDecodeError, OSError, ValueError) as exc:

@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from common.progress import progress as show_progress
 from edge.capture.decode import decode_image
 from edge.runtime.preprocess import model_input
 from train.models.classifier import CROP_INPUT, create_backbone, freeze_same_padding
@@ -63,7 +63,7 @@ class EmbedderConfig:
         augment_views: augmented copies cached per training image, besides the image itself.
         edge_map: fuse the record's edge map (see module docstring).
         seed: seeds python, numpy and torch.
-        progress: show tqdm progress bars.
+        progress: show progress (a bar on a terminal, else lines).
     """
 
     dim: int = 256
@@ -251,7 +251,7 @@ def embed_records(model: nn.Module, records: Sequence[Record], batch_size: int =
     edge_map = getattr(model, "edge_map", False)
     out = []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(records), batch_size), desc="embed", disable=not progress):
+        for start in show_progress(range(0, len(records), batch_size), desc="embed", unit="batch", enabled=progress):
             batch = np.stack([load_input(r, edge_map) for r in records[start: start + batch_size]])
             out.append(model(torch.from_numpy(batch)).numpy())
     return np.concatenate(out) if out else np.zeros((0, getattr(model, "dim", 0)), np.float32)
@@ -272,7 +272,8 @@ def _cached_features(model: EmbeddingModel, records: Sequence[Record], config: E
     rng = np.random.default_rng((config.seed, view)) if view else None
     chunks = []
     with torch.inference_mode():
-        for start in tqdm(range(0, len(records), config.batch_size), desc=desc, disable=not config.progress):
+        for start in show_progress(range(0, len(records), config.batch_size), desc=desc, unit="batch",
+                                   enabled=config.progress):
             x = torch.from_numpy(np.stack([load_input(r, config.edge_map, rng)
                                            for r in records[start: start + config.batch_size]]))
             passes = [x[:, :3]] + ([x[:, 3:4].expand(-1, 3, -1, -1)] if config.edge_map else [])
@@ -334,16 +335,19 @@ def _fit(model: EmbeddingModel, head: CosFaceHead, features: torch.Tensor, label
     optimizer = _optimizer(model, head, config)
     history = [_evaluate(model, val_features, val_ids, config, epoch=0, loss=float("nan"), started=time.monotonic())]
     best, best_state, stale = history[0]["rank1"], copy.deepcopy(model.state_dict()), 0
-    for epoch in range(1, config.epochs + 1):
-        started = time.monotonic()
-        loss = _train_epoch(model, head, optimizer, features, labels, config, epoch)
-        history.append(_evaluate(model, val_features, val_ids, config, epoch, loss, started))
-        if history[-1]["rank1"] > best:
-            best, best_state, stale = history[-1]["rank1"], copy.deepcopy(model.state_dict()), 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
+    epochs = show_progress(range(1, config.epochs + 1), desc="embedder", unit="epoch", enabled=config.progress)
+    with epochs:
+        for epoch in epochs:
+            started = time.monotonic()
+            loss = _train_epoch(model, head, optimizer, features, labels, config, epoch)
+            history.append(_evaluate(model, val_features, val_ids, config, epoch, loss, started))
+            epochs.write(f"epoch {epoch}: loss {loss:.3f} val rank-1 {history[-1]['rank1']:.3f}")
+            if history[-1]["rank1"] > best:
+                best, best_state, stale = history[-1]["rank1"], copy.deepcopy(model.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
     model.load_state_dict(best_state)
     return history
 
@@ -391,7 +395,8 @@ def _train_epoch(model: EmbeddingModel, head: CosFaceHead, optimizer: torch.opti
     model.bn.train()
     order = torch.randperm(len(features))
     total, seen = 0.0, 0
-    bar = tqdm(range(0, len(order), config.batch_size), desc=f"epoch {epoch}", disable=not config.progress)
+    bar = show_progress(range(0, len(order), config.batch_size), desc=f"epoch {epoch}/{config.epochs}", unit="step",
+                        enabled=config.progress, leave=False)
     for start in bar:
         batch = order[start: start + config.batch_size]
         if len(batch) < 2:  # BatchNorm1d needs two rows

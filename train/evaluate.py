@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from common.config_loader import ConfigError
+from common.progress import progress
 from edge.analysis.analyzer import Analyzer, FrameFailure
 from edge.analysis.labels import BLANK, WHOLE_FRAME, frame_prediction
 from edge.app.factory import build_analyzer
@@ -110,7 +110,8 @@ def run_camera(analyzer: Analyzer, paths: Sequence[Path]) -> tuple[dict[Path, An
     found, failed = {}, {}
     jobs = ((path, "evaluate", str(path)) for path in paths)
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
-        for frame in tqdm(read_ahead(pool, jobs, DEFAULT_MAX_SIDE), total=len(paths), desc="evaluate", disable=None):
+        frames = read_ahead(pool, jobs, DEFAULT_MAX_SIDE)
+        for frame in progress(frames, total=len(paths), desc="evaluate", unit="image"):
             result = analyzer.process(frame)
             path = Path(frame.key)
             if isinstance(result, FrameFailure):

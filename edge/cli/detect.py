@@ -13,9 +13,8 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from common.config_loader import ConfigError
+from common.progress import progress
 from edge.analysis.analyzer import Analyzer, FrameFailure
 from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead
@@ -34,12 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def analyse_folder(analyzer: Analyzer, root: Path, paths: list[Path]) -> list[ImageResult]:
-    """Each image under ``root`` through the analyzer, decoded one ahead, with a progress bar."""
+    """Each image under ``root`` through the analyzer, decoded one ahead, its progress shown (count, rate, ETA)."""
     results = []
     jobs = ((path, "images", path.relative_to(root).as_posix()) for path in paths)
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
         frames = read_ahead(pool, jobs, DEFAULT_MAX_SIDE)
-        for frame in tqdm(frames, total=len(paths), desc="detect", unit="img", disable=None):
+        for frame in progress(frames, total=len(paths), desc="detect", unit="image"):
             result = analyzer.process(frame)
             if isinstance(result, FrameFailure):
                 results.append(ImageResult(frame.key, failure=result.reason))

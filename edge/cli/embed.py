@@ -13,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from common.config_loader import ConfigError
+from common.progress import progress
 from edge.analysis.analyzer import Analyzer, FrameAnalysis, FrameFailure
 from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead
@@ -82,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     failed = 0
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool, open(args.output, "w") as out:
-        for frame in tqdm(read_ahead(pool, jobs, DEFAULT_MAX_SIDE), total=len(paths), desc="embed", disable=None):
+        frames = read_ahead(pool, jobs, DEFAULT_MAX_SIDE)
+        for frame in progress(frames, total=len(paths), desc="embed", unit="image"):
             line = embed_line(analyzer, frame, args.crop)
             failed += "failure" in line
             out.write(json.dumps({**line, **model}) + "\n")
