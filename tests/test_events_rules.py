@@ -121,6 +121,9 @@ def test_an_event_says_why_it_did_or_did_not_alert():
     rules = RulesConfig(watch=[WatchRule(label="fox", threshold=0.5), WatchRule(label="cat", threshold=0.6, min_count=2)])
     assert alert_reason(event({"fox": 0.37}, {"fox": 1}), rules, None, False) == "fox 0.37 < threshold 0.50"
     assert alert_reason(event({"fox": 0.8}, {"fox": 1}), rules, None, True) == "fox 0.80 >= threshold 0.50"
+    # alerted while the burst was open; later frames pulled the mean below the threshold: said, not hidden
+    assert alert_reason(event({"fox": 0.37}, {"fox": 1}), rules, None, True) == (
+        "alerted mid-burst (the burst so far met fox's threshold 0.50); the whole burst ends at fox 0.37")
     assert alert_reason(event({"cat": 0.9}, {"cat": 1}), rules, None, False) == "cat: 1 crops in one frame < min_count 2"
     assert alert_reason(event({"bear": 0.9}, {"bear": 1}), rules, None, False).startswith("no watch-listed label")
     assert alert_reason(event({"bear": 0.9}, {"bear": 1}), RulesConfig(), None, False) == "no watch-list"

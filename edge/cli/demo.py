@@ -14,6 +14,7 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from common.local_broker import BrokerMissing, Mosquitto
 from edge.app.config import EdgeConfig
 from edge.app.service import Service
 from edge.capture.decode import list_images
+from edge.events.rules import RulesConfig
 
 DEMO_WATCH = [{"label": "bear", "threshold": 0.4}, {"label": "fox", "threshold": 0.5},
               {"label": "wolf_coyote", "threshold": 0.5}]
@@ -89,24 +91,75 @@ def demo_config(workdir: Path, drop: Path, bundle: Path, broker: Mosquitto | Non
     })
 
 
+def watch_list_lines(rules: RulesConfig) -> list[str]:
+    """The watch-list the demo alerts on, one label a line."""
+    lines = ["watch-list (an event alerts once its mean label probability over the burst reaches the threshold, "
+             "with at least min_count crops of the label in one frame):"]
+    rows = [[rule.label, f"threshold {rule.threshold:.2f}", f"min_count {rule.min_count}"] for rule in rules.watch]
+    return lines + ["  " + line for line in aligned(rows, right={1, 2})]
+
+
+def aligned(rows: list[list[str]], right: Collection[int] = ()) -> list[str]:
+    """``rows`` as lines of columns two spaces apart, each as wide as its widest cell (``right``: numbers)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    cells = [[cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+             for row in rows]
+    return ["  ".join(row).rstrip() for row in cells]
+
+
+def sent_messages(service: Service, received: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """What the device sent: the broker's copy, else what still waits in the outbox."""
+    if received:
+        return received
+    return [(m.topic, json.loads(m.payload)) for m in service.store.outbox.pending(limit=100_000)]
+
+
+def frame_rows(service: Service, messages: list[tuple[str, dict]]) -> list[list[str]]:
+    """One row per frame, in capture order: its file, and on an event's first frame the event, its
+    label and score, ALERT, and why it did or did not alert (the frame that raised an alert says so)."""
+    reasons = {p["event_id"]: p.get("alert_reason", "") for t, p in messages if t.endswith("/event")}
+    alerts = {p["event_id"]: p for t, p in messages if t.endswith("/alert")}
+    events = {eid: (frames, label, score, alerted) for eid, frames, label, score, alerted in service.store.conn.execute(
+        "SELECT id, frames, label, score, alerted FROM events")}
+    rows, shown = [], set()
+    for path, key, taken, eid in service.store.conn.execute(
+            "SELECT path, key, time, event_id FROM frames ORDER BY time, key").fetchall():
+        name = Path(path).name if path else key.split(":")[0]
+        if eid is None or eid in shown:
+            raised = eid is not None and alerts.get(eid, {}).get("file") == name
+            why = "nothing detected: no event" if eid is None else ("<- raised the alert" if raised else "")
+            rows.append([name, "", _taken(taken), "", "", "", "", why])
+            continue
+        shown.add(eid)
+        frames, label, score, alerted = events[eid]
+        rows.append([name, eid[:8], _taken(taken), str(frames), label or "-", f"{score or 0:.2f}",
+                     "ALERT" if alerted else "", reasons.get(eid, "") + _raised(alerts.get(eid), frames)])
+    return rows
+
+
+def _raised(alert: dict | None, frames: int) -> str:
+    """Where an event's alert came from: the frame, the label and score as the burst stood then."""
+    if alert is None or frames == 1:
+        return ""
+    return f"; raised by {alert.get('file')} at {alert['label']} {alert['score']:.2f} (frame {alert['frames']} of {frames})"
+
+
+def _taken(iso_time: str) -> str:
+    return datetime.fromisoformat(iso_time).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def show(service: Service, received: list[tuple[str, dict]]) -> None:
-    """Print events, alerts and the message counts."""
-    rows = service.store.conn.execute(
-        "SELECT source_id, start, frames, label, score, alerted FROM events ORDER BY start").fetchall()
+    """Print one row per frame and event (file, label, score, alert and why), then the message counts."""
+    rows = service.store.conn.execute("SELECT COUNT(*), SUM(alerted) FROM events").fetchone()
     print(f"\n{service.counters.frames} frames analysed, {service.counters.failures} failed, "
-          f"{service.counters.detections} detections, {len(rows)} events, {service.counters.alerts} alerts")
-    print(f"{'start':<24} {'frames':>6}  {'label':<14} {'score':>5}  alert")
-    for _source, start, frames, label, score, alerted in rows:
-        taken = datetime.fromisoformat(start).strftime("%Y-%m-%d %H:%M:%S%z")
-        print(f"{taken:<24} {frames:>6}  {label or '-':<14} {score or 0:>5.2f}  {'ALERT' if alerted else ''}")
+          f"{service.counters.detections} detections, {rows[0]} events, {service.counters.alerts} alerts")
+    messages = sent_messages(service, received)
+    header = ["file", "event", "taken", "frames", "label", "score", "alert", "why"]
+    for line in aligned([header, *frame_rows(service, messages)], right={3, 5}):
+        print(line)
     kinds = Counter(topic.rsplit("/", 1)[-1] for topic, _ in received)
     print(f"\nreceived over MQTT: {dict(kinds) or 'nothing (no broker: messages wait in the outbox)'}; "
           f"still in the outbox: {len(service.store.outbox)}")
-    for topic, payload in received:
-        if topic.endswith("/alert"):
-            thumb = payload.get("thumbnail") or {}
-            print(f"  alert {payload['label']} {payload['score']:.2f} event {payload['event_id'][:8]} "
-                  f"thumbnail {thumb.get('width')}x{thumb.get('height')} {thumb.get('bytes')} bytes")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exc}: running with the outbox only")
         broker = None
     listener = Listener(broker.host, broker.port, "trapedge") if broker else None
-    service = Service(demo_config(args.workdir, args.workdir / "incoming", args.bundle, broker))
+    config = demo_config(args.workdir, args.workdir / "incoming", args.bundle, broker)
+    print("\n".join(watch_list_lines(config.rules)))
+    service = Service(config)
     try:
         service.start()
         service.run(once=True)

@@ -74,8 +74,11 @@ def alert_reason(event: Event, rules: RulesConfig, site: str | None, alerted: bo
     if not seen:
         return f"no watch-listed label ({', '.join(sorted(active))}) in this event"
     label, score, threshold, min_count, count = max(seen, key=lambda s: s[1] - s[2])
-    if alerted or (score >= threshold and count >= min_count):
+    if score >= threshold and count >= min_count:
         return f"{label} {score:.2f} >= threshold {threshold:.2f}"
+    if alerted:  # the open burst met the rule on an earlier frame; the frames after it pulled the mean down
+        return (f"alerted mid-burst (the burst so far met {label}'s threshold {threshold:.2f}); "
+                f"the whole burst ends at {label} {score:.2f}")
     if score < threshold:
         return f"{label} {score:.2f} < threshold {threshold:.2f}"
     return f"{label}: {count} crops in one frame < min_count {min_count}"
