@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from train.datasets.inventory import Inventory
 from train.records import Record
@@ -42,22 +42,42 @@ class _Strict(BaseModel):
 class SpeciesSource(_Strict):
     """One labelled-photo source for the species classifier."""
 
-    format: Literal["csv", "folders", "coco", "megadetector", "camtrap_dp"] = Field(title="Dataset format")
-    path: Path = Field(title="CSV / JSON file, class-folder root or Camtrap DP package folder")
-    images: Path | None = Field(None, title="Folder the file's image paths are relative to (default: its folder)")
+    format: Literal["csv", "folders", "xmp", "coco", "megadetector", "camtrap_dp"] = Field(title="Dataset format")
+    name: str | None = Field(None, title="Name in warnings and the inventory (default: the path)")
+    path: Path = Field(title="CSV / JSON file, class-folder root, XMP-tagged image folder or Camtrap DP package folder")
+    images: Path | None = Field(None, title="Folder the file's relative image paths start from (default: its folder)")
     label_columns: list[str] = Field(["label"], title="CSV: label column(s)")
-    path_column: str = Field("file", title="CSV: image path column")
+    path_column: str = Field("file", title="CSV: image path column (relative or absolute paths)")
     event_column: str | None = Field(None, title="CSV: capture-event (burst) id column")
     location_column: str | None = Field(None, title="CSV: camera / location column")
+    individual_column: str | None = Field(None, title="CSV: individual id column")
+    time_column: str | None = Field(None, title="CSV: capture time column (ISO 8601 or EXIF 'YYYY:MM:DD HH:MM:SS')")
+    class_level: int = Field(1, ge=1, title="folders: the folder level below path naming the class: 1 <class>/, "
+                                            "2 <station>/<class>/ (camtrapR), 3 <station>/<camera>/<class>/")
+    location_level: int | None = Field(None, ge=1, title="folders / xmp: the folder level naming the station "
+                                                         "(location, for split_by: location); folders: default 1 "
+                                                         "when class_level > 1")
+    filename_pattern: str | None = Field(None, title="folders / xmp: regex on the file name with named groups "
+                                                     "location, event, time (YYYY-MM-DD_HH-MM-SS)")
+    species_tag: str = Field("Species", title="xmp: keyword group naming the species (Species|Leopard Cat)")
+    individual_tag: str = Field("individual", title="xmp: keyword group naming the individual (individual|L23)")
     threshold: float = Field(0.2, ge=0, le=1, title="MegaDetector JSON: lowest box confidence kept")
+
+    @model_validator(mode="after")
+    def _station_above_class(self) -> SpeciesSource:
+        if self.format == "folders" and self.location_level is not None and self.location_level >= self.class_level:
+            raise ValueError(f"location_level {self.location_level} must name a folder above the class "
+                             f"(below class_level {self.class_level})")
+        return self
 
 
 class BoxSource(_Strict):
     """One box-labelled source for the detector fine-tune."""
 
-    format: Literal["megadetector", "voc", "coco", "yolo"] = Field(title="Dataset format")
+    format: Literal["megadetector", "voc", "coco", "yolo", "camtrap_dp"] = Field(title="Dataset format")
     name: str | None = Field(None, title="Name in reports (default: the file's or folder's name)")
-    path: Path = Field(title="JSON file, VOC root (Annotations/ + JPEGImages/) or YOLO root (images/ + labels/)")
+    path: Path = Field(title="JSON file, VOC root (Annotations/ + JPEGImages/), YOLO root (images/ + labels/) or "
+                             "Camtrap DP package folder (observations with bboxX/bboxY/bboxWidth/bboxHeight)")
     images: Path | None = Field(None, title="Folder the file's image paths are relative to")
     threshold: float = Field(0.2, ge=0, le=1, title="MegaDetector JSON: lowest box confidence kept")
     empty_files: Literal["empty", "unlabelled"] = Field(
@@ -151,13 +171,18 @@ def load_training_config(path: Path) -> TrainingConfig:
 
 def _read_species(source: SpeciesSource, where: Path, images: Path | None) -> Inventory:
     """The inventory of one species source, read by its format's reader."""
-    from train.datasets import read_camtrap_dp, read_coco_camera_traps, read_csv, read_folders, read_megadetector
+    from train.datasets import read_camtrap_dp, read_coco_camera_traps, read_csv, read_folders, read_megadetector, read_xmp
 
     if source.format == "csv":
         return read_csv(where, images, label_columns=source.label_columns, path_column=source.path_column,
-                        event_column=source.event_column, location_column=source.location_column)
+                        event_column=source.event_column, location_column=source.location_column,
+                        individual_column=source.individual_column, time_column=source.time_column)
     if source.format == "folders":
-        return read_folders(where)
+        return read_folders(where, class_level=source.class_level, location_level=source.location_level,
+                            filename_pattern=source.filename_pattern)
+    if source.format == "xmp":
+        return read_xmp(where, species_tag=source.species_tag, individual_tag=source.individual_tag,
+                        location_level=source.location_level, filename_pattern=source.filename_pattern)
     if source.format == "coco":
         return read_coco_camera_traps(where, images)
     if source.format == "megadetector":
@@ -167,7 +192,7 @@ def _read_species(source: SpeciesSource, where: Path, images: Path | None) -> In
 
 def _read_boxes(source: BoxSource, where: Path, images: Path | None) -> Inventory:
     """The inventory of one box source, read by its format's reader."""
-    from train.datasets import read_coco_camera_traps, read_megadetector, read_voc, read_yolo
+    from train.datasets import read_camtrap_dp_boxes, read_coco_camera_traps, read_megadetector, read_voc, read_yolo
 
     if source.format == "megadetector":
         return read_megadetector(where, images, threshold=source.threshold)
@@ -175,7 +200,26 @@ def _read_boxes(source: BoxSource, where: Path, images: Path | None) -> Inventor
         return read_voc(where)
     if source.format == "yolo":
         return read_yolo(where, empty_files=source.empty_files, event_pattern=source.event_pattern)
+    if source.format == "camtrap_dp":
+        return read_camtrap_dp_boxes(where)
     return read_coco_camera_traps(where, images)
+
+
+def species_inventory(config: TrainingConfig, source: SpeciesSource) -> tuple[str, Inventory]:
+    """One species source's name and inventory (its records tagged ``extra["dataset"]``), as read.
+
+    Raises:
+        FileNotFoundError: the source's path does not exist.
+        DatasetError: the file is not the format it claims.
+    """
+    where = config.resolve(source.path)
+    images = config.resolve(source.images) if source.images else None
+    if not where.exists():
+        raise FileNotFoundError(f"species source {where} not found (data_root {config.data_root})")
+    name = source.name or str(source.path)
+    inventory = _read_species(source, where, images)
+    inventory.records = [replace(r, extra={**r.extra, "dataset": name}) for r in inventory.records]
+    return name, inventory
 
 
 def read_species(config: TrainingConfig) -> tuple[list[Record], list[str]]:
@@ -184,13 +228,9 @@ def read_species(config: TrainingConfig) -> tuple[list[Record], list[str]]:
 
     records, problems = [], []
     for source in config.species:
-        where = config.resolve(source.path)
-        images = config.resolve(source.images) if source.images else None
-        if not where.exists():
-            raise FileNotFoundError(f"species source {where} not found (data_root {config.data_root})")
-        inventory = _read_species(source, where, images)
+        _, inventory = species_inventory(config, source)
         records += list(inventory)
-        problems += [f"{where}: {p}" for p in inventory.problems]
+        problems += [f"{config.resolve(source.path)}: {p}" for p in inventory.problems]
     kept, dropped = LabelMap.from_dict(config.labelmap).apply(records, keep_multilabel=config.keep_multilabel)
     if len(dropped):
         problems.append(f"labelmap dropped {len(dropped)} record(s): {dropped.counts()}")
@@ -211,17 +251,26 @@ def read_reid(config: TrainingConfig, sources: list[ReidSource]) -> dict[str, li
     return found
 
 
+def box_inventory(config: TrainingConfig, source: BoxSource) -> tuple[str, Inventory]:
+    """One box source's report name and inventory (records' ``source`` set to the name).
+
+    Raises:
+        FileNotFoundError: the source's path does not exist.
+        DatasetError: the file is not the format it claims.
+    """
+    where = config.resolve(source.path)
+    images = config.resolve(source.images) if source.images else None
+    if not where.exists():
+        raise FileNotFoundError(f"box source {where} not found (data_root {config.data_root})")
+    name = source.name or where.stem
+    inventory = _read_boxes(source, where, images)
+    inventory.records = [replace(r, source=name) for r in inventory.records]
+    return name, inventory
+
+
 def read_boxes(config: TrainingConfig) -> list[Record]:
     """One record per box (and one box-less record per empty image) of every box source."""
-    records = []
-    for source in config.boxes:
-        where = config.resolve(source.path)
-        images = config.resolve(source.images) if source.images else None
-        if not where.exists():
-            raise FileNotFoundError(f"box source {where} not found (data_root {config.data_root})")
-        name = source.name or where.stem
-        records += [replace(r, source=name) for r in _read_boxes(source, where, images)]
-    return records
+    return [r for source in config.boxes for r in box_inventory(config, source)[1]]
 
 
 if __name__ == "__main__":  # `python -m train.config CONFIG`: the run folder it trains into (the Makefile's RUN)

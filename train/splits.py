@@ -391,4 +391,11 @@ def _apply(saved: SavedSplit, records: Sequence[Record], path: Path, root: Path 
 
 
 def _path_key(path: Path, root: Path | None) -> str:
-    return (Path(path).relative_to(root) if root is not None else Path(path)).as_posix()
+    if root is None:
+        return Path(path).as_posix()
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:  # one absolute, one relative (an absolute CSV path, a data_root given relative)
+        resolved, base = Path(path).resolve(), Path(root).resolve()
+        # an image outside root (an absolute CSV path elsewhere) keeps its absolute path: root / it is it
+        return (resolved.relative_to(base) if resolved.is_relative_to(base) else resolved).as_posix()

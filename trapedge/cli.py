@@ -17,6 +17,8 @@ COMMANDS = {
     "evaluate": ("train.evaluate", "what the camera does against reference boxes or labels (recall, confusion)"),
     "bench": ("trapedge.bench", "benchmark the edge pipeline on real frames (INT8, fp32, torch eager)"),
     "train": ("train.cli", "train the species classifier and the re-ID embedder; write the report"),
+    "inventory": ("train.dataset_inventory", "show what training would read from a folder or config: classes, "
+                                             "counts, stations, capture times, problems"),
     "export": ("export.cli", "build a model bundle: ONNX fp32 + INT8 with accuracy gates"),
     "export-tensorrt": ("export.tensorrt", "build TensorRT FP16/INT8 engines from a bundle (Jetson)"),
     "central": ("central.cli", "run the central matching service (ingest, match, review UI); "

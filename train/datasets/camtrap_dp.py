@@ -15,6 +15,8 @@ TYPE_LABELS = {"blank": "empty", "human": "human", "vehicle": "vehicle"}
 #: observationTypes that name no class: reported, not read.
 UNCLASSIFIED = {"unknown", "unclassified"}
 BBOX_COLUMNS = ("bboxX", "bboxY", "bboxWidth", "bboxHeight")
+#: observationTypes a detector box can be of (``human`` → person, ``vehicle`` → vehicle).
+BOX_TYPES = ("animal", "human", "vehicle")
 
 
 def read_camtrap_dp(package_dir: Path | str) -> Inventory:
@@ -134,8 +136,70 @@ def _emit(inventory: Inventory, package_dir: Path, media_entry: tuple[int, dict]
     if not (media.get("fileMediatype") or "image/").startswith("image/"):
         inventory.report("not_image", media_file, where, f"{file_path} ({media['fileMediatype']})")
         return
+    taken = parse_time(media.get("timestamp"), media_file, where)
+    extra = {"observation": obs.get("observationID"), "deployment": media["deploymentID"]}
     record = Record(package_dir / file_path, tuple(labels), bbox=box, individual=obs.get("individualID") or None,
                     location=locations.get(media["deploymentID"]), event=obs.get("eventID") or None,
-                    time=parse_time(media.get("timestamp"), media_file, where), source="camtrap_dp",
-                    extra={"observation": obs.get("observationID"), "deployment": media["deploymentID"]})
+                    time=taken, source="camtrap_dp", extra={**extra, "time_source": "column"} if taken else extra)
     inventory.add(record, media_file, where)
+
+
+def read_camtrap_dp_boxes(package_dir: Path | str, *, empty_label: str = "empty") -> Inventory:
+    """Read a Camtrap DP package as detector data: one record per media-level box.
+
+    Labels: ``human`` and ``vehicle`` observations are ``human`` / ``vehicle`` (whatever their
+    ``scientificName``), animals their ``scientificName`` (``animal`` when blank), so each maps to its
+    detector class. A media file whose observations are all ``blank`` is one ``empty_label``
+    record. A media file with an unclassified observation (``unlabelled``), or an animal, human or
+    vehicle observation without a box whose label has no box in that file (``unboxed``), is left
+    out whole: its unboxed object would teach the detector that it is background (an unboxed
+    observation of a boxed label is taken as the same animal, classified twice). Event-level
+    observations carry no boxes and are reported ``unboxed``.
+
+    Raises:
+        DatasetError: as ``read_camtrap_dp``.
+    """
+    package_dir = Path(package_dir)
+    tables = _tables(package_dir)
+    locations = {row["deploymentID"]: row.get("locationID") or row["deploymentID"] for _, row in tables["deployments"]}
+    media = {row["mediaID"]: (line, row) for line, row in tables["media"]}
+    obs_file = package_dir / _resource_paths(package_dir)["observations"]
+    per_media: dict[str, list[tuple[str, dict]]] = {}
+    inventory = Inventory()
+    for line, obs in tables["observations"]:
+        where = f"line {line} ({obs.get('observationID', '?')})"
+        if not obs.get("mediaID"):
+            inventory.report("unboxed", obs_file, where, "event-level observation: no box, not read")
+        elif obs["mediaID"] not in media:
+            raise DatasetError(obs_file, where, f"unknown mediaID {obs['mediaID']!r}")
+        else:
+            per_media.setdefault(obs["mediaID"], []).append((where, obs))
+    for media_id, observations in per_media.items():
+        _emit_boxes(inventory, package_dir, obs_file, media[media_id], observations, locations, empty_label)
+    return inventory
+
+
+def _emit_boxes(inventory: Inventory, package_dir: Path, obs_file: Path, media_entry: tuple[int, dict],
+                observations: list[tuple[str, dict]], locations: dict, empty_label: str) -> None:
+    boxes, unboxed = [], []
+    for where, obs in observations:
+        kind = (obs.get("observationType") or "").strip()
+        if kind == "blank":
+            continue
+        if kind not in BOX_TYPES:
+            inventory.report("unlabelled", obs_file, where, f"observationType {kind!r}: its media is left out")
+            return
+        label = ((obs.get("scientificName") or "").strip() or "animal") if kind == "animal" else kind
+        if _has_box(obs):
+            boxes.append((label, check_bbox(tuple(float(obs[k]) for k in BBOX_COLUMNS), obs_file, where), obs))
+        else:
+            unboxed.append((where, label))
+    boxed_labels = {label for label, _, _ in boxes}
+    for where, label in unboxed:
+        if label not in boxed_labels:
+            inventory.report("unboxed", obs_file, where, f"{label} without a box: its media is left out")
+            return
+    for label, box, obs in boxes:
+        _emit(inventory, package_dir, media_entry, [label], obs, locations, box)
+    if not boxes and not unboxed:
+        _emit(inventory, package_dir, media_entry, [empty_label], observations[0][1], locations, None)

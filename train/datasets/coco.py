@@ -59,17 +59,18 @@ def _add_image(inventory: Inventory, json_path: Path, root: Path, where: str, im
         "time": parse_time(image.get("datetime"), json_path, where),
         "source": "coco",
     }
+    timed = {"time_source": "column"} if common["time"] is not None else {}
     image_level = []
     for entry, annotation in annotations:
         label = categories[annotation["category_id"]]
         if annotation.get("bbox"):
             box = _normalise(annotation["bbox"], image, json_path, entry)
-            inventory.add(Record(path, (label,), bbox=box, extra={"annotation": annotation.get("id")}, **common),
-                          json_path, entry)
+            extra = {**timed, "annotation": annotation.get("id")}
+            inventory.add(Record(path, (label,), bbox=box, extra=extra, **common), json_path, entry)
         elif label not in image_level:
             image_level.append(label)
     if image_level:
-        inventory.add(Record(path, tuple(image_level), **common), json_path, where)
+        inventory.add(Record(path, tuple(image_level), extra=timed, **common), json_path, where)
 
 
 def _normalise(bbox, image: dict, json_path: Path, where: str) -> tuple[float, float, float, float]:

@@ -6,6 +6,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
+from train.datasets.capture_time import exif_capture_time
 from train.datasets.inventory import DatasetError, Inventory, parse_time
 from train.records import Record
 
@@ -17,10 +18,14 @@ def read_csv(path: Path | str, image_root: Path | str | None = None, *, label_co
 
     Args:
         path: the CSV file (UTF-8, header row).
-        image_root: folder the path column is relative to (default: the CSV's folder).
+        image_root: folder relative paths of the path column start from (default: the CSV's folder);
+            absolute paths are taken as they are.
         label_columns: every non-empty cell among them is one label of the row.
         path_column: column holding the image path.
         event_column, location_column, individual_column, time_column: optional columns.
+
+    Without a time cell the capture time is the image's EXIF date (``extra["time_source"]``). A path
+    that does not exist is a ``missing`` problem, not an error.
 
     Raises:
         DatasetError: missing file, missing column, empty path cell or bad time (file and line named).
@@ -51,15 +56,16 @@ def _merge_row(rows: dict, path: Path, root: Path, line: int, row: dict, path_co
     cell = (row.get(path_column) or "").strip()
     if not cell:
         raise DatasetError(path, where, f"empty {path_column!r}")
-    image = root / cell
+    image = root / cell  # an absolute cell stays absolute
     labels = [row[c].strip() for c in label_columns if (row.get(c) or "").strip()]
     entry = rows.setdefault(image, {"where": where, "labels": [], "fields": {}})
     entry["labels"] += [label for label in labels if label not in entry["labels"]]
     for key, column in optional.items():
         if column and (row.get(column) or "").strip():
             entry["fields"].setdefault(key, row[column].strip())
-    if time_column:
-        entry["fields"].setdefault("time", parse_time(row.get(time_column), path, where))
+    taken = parse_time(row.get(time_column), path, where) if time_column else None
+    if taken is not None:
+        entry["fields"].setdefault("time", taken)
 
 
 def _inventory(path: Path, rows: dict) -> Inventory:
@@ -68,6 +74,10 @@ def _inventory(path: Path, rows: dict) -> Inventory:
         if not entry["labels"] and "individual" not in entry["fields"]:
             inventory.report("unlabelled", path, entry["where"], str(image))
             continue
-        record = Record(image, tuple(entry["labels"]), source="csv", **entry["fields"])
+        fields, extra = entry["fields"], {"time_source": "column"}
+        if "time" not in fields:
+            fields["time"] = exif_capture_time(image)
+            extra = {"time_source": "exif"} if fields["time"] else {}
+        record = Record(image, tuple(entry["labels"]), source="csv", extra=extra, **fields)
         inventory.add(record, path, entry["where"])
     return inventory

@@ -30,7 +30,10 @@ class Problem:
     Attributes:
         kind: ``missing`` (image file absent), ``failure`` (the source says it failed),
             ``remote`` (a URL, not fetched), ``not_image``, ``unannotated``, ``unlabelled``,
-            ``unparsed`` (kept, but the filename did not match the pattern), ``unmatched``.
+            ``unparsed`` (kept, but the filename did not match the pattern, or its XMP could not
+            be read), ``unmatched``, ``unboxed`` (box data: an object without a box), ``ambiguous``
+            (kept without the field it had several values for), ``layout`` (a hint: the folder
+            layout looks unlike the options given).
         source: the annotation file (or folder) the entry came from.
         entry: where in it (``line 7``, ``images[3]``, ``obs6``).
         detail: the image path or the message.
