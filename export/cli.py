@@ -12,6 +12,7 @@ import torch
 from common.signing import SIGNATURE_NAME, SignatureError
 from edge.runtime.manifest import SAFE_NAME
 from export.build import ExportOptions, TorchModels, build_bundle, manifest_summary
+from export.calibration import ExportDataError, run_images
 from export.gates import GateError
 from export.model_card import add_camera_section
 from export.signing import development_key_warning
@@ -51,23 +52,38 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     from train.models.classifier import CROP_INPUT, freeze_same_padding
 
     models = default_models(weights)
+    if not (run_dir / "classifier.pt").is_file():
+        raise FileNotFoundError(f"{run_dir / 'classifier.pt'} not found: train the species classifier first "
+                                f"(`trapedge train --out {run_dir}` with species sources in its config)")
     classifier = torch.load(run_dir / "classifier.pt", map_location="cpu", weights_only=False).eval()
-    embedder = torch.load(run_dir / "embedder.pt", map_location="cpu", weights_only=False).eval()
-    for model in (classifier, embedder):
-        freeze_same_padding(model.backbone, CROP_INPUT.size)
-    models.classifier, models.embedder, models.species_labels = classifier, embedder, list(classifier.labels)
+    freeze_same_padding(classifier.backbone, CROP_INPUT.size)
+    models.classifier, models.species_labels = classifier, list(classifier.labels)
+    if (run_dir / "embedder.pt").is_file():
+        models.embedder = torch.load(run_dir / "embedder.pt", map_location="cpu", weights_only=False).eval()
+        freeze_same_padding(models.embedder.backbone, CROP_INPUT.size)
+    else:  # a run without individuals: the pretrained embedder, said once
+        print(f"{run_dir} has no embedder.pt (no re-ID sources): the bundle keeps the pretrained embedder",
+              file=sys.stderr)
     models.taxonomy = _run_taxonomy(run_dir, models.species_labels)
     models.whole_frames = _run_config(run_dir).get("crops", "boxes") != "detector"  # unboxed images: whole frames
-    models.architectures.update(classifier=f"{type(classifier).__name__}({run_dir.name})",
-                                embedder=f"{type(embedder).__name__}({run_dir.name})")
+    # plain names (the edge publishes ``<architecture>@<bundle version>``): the backbone and what was trained
+    models.architectures["classifier"] = f"{_backbone_arch(classifier)}+species"
+    if (run_dir / "embedder.pt").is_file():
+        models.architectures["embedder"] = f"{_backbone_arch(models.embedder)}+reid"
     if (run_dir / "detector.pt").is_file():
         saved = torch.load(run_dir / "detector.pt", map_location="cpu", weights_only=False)
         models.detector, models.detector_labels = saved["model"].eval(), list(saved["classes"])
         if saved.get("fine_tuned"):  # fine-tuned at its own input size, which is then its native one
             models.detector_native_size = tuple(saved.get("input_size", DEFAULT_SIZE))
-        kind = "fine-tuned" if saved.get("fine_tuned") else "pretrained"
-        models.architectures["detector"] = f"yolox_tiny({kind}, {run_dir.name})"
+        models.architectures["detector"] = "yolox_tiny+fine-tuned" if saved.get("fine_tuned") else "yolox_tiny"
     return models
+
+
+def _backbone_arch(model: torch.nn.Module) -> str:
+    """The timm architecture under a trained model (``tf_efficientnet_lite0``)."""
+    from train.models.classifier import ARCH
+
+    return getattr(model.backbone, "pretrained_cfg", {}).get("architecture") or ARCH
 
 
 def _run_taxonomy(run_dir: Path, labels: list[str]) -> dict[str, list[str]]:
@@ -105,7 +121,9 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bundles/default"), help="bundle directory to write")
     parser.add_argument("--weights", type=Path, default=Path("models"), help="where `make models` put the weights")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"), help="real images for calibration and checks")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"),
+                        help="real images that calibrate and check the default bundle; a --trained run uses its own "
+                             "train and val splits instead")
     parser.add_argument("--threshold", type=float, default=0.25, help="detector confidence threshold for the manifest")
     parser.add_argument("--detector-size", type=_size, default=None, metavar="HxW",
                         help="detector input (default 480x640: 4:3 frames without padding rows; 640x640 is native; "
@@ -140,8 +158,13 @@ def run(args: argparse.Namespace) -> int:
 
         options.evaluate = held_out
     try:
+        if args.trained:
+            options.images = run_images(args.trained)
         models = trained_models(args.trained, args.weights) if args.trained else default_models(args.weights)
         manifest = build_bundle(models, options)
+    except ExportDataError as exc:
+        print(f"export refused: {exc}", file=sys.stderr)
+        return 2
     except (GateError, FileNotFoundError, SignatureError) as exc:
         print(f"export failed, no bundle written: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from train.classifier import TrainConfig, evaluate, train_classifier
 from train.config import TrainingConfig, load_training_config, read_boxes, read_reid, read_species
-from train.datasets import format_summary, save_summary, summarise
+from train.datasets import capture_time_warnings, format_summary, save_summary, summarise
 from train.datasets.inventory import problem_lines
 from train.embedder import EmbedderConfig, embed_records, train_embedder
 from train.models.classifier import PooledEmbedder, create_backbone
@@ -64,7 +65,7 @@ def species_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | N
     if not config.species:
         return None
     records, problems = read_species(config)
-    for line in problem_lines(problems, all_in=config.out / "data_problems.txt"):
+    for line in capture_time_warnings(records) + problem_lines(problems, all_in=config.out / "data_problems.txt"):
         print(line)
     if not records:
         raise SystemExit("no labelled species images found: check the config's species sources")
@@ -72,7 +73,7 @@ def species_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | N
         from train.crops import detector_boxes
 
         records = detector_boxes(records, config.crop_bundle, config.out / "cache" / "boxes.json")
-    root = config.resolve(config.species[0].path).parent
+    root = species_root(config)
     splits = load_or_make_split(records, config.out / "splits" / "species.csv", by=config.split_by, seed=config.seed,
                                 root=root, sequence_from_filename=FRAME_NUMBER)
     summary = summarise(records, {r.path: name for name, rs in splits.items() for r in rs})
@@ -260,21 +261,46 @@ def _every_nth_image(records: list, n: int) -> list:
     return [r for r in records if r.path in kept]
 
 
+def species_root(config: TrainingConfig) -> Path:
+    """The folder the species split's paths are saved relative to: the deepest one holding every species
+    source's folder. With several datasets each key starts with its dataset's folder (two datasets'
+    ``images/0001.jpg`` never collide); with one it is that dataset's folder, so its keys stay short."""
+    parents = [config.resolve(source.path).parent for source in config.species]
+    try:
+        return Path(os.path.commonpath(parents))
+    except ValueError:  # an absolute and a relative folder: compare them resolved
+        return Path(os.path.commonpath([p.resolve() for p in parents]))
+
+
 def _species_split(config: TrainingConfig) -> dict[Path, str]:
     """Resolved path → split of the saved species split (empty when there is none)."""
     path = config.out / "splits" / "species.csv"
     if not config.species or not path.exists():
         return {}
-    root = config.resolve(config.species[0].path).parent
+    root = species_root(config)
     return {(root / row.path).resolve(): row.split for row in load_split(path).rows}
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.validate_config:
-        from common.config_loader import validate_config_command
+    from common.config_loader import ConfigError
+    from train.checks import training_problems, training_warnings
 
-        return validate_config_command(args.config, TrainingConfig)
-    config = training_config(args)
+    try:
+        config = training_config(args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1 if args.validate_config else 2
+    steps = set(getattr(args, "steps", STEPS))
+    problems = training_problems(config, args.weights, steps)  # before an hour of training, not after
+    for line in training_warnings(config, steps) if not problems else []:
+        print(line, file=sys.stderr)
+    for line in problems:
+        print(line if args.validate_config else f"train refused: {line}", file=sys.stderr)
+    if args.validate_config:
+        print("config OK" if not problems else f"{len(problems)} problem(s): fix them and run again",
+              file=sys.stderr if problems else sys.stdout)
+    if problems or args.validate_config:
+        return 2 if problems else 0
     try:
         return _train(args, config)
     except StaleSplitError as exc:
@@ -299,10 +325,15 @@ def _train(args: argparse.Namespace, config: TrainingConfig) -> int:
                  notes=[f"profile: {'quick' if args.quick else 'full'}; wall time {seconds} s"])
     (config.out / "figures.json").write_text(json.dumps(figures, indent=2, default=_plain) + "\n")
     print(_summary(figures))
-    print(f"report: {config.out / 'report'}; figures: {config.out / 'figures.json'}\n"
-          f"next: trapedge export --trained {config.out} --out bundles/trained  (builds, gates and evaluates the bundle "
-          "on the held-out images)")
+    print(_next_steps(config.out))
     return 0
+
+
+def _next_steps(out: Path) -> str:
+    """Where the report is and the command that turns the run into a bundle."""
+    return (f"report: {out / 'report' / 'report.md'}  (figures: {out / 'figures.json'})\n"
+            f"next: trapedge export --trained {out} --out bundles/trained  (or: make export RUN={out})\n"
+            "      builds the bundle, gates INT8 against fp32 and evaluates it on the held-out images")
 
 
 def _step(config: TrainingConfig, name: str, steps: set[str], train) -> dict | None:

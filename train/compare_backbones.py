@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from train.classifier import TrainConfig, TrainHistory, evaluate, train_classifier
+from train.cli import species_root
 from train.config import TrainingConfig, read_species
 from train.datasets.inventory import problem_lines
 from train.models.classifier import BACKBONE_ARCHS, CROP_INPUT, Backbone
@@ -72,7 +73,7 @@ def species_splits(run: Path) -> tuple[TrainingConfig, dict[str, list[Record]], 
         from train.crops import detector_boxes
 
         records = detector_boxes(records, config.crop_bundle, run / "cache" / "boxes.json")
-    root = config.resolve(config.species[0].path).parent
+    root = species_root(config)
     splits = load_or_make_split(records, split_path, by=config.split_by, seed=config.seed, root=root,
                                 sequence_from_filename=FRAME_NUMBER)
     return config, splits, sorted({r.label for r in records})

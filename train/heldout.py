@@ -30,7 +30,7 @@ def held_out_sets(run_dir: Path, subset: str = "test") -> dict[str, list[Annotat
     Raises:
         FileNotFoundError: the run has no ``config.json`` or a dataset is gone.
     """
-    from train.cli import _species_split
+    from train.cli import _species_split, species_root
     from train.detector_data import split_boxes
 
     config = TrainingConfig.model_validate_json((run_dir / "config.json").read_text())
@@ -38,7 +38,7 @@ def held_out_sets(run_dir: Path, subset: str = "test") -> dict[str, list[Annotat
     sets: dict[str, list[Annotated]] = {}
     species_csv = run_dir / "splits" / "species.csv"
     if config.species and species_csv.exists():
-        root = config.resolve(config.species[0].path).parent
+        root = species_root(config)
         test = _subset_paths(species_csv, root, subset)
         for source in config.species:
             where = config.resolve(source.path)
