@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from central.config import CentralConfig
-from common.config_loader import ConfigError, load_config, validate_config_command
+from common.config_loader import ConfigError, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,13 +16,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.validate_config:
-        return validate_config_command(args.config, CentralConfig)
     try:
         config = load_config(args.config, CentralConfig)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return 1 if args.validate_config else 2
+    if args.validate_config:  # beyond parsing: files, the review address, the database (central/checks.py)
+        from central.checks import central_problems
+
+        problems = central_problems(config)
+        for line in problems:
+            print(line, file=sys.stderr)
+        print("config OK" if not problems else f"{len(problems)} problem(s): fix them and run again",
+              file=sys.stdout if not problems else sys.stderr)
+        return 2 if problems else 0
     from central.service import StartupError, main
 
     try:

@@ -169,10 +169,17 @@ class CentralService:
             log.warning("%s", problem)
 
     def _start_review(self):
+        from central.checks import listen_problem
         from central.web import ReviewServer
 
-        server = ReviewServer(self.store, self.matcher, self.config.review.host, self.config.review.port,
-                              login=self.config.review.login, max_body_bytes=self.config.review.max_body_bytes)
+        review = self.config.review
+        try:
+            server = ReviewServer(self.store, self.matcher, review.host, review.port, login=review.login,
+                                  max_body_bytes=review.max_body_bytes)
+        except ValueError as exc:  # the login's files: unreadable, or not a hash
+            raise StartupError(str(exc)) from None
+        except OSError as exc:
+            raise StartupError(listen_problem(review.host, review.port, exc)) from None
         server.start()
         log.info("review UI on http://%s:%d/", self.config.review.host, server.port)
         return server

@@ -215,7 +215,17 @@ def test_central_config_errors_name_line_and_key(tmp_path, yaml_text, expectatio
 def test_cli_validate_config(tmp_path, capsys):
     from trapedge.cli import main
 
-    path = Path(__file__).resolve().parents[1] / "deploy" / "central.example.yaml"
+    from central.auth import hash_password
+
+    example = (Path(__file__).resolve().parents[1] / "deploy" / "central.example.yaml").read_text()
+    path = tmp_path / "central.yaml"  # the example with its files in tmp_path and any free port
+    path.write_text(example.replace("/etc/trapedge/", f"{tmp_path}/").replace("/var/lib/trapedge/", f"{tmp_path}/")
+                    .replace("port: 8080", "port: 0"))
+    assert main(["central", "--config", str(path), "--validate-config"]) == 2  # the reviewer's files do not exist
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"review.login: cannot read {tmp_path}/review.hash: No such file or directory"
+    (tmp_path / "review.hash").write_text(hash_password("correct horse") + "\n")
+    (tmp_path / "review.key").write_bytes(b"k" * 32)
     assert main(["central", "--config", str(path), "--validate-config"]) == 0
     assert "config OK" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"

@@ -286,7 +286,8 @@ def install_signal_handlers(service: Service) -> None:
 
 def main(config: EdgeConfig, once: bool = False) -> int:
     """Start, run, stop. A database that cannot be used (read-only, deleted while running) ends it
-    with one line saying why and exit status 1 (systemd starts it again)."""
+    with one line saying why and exit status 1 (systemd starts it again); a bundle that cannot be
+    loaded, with none to roll back to, with one line and exit status 2."""
     setup_logging(config.log_level)
     service = Service(config)
     install_signal_handlers(service)
@@ -298,6 +299,9 @@ def main(config: EdgeConfig, once: bool = False) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return 1
+    except BundleError as exc:  # missing, unsigned or tampered, and no previous bundle to go back to
+        log.error("bundle.path: %s", exc)
+        return 2
     finally:
         service.stop()
     return 0

@@ -1,0 +1,145 @@
+"""A tired field technician's mistakes, one table: each bad config or input ends in one line that says
+what to do and a non-zero exit, never a traceback (an exception escaping ``main`` fails the test)."""
+
+import socket
+
+import pytest
+import yaml
+from PIL import Image
+
+from central.auth import hash_password
+from trapedge.cli import main
+
+
+def _images(folder, count, size=(64, 48)):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        Image.new("RGB", size, (i * 7 % 255, 90, 40)).save(folder / f"{i:04d}.jpg")
+
+
+def _species_csv(root, count, labels=("Bobcat", "Elk")):
+    _images(root / "images", count)
+    rows = [f"images/{i:04d}.jpg,{labels[i % len(labels)]},cam{i % 2},{i}" for i in range(count)]
+    (root / "labels.csv").write_text("file,label,station,burst\n" + "\n".join(rows) + "\n")
+
+
+def _train_yaml(tmp_path, **fields):
+    config = {"data_root": str(tmp_path / "photos"), "out": str(tmp_path / "run"), **fields}
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train_too_few_images(tmp_path):
+    _species_csv(tmp_path / "photos", 20)
+    return ["train", "--config", str(_train_yaml(tmp_path, species=[
+        {"format": "csv", "path": "labels.csv", "event_column": "burst"}]))], "species: 20 images split"
+
+
+def train_missing_dataset(tmp_path):
+    return ["train", "--config", str(_train_yaml(tmp_path, species=[{"format": "csv", "path": "nowhere.csv"}]))], \
+        "not found"
+
+
+def train_two_stations(tmp_path):
+    _species_csv(tmp_path / "photos", 200)
+    return ["train", "--config", str(_train_yaml(tmp_path, split_by="location", species=[
+        {"format": "csv", "path": "labels.csv", "location_column": "station", "event_column": "burst"}]))], \
+        "split_by: location needs at least 3 stations"
+
+
+def train_one_individual(tmp_path):
+    _images(tmp_path / "photos" / "lions" / "Amber", 5)
+    return ["train", "--config", str(_train_yaml(tmp_path, reid_train=[{"path": "lions"}]))], \
+        "reid_train: the training individuals: 1 individual(s)"
+
+
+def train_bad_key(tmp_path):
+    path = _train_yaml(tmp_path, split_by="camera")
+    return ["train", "--config", str(path), "--validate-config"], "split_by"
+
+
+def _edge_yaml(tmp_path, bundle, **overrides):
+    (tmp_path / "in").mkdir(exist_ok=True)
+    config = {"device_id": "cam", "sources": [{"type": "folder", "id": "sd", "path": str(tmp_path / "in")}],
+              "bundle": {"path": str(bundle)}, "store": {"path": str(tmp_path / "state.db")}, **overrides}
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_missing_bundle(tmp_path):
+    return ["run", "--config", str(_edge_yaml(tmp_path, tmp_path / "no-bundle")), "--once"], "bundle"
+
+
+def run_watch_label_absent(tmp_path, bundle_dir):
+    path = _edge_yaml(tmp_path, bundle_dir, rules={"watch": [{"label": "kiwi"}]})
+    return ["run", "--config", str(path), "--validate-config"], "'kiwi' is not a label of bundle"
+
+
+def _central_yaml(tmp_path, port=0, hash_text=None):
+    login = {"username": "researcher", "password_hash_file": str(tmp_path / "review.hash")}
+    if hash_text is not None:
+        (tmp_path / "review.hash").write_text(hash_text)
+    path = tmp_path / "central.yaml"
+    path.write_text(yaml.safe_dump({"store": {"path": str(tmp_path / "central.db")},
+                                    "review": {"host": "127.0.0.1", "port": port, "login": login}}))
+    return path
+
+
+def central_missing_hash(tmp_path):
+    return ["central", "--config", str(_central_yaml(tmp_path)), "--validate-config"], \
+        f"review.login: cannot read {tmp_path}/review.hash"
+
+
+def central_not_a_hash(tmp_path):
+    path = _central_yaml(tmp_path, hash_text="hunter2\n")
+    return ["central", "--config", str(path), "--validate-config"], "not a pbkdf2_sha256 hash"
+
+
+def export_not_a_run(tmp_path):
+    return ["export", "--trained", str(tmp_path / "nothing"), "--out", str(tmp_path / "b")], \
+        "is it a `trapedge train` output folder?".replace("is it", "is " + str(tmp_path / "nothing"))
+
+
+def detect_no_folder(tmp_path, bundle_dir):
+    return ["detect", str(tmp_path / "card"), "--bundle", str(bundle_dir), "--output", str(tmp_path / "md.json")], \
+        "is not a folder"
+
+
+def inventory_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return ["inventory", str(tmp_path / "empty")], ""
+
+
+CASES = [train_too_few_images, train_missing_dataset, train_two_stations, train_one_individual, train_bad_key,
+         run_missing_bundle, run_watch_label_absent, central_missing_hash, central_not_a_hash, export_not_a_run,
+         detect_no_folder, inventory_nothing]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_each_mistake_is_one_line_that_says_what_to_do(case, tmp_path, bundle_dir, capsys, caplog):
+    args = [bundle_dir] if "bundle_dir" in case.__code__.co_varnames[:case.__code__.co_argcount] else []
+    argv, expected = case(tmp_path, *args)
+    code = main(argv)
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line and not line.startswith(("WARNING: signing", "warning:"))]
+    said += [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    assert code in (1, 2), err
+    assert said and "Traceback" not in err, err
+    assert any(expected in line for line in said), said
+    assert all(len(line) < 600 for line in said), said
+
+
+def test_the_review_port_in_use_is_one_line_at_check_and_at_start(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = _central_yaml(tmp_path, port=port, hash_text=hash_password("correct horse") + "\n")
+        assert main(["central", "--config", str(path), "--validate-config"]) == 2
+        (line, summary) = capsys.readouterr().err.splitlines()
+        assert line == (f"review.port: 127.0.0.1:{port} is already in use by another program: stop it, or set "
+                        "review.port to a free port")
+        assert main(["central", "--config", str(path)]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == f"trapedge central: {line}"
