@@ -146,6 +146,42 @@ class IngestConfig(BaseModel):
         return value
 
 
+class DeploymentSite(BaseModel):
+    """Where one device stands (Camtrap DP requires a location for every deployment)."""
+
+    model_config = ConfigDict(extra="forbid")
+    latitude: float = Field(..., ge=-90, le=90, title="Latitude in decimal degrees (WGS84)")
+    longitude: float = Field(..., ge=-180, le=180, title="Longitude in decimal degrees (WGS84)")
+    location_name: str | None = Field(None, title="Name of the place")
+    coordinate_uncertainty: int | None = Field(None, ge=1, title="Metres around the point that hold the camera")
+
+
+class ExportsConfig(BaseModel):
+    """What ``trapedge central export`` adds to the review's result for the Camtrap DP package.
+
+    Example::
+
+        exports:
+          project_title: Lynx survey 2026
+          contributors: [Jane Doe]
+          scientific_names: {bobcat: Lynx rufus, leopard: Panthera pardus}
+          deployments:
+            trap-01: {latitude: 44.05, longitude: -121.31, location_name: North ridge}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    project_title: str = Field("trapedge camera traps", min_length=1, title="Camtrap DP project title")
+    contributors: list[str] = Field(["trapedge central"], min_length=1, title="People or organisations credited")
+    sampling_design: Literal["simpleRandom", "systematicRandom", "clusteredRandom", "experimental", "targeted",
+                             "opportunistic"] = Field("opportunistic", title="Camtrap DP sampling design")
+    capture_method: Literal["activityDetection", "timeLapse"] = Field(
+        "activityDetection", title="How the cameras took the pictures")
+    scientific_names: dict[str, str] = Field(
+        default_factory=dict, title="Label: scientific name; a label left out is exported unclassified")
+    deployments: dict[str, DeploymentSite] = Field(
+        default_factory=dict, title="Device id: its location (required for every device exported)")
+
+
 class CentralConfig(BaseModel):
     """``central.yaml``."""
 
@@ -156,6 +192,7 @@ class CentralConfig(BaseModel):
     matching: MatchingConfig = Field(default_factory=MatchingConfig, title="Matching")
     review: ReviewConfig = Field(default_factory=ReviewConfig, title="Review UI")
     ingest: IngestConfig = Field(default_factory=IngestConfig, validate_default=True, title="Limits on what devices send")
+    exports: ExportsConfig = Field(default_factory=ExportsConfig, title="Exports (Camtrap DP metadata)")
 
     @field_validator("ingest")
     @classmethod

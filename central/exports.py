@@ -1,13 +1,17 @@
-"""Exports of the review's result: SpotID folders + matches.csv, Camtrap DP observations, MegaDetector JSON.
+"""Exports of the review's result: SpotID folders + matches.csv, a Camtrap DP package, MegaDetector JSON.
 
 Every export sees the same individuals: the connected components of confirmed links, each named
 by the ground-truth folder most of its images came from (enrolled collections), else
 ``ind-0001``, ``ind-0002``, ... in order of first appearance. An exported image is one that has
-been reviewed or linked; unreviewed, unlinked images are not identified yet and are left out.
+been reviewed or linked; unreviewed, unlinked images are not identified yet and are left out. An
+image reviewed without ever being compared was skipped: Camtrap DP exports it with no individual.
 
 Devices choose many of the strings exported (device id, label, event id, source), so none is
 trusted: a CSV cell that a spreadsheet would run as a formula is prefixed with ``'`` (OWASP's
 rule), and file names and paths are reduced to safe relative ones (no ``..``, no absolute path).
+
+The Camtrap DP package (``central.camtrapdp``) takes its locations, scientific names and project
+metadata from the ``exports`` section of the central config.
 
 ``trapedge central export --config central.yaml --out DIR [--format spotid camtrapdp megadetector]``
 """
@@ -24,16 +28,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from central.config import ExportsConfig
 from central.graph import build
 from central.store import CentralStore
 
-CAMTRAP_COLUMNS = [
-    "observationID", "deploymentID", "mediaID", "eventID", "eventStart", "eventEnd", "observationLevel",
-    "observationType", "cameraSetupType", "scientificName", "count", "lifeStage", "sex", "behavior", "individualID",
-    "individualPositionRadius", "individualPositionAngle", "individualSpeed", "bboxX", "bboxY", "bboxWidth",
-    "bboxHeight", "classificationMethod", "classifiedBy", "classificationTimestamp", "classificationProbability",
-    "observationTags", "observationComments",
-]
 MATCHES_COLUMNS = ["image", "matched_image", "verdict", "cosine", "individual", "decided_at"]
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 NUMBER = re.compile(r"[-+]?\d+(\.\d+)?([eE][-+]?\d+)?")
@@ -63,11 +61,14 @@ class IdentifiedImage:
     sighting_id: str
     individual: str
     file_name: str
+    skipped: bool = False  # reviewed, never compared, no known identity: not identified as an individual
 
 
 def identified(store: CentralStore) -> list[IdentifiedImage]:
     """Reviewed or linked images with their individual's export name, in arrival order."""
-    individuals, _ = build(store.decisions())
+    decisions = store.decisions()
+    individuals, _ = build(decisions)
+    compared = {i for d in decisions for i in (d.anchor_id, d.candidate_id)}
     with store.lock:
         reviewed = {r[0] for r in store.conn.execute("SELECT id FROM sightings WHERE reviewed = 1")}
     sightings = [s for s in store.sightings() if s.id in reviewed or s.id in individuals.links]
@@ -79,7 +80,8 @@ def identified(store: CentralStore) -> list[IdentifiedImage]:
     for root in roots:
         best = hints[root].most_common(1)
         names.setdefault(root, best[0][0] if best and best[0][1] else f"ind-{len(names) + 1:04d}")
-    return [IdentifiedImage(s.id, names[root], _file_name(s)) for s, root in zip(sightings, roots)]
+    return [IdentifiedImage(s.id, names[root], _file_name(s), s.id not in compared and s.individual is None)
+            for s, root in zip(sightings, roots)]
 
 
 def _file_name(sighting) -> str:
@@ -117,30 +119,11 @@ def _safe(name: str) -> str:
     return safe if safe.strip(".") else "unnamed"
 
 
-def camtrap_rows(store: CentralStore) -> list[dict]:
-    """Camtrap DP 1.0 observation rows, one per identified image, with ``individualID``."""
-    rows = []
-    for image in identified(store):
-        s = store.sighting(image.sighting_id)
-        x, y, w, h = (s.meta.get("bbox") or ["", "", "", ""])
-        rows.append({**dict.fromkeys(CAMTRAP_COLUMNS, ""),
-                     "observationID": s.id, "deploymentID": s.device, "mediaID": s.meta.get("source") or s.id,
-                     "eventID": s.event_id, "eventStart": s.frame_time, "eventEnd": s.frame_time,
-                     "observationLevel": "media", "observationType": "animal", "scientificName": s.label or "",
-                     "count": 1, "individualID": image.individual, "bboxX": x, "bboxY": y, "bboxWidth": w,
-                     "bboxHeight": h, "classificationMethod": "human", "classifiedBy": "trapedge central review"})
-    return rows
+def export_camtrapdp(store: CentralStore, out: Path, settings: ExportsConfig | None = None) -> Path:
+    """A Camtrap DP 1.0 package in ``out`` (``central.camtrapdp``); returns its ``datapackage.json``."""
+    from central.camtrapdp import export_package  # it builds on identified() and csv_cell() above
 
-
-def export_camtrapdp(store: CentralStore, out: Path) -> Path:
-    """``out/observations.csv`` in the Camtrap DP 1.0 column order."""
-    Path(out).mkdir(parents=True, exist_ok=True)
-    path = Path(out) / "observations.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, CAMTRAP_COLUMNS)
-        writer.writeheader()
-        writer.writerows({key: csv_cell(value) for key, value in row.items()} for row in camtrap_rows(store))
-    return path
+    return export_package(store, out, settings or ExportsConfig())
 
 
 def megadetector_batch(store: CentralStore) -> dict:
@@ -158,7 +141,7 @@ def megadetector_batch(store: CentralStore) -> dict:
             "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"}, "images": images}
 
 
-def export_megadetector(store: CentralStore, out: Path) -> Path:
+def export_megadetector(store: CentralStore, out: Path, settings: ExportsConfig | None = None) -> Path:
     """``out/megadetector.json``."""
     Path(out).mkdir(parents=True, exist_ok=True)
     path = Path(out) / "megadetector.json"
@@ -166,7 +149,7 @@ def export_megadetector(store: CentralStore, out: Path) -> Path:
     return path
 
 
-EXPORTERS = {"spotid": lambda st, out: export_spotid(st, out / "spotid"),
+EXPORTERS = {"spotid": lambda st, out, settings: export_spotid(st, out / "spotid"),
              "camtrapdp": export_camtrapdp, "megadetector": export_megadetector}
 
 
@@ -184,10 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    from central.camtrapdp import CamtrapExportError
+
     store = CentralStore(config.store.path)
+    status = 0
     for name in args.format:
-        print(f"{name}: {EXPORTERS[name](store, args.out)}")
-    return 0
+        try:
+            print(f"{name}: {EXPORTERS[name](store, args.out, config.exports)}")
+        except CamtrapExportError as exc:  # the other formats are still written
+            print(f"{name}: not written: {exc}", file=sys.stderr)
+            status = 2
+    return status
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ from contextlib import nullcontext as does_not_raise
 import numpy as np
 import pytest
 
-from central import exports
+from central import camtrapdp, exports
 from central.calibration import DEFAULT, calibrate, fit
+from central.config import DeploymentSite, ExportsConfig
 from central.enroll import link_known
 from central.gallery import Hit, NumpyGallery
 from central.graph import build
@@ -145,10 +146,11 @@ def test_exports_follow_the_confirmed_individuals(store, leopard_sightings, tmp_
         matches = list(csv.DictReader(handle))
     assert len(matches) == len(leopard_sightings) - len(counts)
     assert {m["verdict"] for m in matches} == {"match"}
-    observations = exports.export_camtrapdp(store, tmp_path / "dp")
+    sites = ExportsConfig(deployments={"enrolled": DeploymentSite(latitude=-24.99, longitude=31.59)})
+    observations = exports.export_camtrapdp(store, tmp_path / "dp", sites).parent / "observations.csv"
     with observations.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == exports.CAMTRAP_COLUMNS
+    assert list(rows[0]) == camtrapdp.OBSERVATION_COLUMNS
     truth = {s.id: s.individual for s in leopard_sightings}
     assert all(truth[r["observationID"]] == r["individualID"] for r in rows) and len(rows) == 44
     batch = json.loads(exports.export_megadetector(store, tmp_path / "md").read_text())

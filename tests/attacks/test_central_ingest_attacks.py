@@ -24,7 +24,16 @@ import pytest
 from PIL import Image
 
 from central import exports
-from central.config import BrokerConfig, CentralConfig, GalleryConfig, IngestConfig, ReviewConfig, StoreConfig
+from central.config import (
+    BrokerConfig,
+    CentralConfig,
+    DeploymentSite,
+    ExportsConfig,
+    GalleryConfig,
+    IngestConfig,
+    ReviewConfig,
+    StoreConfig,
+)
 from central.ingest import Rejected, parse
 from central.matching import Matcher, numpy_gallery
 from central.review import decide
@@ -642,7 +651,11 @@ def test_exports_neutralise_formulas_and_paths(store, tally, thumbnail, tmp_path
         store.mark_reviewed(sighting_id)
     decide(store, ids[0], ids[1], "no_match")  # opposite vectors: a negative cosine, which stays a number
 
-    with exports.export_camtrapdp(store, tmp_path / "dp").open(newline="") as handle:
+    site = DeploymentSite(latitude=0.0, longitude=0.0)
+    settings = ExportsConfig(scientific_names={p["label"]: p["label"] for p in sent},  # hostile names reach the CSV
+                             deployments={p["device"]: site for p in sent})
+    package = exports.export_camtrapdp(store, tmp_path / "dp", settings)
+    with (package.parent / "observations.csv").open(newline="") as handle:
         observations = list(csv.DictReader(handle))
     spotid = exports.export_spotid(store, tmp_path / "out" / "spotid")
     with (spotid / "matches.csv").open(newline="") as handle:
