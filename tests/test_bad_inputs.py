@@ -77,6 +77,17 @@ def run_watch_label_absent(tmp_path, bundle_dir):
     return ["run", "--config", str(path), "--validate-config"], "'kiwi' is not a label of bundle"
 
 
+def run_unreadable_password_file(tmp_path, bundle_dir):
+    mqtt = {"host": "127.0.0.1", "port": 1883, "username": "cam", "password_file": str(tmp_path / "mqtt.pass")}
+    path = _edge_yaml(tmp_path, bundle_dir, mqtt=mqtt)
+    return ["run", "--config", str(path), "--validate-config"], f"mqtt.password_file: cannot read {tmp_path}/mqtt.pass"
+
+
+def run_unreadable_password_file_at_start(tmp_path, bundle_dir):
+    argv, _ = run_unreadable_password_file(tmp_path, bundle_dir)
+    return argv[:-1] + ["--once"], f"mqtt: mqtt.password_file {tmp_path}/mqtt.pass: No such file or directory"
+
+
 def _central_yaml(tmp_path, port=0, hash_text=None):
     login = {"username": "researcher", "password_hash_file": str(tmp_path / "review.hash")}
     if hash_text is not None:
@@ -113,7 +124,8 @@ def inventory_nothing(tmp_path):
 
 
 CASES = [train_too_few_images, train_missing_dataset, train_two_stations, train_one_individual, train_bad_key,
-         run_missing_bundle, run_watch_label_absent, central_missing_hash, central_not_a_hash, export_not_a_run,
+         run_missing_bundle, run_watch_label_absent, run_unreadable_password_file,
+         run_unreadable_password_file_at_start, central_missing_hash, central_not_a_hash, export_not_a_run,
          detect_no_folder, inventory_nothing]
 
 

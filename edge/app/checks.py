@@ -3,7 +3,7 @@
 ``trapedge run --validate-config`` prints each problem as one line that says what to do (exit 2);
 the service logs the same at start. Checked: the bundle loads with the device's trusted keys, every
 watch-listed label is a label that bundle can give (else it can never alert), the store's folder
-is writable, and the drop folders exist.
+is writable, the broker's password and TLS files are readable, and the drop folders exist.
 """
 
 from __future__ import annotations
@@ -46,6 +46,24 @@ def _writable_folder(path: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
+def secret_problems(config: EdgeConfig) -> list[str]:
+    """The broker's password file and TLS files, readable by this user or not."""
+    if config.mqtt is None:
+        return []
+    files = {"mqtt.password_file": config.mqtt.password_file, "mqtt.tls.ca": config.mqtt.tls.ca,
+             "mqtt.tls.cert": config.mqtt.tls.cert, "mqtt.tls.key": config.mqtt.tls.key}
+    problems = []
+    for key, path in files.items():
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            problems.append(f"{key}: cannot read {path} ({exc.strerror}): create it, readable by the service user")
+    return problems
+
+
 def run_problems(config: EdgeConfig) -> list[str]:
     """Every problem ``trapedge run`` would meet, one line each (empty: ready to run)."""
     problems = []
@@ -57,6 +75,7 @@ def run_problems(config: EdgeConfig) -> list[str]:
     if not _writable_folder(config.store.path):
         problems.append(f"store.path: {config.store.path.parent} is not writable by this user: create it, owned by "
                         "the service user")
+    problems += secret_problems(config)
     for source in config.sources:
         folder = getattr(source, "path", None)
         if getattr(source, "type", None) == "folder" and folder is not None and not Path(folder).is_dir():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +50,10 @@ class Counters:
 
 
 MAX_ATTEMPTS = 2  # analyses of one frame that may end with the service (the third is a failure record)
+
+
+class StartError(RuntimeError):
+    """The service cannot start because of its settings; one line that says what to do."""
 
 
 class Service:
@@ -123,8 +128,11 @@ class Service:
         mqtt = self.config.mqtt
         if mqtt is None or not mqtt.enabled:
             return None
-        publisher = Publisher(mqtt, self.config.device_id, self.store.outbox, self.health)
-        publisher.start()
+        try:
+            publisher = Publisher(mqtt, self.config.device_id, self.store.outbox, self.health)
+            publisher.start()
+        except (ValueError, OSError, ssl.SSLError) as exc:  # the password or TLS files: unreadable, not PEM
+            raise StartError(f"mqtt: {exc}: fix the file (readable by the service user) or the mqtt settings") from None
         return publisher
 
     # --- the loop -----------------------------------------------------------------------------
@@ -301,6 +309,9 @@ def main(config: EdgeConfig, once: bool = False) -> int:
         return 1
     except BundleError as exc:  # missing, unsigned or tampered, and no previous bundle to go back to
         log.error("bundle.path: %s", exc)
+        return 2
+    except StartError as exc:
+        log.error("%s", exc)
         return 2
     finally:
         service.stop()
