@@ -33,10 +33,11 @@ $(BUNDLE)/manifest.json: $(VENV)/.installed
 	$(MAKE) models
 	$(BIN)/trapedge export --data $(DATA) --out $(BUNDLE)
 
-# the default bundle from the pretrained weights; the trained one too when `make train` ran
+# the default bundle from the pretrained weights (not with CONFIG=: your photos need no sample data), and
+# bundles/<run folder's name> from the run when `make train` ran (calibrated and gated on its own split)
 export: models
-	$(BIN)/trapedge export --data $(DATA) --out $(BUNDLE)
-	if [ -f $(RUN)/classifier.pt ]; then $(BIN)/trapedge export --data $(DATA) --trained $(RUN) --out bundles/trained; fi
+	$(if $(CONFIG),,$(BIN)/trapedge export --data $(DATA) --out $(BUNDLE))
+	if [ -f $(RUN)/classifier.pt ]; then $(BIN)/trapedge export --trained $(RUN) --out bundles/$(notdir $(RUN)); fi
 
 # species classifier, re-ID embedder and detector: the shared data by default; CONFIG=train.yaml for
 # your own photos (see deploy/train.example.yaml), or DATA=root for the default layout elsewhere;
