@@ -213,9 +213,8 @@ def test_central_config_errors_name_line_and_key(tmp_path, yaml_text, expectatio
 
 
 def test_cli_validate_config(tmp_path, capsys):
-    from trapedge.cli import main
-
     from central.auth import hash_password
+    from trapedge.cli import main
 
     example = (Path(__file__).resolve().parents[1] / "deploy" / "central.example.yaml").read_text()
     path = tmp_path / "central.yaml"  # the example with its files in tmp_path and any free port
