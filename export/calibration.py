@@ -26,6 +26,7 @@ import numpy as np
 from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image, list_images
 from edge.runtime.manifest import InputSpec
 from edge.runtime.preprocess import model_input
+from train.checks import MIN_CALIBRATION, MIN_CHECK
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,6 @@ def _check_disjoint(split: ExportImages) -> None:
         raise AssertionError(f"calibration and check sets overlap: {sorted(leaked)[:3]}")
 
 
-MIN_CALIBRATION = 32  # images of the run's train split: fewer and the INT8 activation ranges are a guess
-MIN_CHECK = 24  # images of the run's val split: fewer and the INT8 gates decide on a handful of frames
 
 
 class ExportDataError(ValueError):

@@ -258,20 +258,30 @@ def test_box_split_is_leak_free_by_sequence_keeps_fixed_images_and_is_reused(dat
 
 
 def test_mlwic_boxes_are_the_checked_people_and_vehicles(data):
-    """The shipped MLWIC boxes: people and vehicles only on frames labelled so (or both), every frame
-    reviewed, and the MLWIC empties as negatives."""
+    """The shipped MLWIC boxes: people and vehicles only on frames labelled so (or both); animal boxes
+    only on animal frames of the species *train* split (hard negatives for the person and vehicle
+    classes; never a held-out frame); every frame reviewed, and the MLWIC empties as negatives."""
     import csv
     import json
 
-    from train.config import MLWIC_BOXES
+    from train.config import MLWIC_BOXES, TrainingConfig, read_species
+    from train.splits import DEFAULT_FRACTIONS, FRAME_NUMBER, split_records
 
     document = json.loads(MLWIC_BOXES.read_text())
     labels = {row["file"]: row["label"] for row in csv.DictReader((data / "species/mlwic_ca01/labels.csv").open())}
     names = document["detection_categories"]
     boxed = [im for im in document["images"] if im["detections"]]
     assert set(document["info"]["review"]) == {im["file"] for im in boxed}
-    assert {labels[im["file"]] for im in boxed} == {"Human", "Vehicle"}
-    assert {names[d["category"]] for im in boxed for d in im["detections"]} == {"person", "vehicle"}
+    people = [im for im in boxed if labels[im["file"]] in ("Human", "Vehicle")]
+    animals = [im for im in boxed if labels[im["file"]] not in ("Human", "Vehicle")]
+    assert {names[d["category"]] for im in people for d in im["detections"]} == {"person", "vehicle"}
+    assert {names[d["category"]] for im in animals for d in im["detections"]} == {"animal"}
+    assert len(people) == 55 and len(animals) == 113 and "Empty" not in {labels[im["file"]] for im in animals}
+    config = TrainingConfig.default(data_root=data)  # the split `trapedge train` makes of the default data
+    records, _ = read_species(config)
+    split = split_records(records, config.split_by, DEFAULT_FRACTIONS, config.seed, sequence_from_filename=FRAME_NUMBER)
+    train = {r.path.relative_to(data / "species/mlwic_ca01").as_posix() for r in split["train"]}
+    assert all(im["file"] in train for im in animals)
     assert all(labels[im["file"]] == "Empty" for im in document["images"] if not im["detections"])
     assert sum(1 for im in document["images"] if not im["detections"]) == 343
 

@@ -297,8 +297,8 @@ def test_example_config_validates():
     result = subprocess.run([sys.executable, "-m", "trapedge.cli", "run", "--config",
                              str(root / "deploy" / "edge.example.yaml"), "--validate-config"],
                             capture_output=True, text=True)
-    # the example parses; on this machine its bundle and drop folder are not there, and it says so
+    # the example parses; on this machine its bundle, broker password and drop folder are not there, and it says so
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["bundle.path", "sources"], lines
-    assert "make export" in lines[0] and "create it" in lines[1]
+    assert [line.split(":")[0] for line in lines] == ["bundle.path", "mqtt.password_file", "sources"], lines
+    assert "make export" in lines[0] and all("create it" in line for line in lines[1:])

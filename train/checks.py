@@ -16,6 +16,8 @@ from pathlib import Path
 
 from train.config import TrainingConfig
 
+MIN_CALIBRATION = 32  # train-split images: fewer and the INT8 activation ranges are a guess (export.calibration)
+MIN_CHECK = 24  # val-split images: fewer and the INT8 gates decide on a handful of frames
 MIN_STATIONS = 3  # split_by: location puts whole stations in train, val and test
 MIN_INDIVIDUALS_TRAIN = 4  # the embedder learns from some and stops early on others (85 / 15 by individual)
 MIN_INDIVIDUALS_EVAL = 2  # retrieval ranks an individual against at least one other
@@ -50,7 +52,6 @@ def weights_problems(config: TrainingConfig, weights: Path, steps: set[str]) -> 
 
 def species_problems(config: TrainingConfig) -> list[str]:
     """Every species source readable, and a split with enough images for training and the INT8 bundle."""
-    from export.calibration import MIN_CALIBRATION, MIN_CHECK
     from train.config import read_species
     from train.splits import DEFAULT_FRACTIONS, FRAME_NUMBER, split_records
 
