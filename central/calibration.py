@@ -1,12 +1,11 @@
-"""Cosine similarity -> probability that two images show the same individual.
+"""Fitting the fusion curves (``central.fusion.FusionModel``) to researchers' verdicts.
 
-A logistic curve ``p = 1 / (1 + exp(-(slope * cosine + intercept)))``. Until the researcher has
-confirmed and rejected enough pairs (``min_pairs`` of each), ``DEFAULT`` is used: it puts
-p = 0.5 at cosine 0.90 and p = 0.88 at 1.0, a cautious prior for the default bundle's
-embedder: on the SpotID leopard crops its same-individual pairs have median cosine 0.86 and
-its different-individual pairs 0.82 (90th percentile 0.90), so below 0.9 the cosine alone
-says little (see central/README.md). Once there are enough verdicts, the curve is fitted to them by
-L2-regularised logistic regression (Newton's method; a few dozen numbers, no dependency).
+Before ``min_pairs`` confirmed *and* ``min_pairs`` rejected pairs exist, ``fusion.PRIOR`` is used (fitted
+on lion train pairs with an embedder that never saw lions; see ``central.fusion``). Afterwards both
+curves are refitted by logistic regression on the verdicts' evidence (the standardised cosine and
+the inliers recorded when the pair was proposed), with a Gaussian penalty pulling the weights towards
+the prior's: a handful of verdicts moves the curve a little, hundreds move it to what they say.
+Newton's method on a few numbers; no dependency.
 """
 
 from __future__ import annotations
@@ -15,55 +14,66 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from central.store import Decision
+from central.fusion import PRIOR, FusionModel
+
+PRIOR_WEIGHT = 2.0  # strength of the pull towards the prior, in units of one pair's information
 
 
 @dataclass(frozen=True)
-class Calibration:
-    """A fitted (or default) logistic curve and how many pairs it came from."""
+class PairEvidence:
+    """A verdict and the evidence its pair was proposed with (``inliers`` None: no local matching)."""
 
-    slope: float
-    intercept: float
-    positives: int = 0
-    negatives: int = 0
-
-    @property
-    def fitted(self) -> bool:
-        return self.positives > 0
-
-    def probability(self, cosine: np.ndarray | float) -> np.ndarray | float:
-        """Same-individual probability for one or many cosines."""
-        z = self.slope * np.asarray(cosine, np.float64) + self.intercept
-        p = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
-        return float(p) if np.ndim(p) == 0 else p
+    z: float
+    inliers: int | None
+    same: bool
 
 
-DEFAULT = Calibration(slope=20.0, intercept=-18.0)
+def fit(features: np.ndarray, same: np.ndarray, centre: np.ndarray | None = None, l2: float = 1e-3,
+        steps: int = 50) -> np.ndarray:
+    """Logistic regression of ``same`` (0/1) on (N, F) ``features`` plus a bias; returns F + 1 weights.
 
-
-def fit(cosines: np.ndarray, same: np.ndarray, l2: float = 1e-3, steps: int = 50) -> tuple[float, float]:
-    """Logistic regression of ``same`` (0/1) on ``cosines``; returns (slope, intercept)."""
-    x = np.stack([np.asarray(cosines, np.float64), np.ones(len(cosines))], axis=1)
+    Args:
+        features: one row per pair.
+        same: 1 where the pair shows one individual.
+        centre: weights the L2 penalty pulls towards (zeros by default).
+        l2: penalty strength.
+        steps: Newton steps at most.
+    """
+    x = np.concatenate([np.asarray(features, np.float64).reshape(len(same), -1), np.ones((len(same), 1))], axis=1)
     y = np.asarray(same, np.float64)
-    w = np.zeros(2)
+    centre = np.zeros(x.shape[1]) if centre is None else np.asarray(centre, np.float64)
+    w = centre.copy()
     for _ in range(steps):
         p = 1.0 / (1.0 + np.exp(-np.clip(x @ w, -50, 50)))
-        gradient = x.T @ (p - y) + l2 * w
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(2)
+        gradient = x.T @ (p - y) + l2 * (w - centre)
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + l2 * np.eye(x.shape[1])
         step = np.linalg.solve(hessian, gradient)
+        before = _loss(x, y, w, centre, l2)
+        while _loss(x, y, w - step, centre, l2) > before and np.abs(step).max() > 1e-12:
+            step /= 2  # damped Newton: separable verdicts would make the full step overshoot
         w -= step
         if np.abs(step).max() < 1e-9:
             break
-    return float(w[0]), float(w[1])
+    return w
 
 
-def calibrate(decisions: list[Decision], min_pairs: int = 5) -> Calibration:
-    """The curve fitted to the verdicts that carry a cosine, or ``DEFAULT`` if too few of either kind."""
-    pairs = [(d.cosine, d.verdict == "match") for d in decisions if d.cosine is not None]
-    positives = sum(1 for _, same in pairs if same)
+def _loss(x: np.ndarray, y: np.ndarray, w: np.ndarray, centre: np.ndarray, l2: float) -> float:
+    logits = x @ w
+    return float(np.sum(np.logaddexp(0, logits) - y * logits) + 0.5 * l2 * np.sum((w - centre) ** 2))
+
+
+def calibrate(pairs: list[PairEvidence], min_pairs: int = 5, prior: FusionModel = PRIOR) -> FusionModel:
+    """The prior refitted on the verdicts' evidence, or the prior itself if too few of either kind."""
+    positives = sum(p.same for p in pairs)
     negatives = len(pairs) - positives
     if positives < min_pairs or negatives < min_pairs:
-        return DEFAULT
-    cosines, same = (np.array(column) for column in zip(*pairs))
-    slope, intercept = fit(cosines, same)
-    return Calibration(slope, intercept, positives, negatives)
+        return prior
+    z = np.array([p.z for p in pairs])
+    same = np.array([p.same for p in pairs], np.float64)
+    cosine_only = fit(z[:, None], same, np.array(prior.cosine_only), PRIOR_WEIGHT)
+    local = [i for i, p in enumerate(pairs) if p.inliers is not None]
+    fused = np.array(prior.fused)
+    if local:
+        features = np.stack([z[local], np.log1p([pairs[i].inliers for i in local])], axis=1)
+        fused = fit(features, same[local], fused, PRIOR_WEIGHT)
+    return FusionModel(tuple(map(float, fused)), tuple(map(float, cosine_only)), positives, negatives)

@@ -66,13 +66,26 @@ class GalleryConfig(BaseModel):
 
 
 class MatchingConfig(BaseModel):
-    """How candidates are proposed and how confident they are."""
+    """How candidates are proposed and how likely each is (``central.fusion``)."""
 
     model_config = ConfigDict(extra="forbid")
     top_k: int = Field(5, ge=1, le=50, title="Candidate individuals proposed per anchor")
-    min_pairs: int = Field(5, ge=2, title="Confirmed and rejected pairs each needed before calibrating")
-    rerank: bool = Field(False, title="Re-rank candidates by local-feature (SIFT + RANSAC) inliers")
-    rerank_depth: int = Field(10, ge=1, le=100, title="How many cosine candidates the re-ranking sees")
+    min_pairs: int = Field(5, ge=2, title="Confirmed and rejected pairs each needed before refitting the prior")
+    rerank: bool = Field(True, title="Match local features (RootSIFT + RANSAC) of the shortlist and fuse them "
+                                     "with the cosine (needs crops)")
+    shortlist: int = Field(100, ge=1, le=2000, title="Nearest gallery images (by cosine) matched locally per anchor")
+    time_budget_s: float = Field(1.0, gt=0, le=60, title="Seconds of local matching per anchor; the images left "
+                                                         "are scored by cosine alone and the proposal says so")
+    new_individual_below: float = Field(0.5, ge=0, le=1, title="Propose 'new individual' when no candidate's "
+                                                               "P(same) reaches this")
+    separate_sides: bool = Field(True, title="Never compare images of two different known flanks (left / right)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "rerank_depth" in data:
+            raise ValueError("matching.rerank_depth was replaced by matching.shortlist (images, default 100)")
+        return data
 
 
 class ReviewLogin(BaseModel):

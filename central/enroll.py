@@ -3,26 +3,36 @@
 ``trapedge central enrol ROOT --bundle bundles/default --config central.yaml [--edges DIR] [--known]``
 stores every image under ``ROOT/<individual>/`` as a sighting (its crop as JPEG, its edge map
 from ``DIR/<individual>/<same name>`` if given). With ``--known`` the images of one folder are
-also linked as confirmed matches (a gallery of known individuals); otherwise the folder name is
-kept only as ground truth for evaluation. Ids are derived from the relative path, so enrolling
-twice stores nothing new.
+also linked as confirmed matches (a gallery of known individuals) and marked reviewed: they are
+already identified, so they are not queued as anchors (whose own individual is never proposed);
+otherwise the folder name is kept only as ground truth for evaluation and every image is queued.
+A ``left`` / ``right`` word in an image's path becomes its side (``meta["side"]``): flanks are
+never compared across sides. Ids are derived from the relative path, so enrolling twice stores
+nothing new.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import re
 import sys
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from central.ingest import Sighting
+from central.sides import side_of_name
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+UNKNOWN_TIME = "1970-01-01T00:00:00"  # an enrolled image with no EXIF or file-name time: shown as "date unknown"
+# a date and time in a file name: 2019-03-01_19-49-36, 20190301_194936, 2019-03-01T19:49:36 ...
+NAME_TIME = re.compile(r"(?<!\d)((?:19|20)\d\d)[-_.]?(\d\d)[-_.]?(\d\d)[ _T-]?(\d\d)[-_.:]?(\d\d)[-_.:]?(\d\d)(?!\d)")
+EXIF_DATETIME_ORIGINAL, EXIF_IFD = 36867, 0x8769
 NAMESPACE = uuid.UUID("5d0c8a4e-6f0b-4b8e-9a53-0f3c1b2d7e10")
 
 
@@ -41,6 +51,25 @@ def folder_images(root: Path) -> list[LabelledImage]:
         raise FileNotFoundError(f"{root} is not a folder")
     return [LabelledImage(folder.name, path) for folder in sorted(p for p in root.iterdir() if p.is_dir())
             for path in sorted(folder.rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
+
+
+def capture_time(path: Path) -> str:
+    """When the photo was taken: EXIF DateTimeOriginal, else a date and time in its file name, else
+    ``UNKNOWN_TIME`` (ISO 8601, camera-local, no offset)."""
+    try:
+        with Image.open(path) as image:
+            raw = image.getexif().get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL)
+        if isinstance(raw, str):
+            return datetime.strptime(raw.strip(), "%Y:%m:%d %H:%M:%S").isoformat()
+    except (OSError, ValueError):
+        pass
+    found = NAME_TIME.search(Path(path).name)
+    if found:
+        try:
+            return datetime(*(int(v) for v in found.groups())).isoformat()
+        except ValueError:  # 2019-13-45: digits that only look like a date
+            pass
+    return UNKNOWN_TIME
 
 
 def jpeg_of(path: Path, max_side: int = 640, quality: int = 85) -> bytes:
@@ -68,11 +97,12 @@ def sightings_of(images: list[LabelledImage], vectors: np.ndarray, model: str, r
     for image, vector in zip(images, vectors):
         relative = image.path.relative_to(root).as_posix()
         edge = edges / relative if edges is not None else None
+        side = side_of_name(relative)
         result.append(Sighting(
             id=str(uuid.uuid5(NAMESPACE, f"{model}/{relative}")), device="enrolled", event_id=image.individual,
-            frame_time="1970-01-01T00:00:00", label=None, model=model, vector=vector, crop_jpeg=jpeg_of(image.path),
+            frame_time=capture_time(image.path), label=None, model=model, vector=vector, crop_jpeg=jpeg_of(image.path),
             name=relative, edge_jpeg=jpeg_of(edge) if edge is not None and edge.is_file() else None,
-            individual=image.individual))
+            individual=image.individual, meta={"side": side} if side else {}))
     return result
 
 
@@ -120,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def link_known(store, sightings: list[Sighting]) -> None:
-    """Confirm a chain of links through each individual's images."""
+    """Confirm a chain of links through each individual's images and take them out of the review queue."""
     first: dict[str, Sighting] = {}
     for s in sightings:
+        store.mark_reviewed(s.id)
         if s.individual in first:
             cosine = float(first[s.individual].vector @ s.vector)
             store.decide(first[s.individual].id, s.id, "match", cosine)

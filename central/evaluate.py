@@ -1,13 +1,21 @@
-"""Offline evaluation: leave-one-out rank-1 / top-5 of the proposals, with and without re-ranking.
+"""Offline evaluation of the proposals on folder-per-individual sets, through matching's own core.
 
-``trapedge central evaluate --bundle bundles/default [--data ../shared/data]`` enrols the SpotID
-leopard crops and the held-out lion individuals (``reid/lion/val``) through the bundle's
-embedder. Each image in turn is the anchor; every other image is the gallery, linked into its
-true individual. The proposals are the top-5 individuals by cosine (best image each), and, with
-re-ranking, the top ``--depth`` individuals re-ordered by SIFT + RANSAC inliers between the
-anchor's crop and each individual's best image (``central.rerank.rerank_order``: only
-candidates with at least ``MIN_INLIERS`` move). Images whose individual has no other image
-have no right answer and are left out.
+``trapedge central evaluate [DIR ...] --bundle bundles/default`` (default sets: the SpotID leopard crops
+and the held-out lions, ``reid/lion/val``, under ``--data``). Every image in turn is the anchor and
+every other the gallery, linked into its true individual; images of the other known flank are never
+compared (``central.sides``). The proposal is ``central.fusion.fuse``, the function the matcher runs,
+once with the cosine alone and once with local matching of the shortlist. Figures:
+
+* rank-1, top-5: the true individual first / among the top 5, over anchors that have one in the gallery;
+* mAP: mean average precision of the gallery images ranked by P(same) (images outside what the
+  proposal scored follow, by cosine);
+* open set: each anchor is asked twice, with its individual in the gallery and with it taken out
+  (leave-one-individual-out), so half the questions have 'new individual' as the answer (and so do
+  anchors whose individual has no other comparable image); precision and recall of the policy's
+  'new individual' (best P(same) below ``--new-below``);
+* ms per query: the proposal's time with local features already cached, as the service has them.
+
+``--fit-prior DIR`` instead fits the prior fusion curves on DIR's shortlist pairs and prints them.
 """
 
 from __future__ import annotations
@@ -15,88 +23,181 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from central.calibration import fit
 from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
-from central.gallery import NumpyGallery
-from central.matching import rank_individuals
-from central.rerank import features_of, inliers, rerank_order
+from central.fusion import PRIOR, Fused, FusionModel, fuse, propose_new
+from central.gallery import Hit
+from central.local_features import extract, inliers
+from central.sides import comparable, side_of_name
 
 SETS = {"leopard_spotid": "reid/leopard_spotid/crops", "lion_val": "reid/lion/val"}
 
 
 @dataclass(frozen=True)
-class Scores:
-    """Leave-one-out figures of one image set."""
+class Figures:
+    """One set under one way of matching."""
 
     name: str
+    local: bool
     images: int
-    anchors: int
     individuals: int
+    anchors: int
     rank1: float
     top5: float
-    rank1_rerank: float
-    top5_rerank: float
+    mAP: float
+    new_precision: float
+    new_recall: float
+    ms_per_query: float
 
 
-def proposals(vectors: np.ndarray, labels: list[str], anchor: int, k: int) -> list[tuple[str, int]]:
-    """(individual, best image index) of the top-k individuals for one held-out anchor."""
-    gallery = NumpyGallery(vectors.shape[1])
-    others = [i for i in range(len(labels)) if i != anchor]
-    gallery.add([str(i) for i in others], vectors[others])
-    hits = gallery.search(vectors[anchor], len(others))
-    ranked = rank_individuals(hits, lambda sid: labels[int(sid)], set(), k)
-    return [(individual, int(hit.id)) for individual, hit in ranked]
+@dataclass
+class LabelledSet:
+    """A folder-per-individual set, embedded and with local features."""
+
+    name: str
+    labels: list[str]
+    sides: list[str | None]
+    vectors: np.ndarray
+    features: list
+
+    def __post_init__(self):
+        self._inliers: dict[tuple[int, int], int] = {}
+
+    def inliers(self, a: int, b: int) -> int:
+        if (a, b) not in self._inliers:
+            self._inliers[(a, b)] = inliers(self.features[a], self.features[b])
+        return self._inliers[(a, b)]
 
 
-def evaluate_set(name: str, root: Path, embedder, depth: int = 10) -> Scores:
-    """Rank-1 and top-5 of one folder-per-individual image set."""
+def load_set(name: str, root: Path, embedder) -> LabelledSet:
+    """Embed a folder-per-individual set and extract its local features."""
     images = folder_images(root)
-    labels = [i.individual for i in images]
     vectors = embed_paths(embedder, [i.path for i in images])
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    features = [features_of(jpeg_of(i.path)) for i in images]
-    anchors = [a for a in range(len(labels)) if labels.count(labels[a]) > 1]
-    plain, reranked = [], []
-    for a in anchors:
-        ranked = proposals(vectors, labels, a, max(depth, 5))
-        plain.append([ind == labels[a] for ind, _ in ranked[:5]])
-        counts = [inliers(features[a], features[best]) for _, best in ranked]
-        order = rerank_order(counts)
-        reranked.append([ranked[i][0] == labels[a] for i in order[:5]])
-    return Scores(name, len(images), len(anchors), len(set(labels)),
-                  *_rates(plain), *_rates(reranked))
+    return LabelledSet(name, [i.individual for i in images], [side_of_name(i.path.relative_to(root).as_posix())
+                                                              for i in images],
+                       vectors, [extract(jpeg_of(i.path)) for i in images])
 
 
-def _rates(hits: list[list[bool]]) -> tuple[float, float]:
-    return (round(float(np.mean([h[0] for h in hits])), 4), round(float(np.mean([any(h) for h in hits])), 4))
+def query(data: LabelledSet, anchor: int, model: FusionModel, local: bool, without: str | None = None,
+          shortlist: int = 100, budget_s: float = 1.0) -> tuple[Fused, list[int]]:
+    """The fused proposal for one anchor (``without``: that individual left out of the gallery)."""
+    others = [j for j in range(len(data.labels)) if j != anchor and data.labels[j] != without
+              and comparable(data.sides[anchor], data.sides[j])]
+    cosines = data.vectors[others] @ data.vectors[anchor]
+    order = np.argsort(-cosines, kind="stable")
+    hits = [Hit(str(others[i]), float(cosines[i])) for i in order]
+    matcher = (lambda image: data.inliers(anchor, int(image))) if local else None
+    return fuse(hits, lambda image: data.labels[int(image)], model, matcher, shortlist, budget_s), others
+
+
+def average_precision(fused: Fused, anchor: int, others: list[int], data: LabelledSet) -> float:
+    """AP of the gallery images ranked by P(same), then the unscored ones by cosine."""
+    truth = data.labels[anchor]
+    scored = sorted(fused.evidence, key=lambda e: (-e.probability, -e.cosine))
+    ranked = [int(e.image_id) for e in scored]
+    seen = set(ranked)
+    rest = [j for j in others if j not in seen]
+    ranked += sorted(rest, key=lambda j: -float(data.vectors[j] @ data.vectors[anchor]))
+    relevant = np.array([data.labels[j] == truth for j in ranked], np.float64)
+    if relevant.sum() == 0:
+        return 0.0
+    precision = np.cumsum(relevant) / np.arange(1, len(relevant) + 1)
+    return float((precision * relevant).sum() / relevant.sum())
+
+
+def evaluate(data: LabelledSet, local: bool, model: FusionModel = PRIOR, shortlist: int = 100,
+             budget_s: float = 1.0, new_below: float = 0.5) -> Figures:
+    """Closed-set and open-set figures of one set (see the module docstring)."""
+    ranks, aps, seconds, new_said, new_true = [], [], [], [], []
+    for a, truth in enumerate(data.labels):
+        start = time.perf_counter()
+        fused, others = query(data, a, model, local, None, shortlist, budget_s)
+        seconds.append(time.perf_counter() - start)
+        known = any(data.labels[j] == truth for j in others)
+        if known:
+            order = [s.individual for s in fused.individuals]
+            ranks.append(order.index(truth) if truth in order else len(order))
+            aps.append(average_precision(fused, a, others, data))
+        new_said.append(propose_new(fused, new_below))
+        new_true.append(not known)
+        if known:  # the same anchor with its individual left out: the answer is 'new individual'
+            alone, _ = query(data, a, model, local, truth, shortlist, budget_s)
+            new_said.append(propose_new(alone, new_below))
+            new_true.append(True)
+    ranks_, said, true = np.array(ranks), np.array(new_said), np.array(new_true)
+    return Figures(data.name, local, len(data.labels), len(set(data.labels)), len(ranks),
+                   _round(np.mean(ranks_ == 0)), _round(np.mean(ranks_ < 5)), _round(np.mean(aps)),
+                   _round((said & true).sum() / max(said.sum(), 1)), _round((said & true).sum() / max(true.sum(), 1)),
+                   round(1000 * float(np.mean(seconds)), 1))
+
+
+def _round(value) -> float:
+    return round(float(value), 3)
+
+
+def fit_prior(data: LabelledSet, shortlist: int = 100) -> FusionModel:
+    """Both fusion curves fitted on every (anchor, shortlisted image) pair of leave-one-out over ``data``."""
+    z, counts, same = [], [], []
+    for a, truth in enumerate(data.labels):
+        fused, _ = query(data, a, PRIOR, True, None, shortlist, budget_s=float("inf"))
+        for e in fused.evidence[: fused.shortlisted]:
+            z.append(e.z)
+            counts.append(e.inliers)
+            same.append(e.individual == truth)
+    z_, same_ = np.array(z), np.array(same, np.float64)
+    fused_w = fit(np.stack([z_, np.log1p(counts)], axis=1), same_)
+    cosine_w = fit(z_[:, None], same_)
+    print(f"{len(same)} pairs, {int(same_.sum())} same individual")
+    return FusionModel(tuple(round(float(w), 3) for w in fused_w), tuple(round(float(w), 3) for w in cosine_w))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="trapedge central evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("folders", type=Path, nargs="*", help="folder-per-individual sets (default: leopards, lion val)")
     parser.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--depth", type=int, default=10, help="individuals the re-ranking re-orders")
+    parser.add_argument("--shortlist", type=int, default=100, help="images matched locally per anchor")
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of local matching per anchor")
+    parser.add_argument("--new-below", type=float, default=0.5, help="'new individual' below this best P(same)")
+    parser.add_argument("--fit-prior", action="store_true", help="fit and print the prior curves on the folders")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    missing = [p for p in SETS.values() if not (args.data / p).is_dir()]
+    folders = {p.name: p for p in args.folders} or {name: args.data / path for name, path in SETS.items()}
+    missing = [str(p) for p in folders.values() if not p.is_dir()]
     if missing:
-        print(f"central.evaluate: not found under {args.data}: {', '.join(missing)}", file=sys.stderr)
+        print(f"central.evaluate: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     embedder, model = open_embedder(args.bundle)
-    results = [evaluate_set(name, args.data / path, embedder, args.depth) for name, path in SETS.items()]
-    print(f"embedder {model}; leave-one-out, top-5 individuals, re-ranking depth {args.depth}")
-    print(f"{'set':16} {'images':>6} {'anchors':>7} {'ids':>4} {'rank1':>6} {'top5':>6} {'rank1+rr':>8} {'top5+rr':>7}")
-    for s in results:
-        print(f"{s.name:16} {s.images:6d} {s.anchors:7d} {s.individuals:4d} {s.rank1:6.3f} {s.top5:6.3f} "
-              f"{s.rank1_rerank:8.3f} {s.top5_rerank:7.3f}")
+    sets = [load_set(name, path, embedder) for name, path in folders.items()]
+    if args.fit_prior:
+        for data in sets:
+            print(data.name, fit_prior(data, args.shortlist))
+        return 0
+    results = [evaluate(data, local, PRIOR, args.shortlist, args.budget, args.new_below)
+               for data in sets for local in (False, True)]
+    print_table(model, args, results)
     if args.json:
-        args.json.write_text(json.dumps({"model": model, "depth": args.depth,
-                                         "sets": [asdict(s) for s in results]}, indent=2))
+        args.json.write_text(json.dumps({"model": model, "shortlist": args.shortlist, "new_below": args.new_below,
+                                         "sets": [asdict(r) for r in results]}, indent=2))
     return 0
+
+
+def print_table(model: str, args, results: list[Figures]) -> None:
+    print(f"embedder {model}; leave-one-out; shortlist {args.shortlist}, budget {args.budget} s, "
+          f"'new individual' below P(same) {args.new_below}")
+    print(f"{'set':16} {'local':>5} {'images':>6} {'ids':>4} {'anchors':>7} {'rank1':>6} {'top5':>6} {'mAP':>6} "
+          f"{'newP':>6} {'newR':>6} {'ms/q':>7}")
+    for r in results:
+        print(f"{r.name:16} {'yes' if r.local else 'no':>5} {r.images:6d} {r.individuals:4d} {r.anchors:7d} "
+              f"{r.rank1:6.3f} {r.top5:6.3f} {r.mAP:6.3f} {r.new_precision:6.3f} {r.new_recall:6.3f} "
+              f"{r.ms_per_query:7.1f}")
 
 
 if __name__ == "__main__":

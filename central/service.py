@@ -130,14 +130,10 @@ def check_gallery(config: CentralConfig) -> None:
 
 
 def build_matcher(config: CentralConfig, store: CentralStore) -> Matcher:
-    """The matcher with the configured gallery and, if asked, local-feature re-ranking."""
-    reranker = None
-    if config.matching.rerank:
-        from central.rerank import inlier_counts
-
-        reranker = inlier_counts
-    return Matcher(store, config.matching.top_k, config.matching.min_pairs, gallery_factory(config),
-                   reranker, config.matching.rerank_depth)
+    """The matcher with the configured gallery, shortlist, local matching and open-set policy."""
+    m = config.matching
+    return Matcher(store, m.top_k, m.min_pairs, gallery_factory(config), m.rerank, m.shortlist, m.time_budget_s,
+                   m.new_individual_below, m.separate_sides)
 
 
 class CentralService:
@@ -175,7 +171,7 @@ class CentralService:
         review = self.config.review
         try:
             server = ReviewServer(self.store, self.matcher, review.host, review.port, login=review.login,
-                                  max_body_bytes=review.max_body_bytes)
+                                  max_body_bytes=review.max_body_bytes, exports=self.config.exports)
         except ValueError as exc:  # the login's files: unreadable, or not a hash
             raise StartupError(str(exc)) from None
         except OSError as exc:

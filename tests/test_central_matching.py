@@ -1,4 +1,4 @@
-"""central matching: individuals graph, calibration, top-k grouping, re-ranking and exports on real crops."""
+"""central matching: individuals graph, top-k grouping, the matcher, local features and exports on real crops."""
 
 import csv
 import json
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from central import camtrapdp, exports
-from central.calibration import DEFAULT, calibrate, fit
 from central.config import DeploymentSite, ExportsConfig
 from central.enroll import link_known
+from central.fusion import PRIOR, noisy_or
 from central.gallery import Hit, NumpyGallery
 from central.graph import build
 from central.matching import Matcher, rank_individuals
@@ -42,33 +42,6 @@ def test_components_and_conflicts(decisions, components, conflicts):
     assert [(c.anchor_id, c.candidate_id, c.path) for c in found] == conflicts
 
 
-def test_calibration_fit_recovers_a_known_logistic_curve():
-    rng = np.random.default_rng(0)
-    cosines = rng.uniform(0.3, 1.0, 20000)
-    same = rng.uniform(size=cosines.size) < 1 / (1 + np.exp(-(12 * cosines - 9)))
-    slope, intercept = fit(cosines, same)
-    assert slope == pytest.approx(12, rel=0.1) and intercept == pytest.approx(-9, rel=0.1)
-
-
-@pytest.mark.parametrize("pairs, expect_default", [
-    ([], True),
-    ([(0.9, "match")] * 4 + [(0.5, "no_match")] * 10, True),
-    ([(0.9, "match"), (0.8, "match")] * 3 + [(0.5, "no_match"), (0.85, "no_match")] * 3, False),
-])
-def test_calibration_uses_the_default_until_enough_verdicts(pairs, expect_default):
-    decisions = [d(f"a{i}", f"b{i}", v, c) for i, (c, v) in enumerate(pairs)]
-    calibration = calibrate(decisions, min_pairs=5)
-    assert (calibration == DEFAULT) is expect_default
-    if not expect_default:
-        assert calibration.probability(0.95) > 0.5 > calibration.probability(0.5)
-
-
-def test_default_calibration_is_monotonic_and_documented_midpoint():
-    assert DEFAULT.probability(0.9) == pytest.approx(0.5)
-    p = DEFAULT.probability(np.linspace(0, 1, 11))
-    assert (np.diff(p) > 0).all()
-
-
 @pytest.mark.parametrize("hits, groups, skip, k, expected", [
     (["a", "b", "c"], {}, set(), 2, [("a", "a"), ("b", "b")]),
     (["a", "b", "c", "d"], {"b": "a", "c": "a"}, set(), 2, [("a", "a"), ("d", "d")]),
@@ -96,19 +69,22 @@ def test_numpy_gallery_is_exact_and_ignores_known_ids(dim, ids, expectation):
 def test_matcher_proposes_distinct_individuals_and_skips_the_anchors_own(store, leopard_sightings):
     known = [s for s in leopard_sightings if s.individual in ("BHA32_Right", "CUL66_Left")]
     link_known(store, known)
-    matcher = Matcher(store, top_k=5)
+    matcher = Matcher(store, top_k=5, local_matching=False, separate_sides=False)
     anchor = leopard_sightings[3]  # BGL09_right, not linked
     candidates = matcher.propose(anchor)
     individuals, _ = build(store.decisions())
-    # independent expectation: brute-force cosine, first image of each component
-    vectors = np.stack([s.vector for s in leopard_sightings])
-    expected, seen = [], set()
-    for i in np.argsort(-(vectors @ anchor.vector), kind="stable"):
-        root = individuals.find(leopard_sightings[i].id)
-        if leopard_sightings[i].id != anchor.id and root not in seen:
-            seen.add(root)
-            expected.append(leopard_sightings[i].id)
-    assert [c.image_id for c in candidates] == expected[:5]
+    # independent expectation: brute-force cosine, standardised over the 100 nearest, noisy-OR per component
+    others = [s for s in leopard_sightings if s.id != anchor.id]
+    cosines = np.array([s.vector @ anchor.vector for s in others])
+    head = np.sort(cosines)[::-1][:100]
+    z = (cosines - head.mean()) / max(head.std(), 0.02)
+    groups = {}
+    for s, p, c in zip(others, PRIOR.probability(z), cosines):
+        groups.setdefault(individuals.find(s.id), []).append((p, c, s.id))
+    expected = sorted(groups.values(), key=lambda g: (-noisy_or([p for p, _, _ in g]), -max(g)[1]))
+    assert [c.image_id for c in candidates] == [max(g)[2] for g in expected[:5]]
+    probabilities = [noisy_or([p for p, _, _ in g]) for g in expected[:5]]
+    assert [c.confidence for c in candidates] == pytest.approx(probabilities, rel=1e-4)
     # a confirmed anchor's own individual is never proposed again
     decide(store, anchor.id, candidates[0].image_id, "match")
     again = matcher.propose(anchor)
@@ -127,14 +103,14 @@ def test_rerank_counts_more_inliers_for_the_same_leopard(leopard_sightings):
     assert counts[-1] == 0
 
 
-def test_rerank_moves_the_true_individual_up(store, leopard_sightings):
-    plain = Matcher(store, top_k=5)
-    reranked = Matcher(store, top_k=5, reranker=inlier_counts, rerank_depth=10)
+def test_local_matching_moves_the_true_individual_up(store, leopard_sightings):
+    plain = Matcher(store, top_k=5, local_matching=False, separate_sides=False)
+    fused = Matcher(store, top_k=5, time_budget_s=30, separate_sides=False)
     truth = {s.id: s.individual for s in leopard_sightings}
     hits = [[truth[c.image_id] == s.individual for c in m.propose(s)][:1] for s in leopard_sightings[:12]
-            for m in (plain, reranked)]
-    plain_top1, rerank_top1 = sum(h[0] for h in hits[0::2]), sum(h[0] for h in hits[1::2])
-    assert rerank_top1 >= 11 and rerank_top1 > plain_top1
+            for m in (plain, fused)]
+    plain_top1, fused_top1 = sum(h[0] for h in hits[0::2]), sum(h[0] for h in hits[1::2])
+    assert fused_top1 == 12 and fused_top1 > plain_top1
 
 
 def test_exports_follow_the_confirmed_individuals(store, leopard_sightings, tmp_path):

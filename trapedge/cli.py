@@ -31,7 +31,7 @@ COMMANDS = {
 CENTRAL_TOOLS = {
     "enrol": ("central.enroll", "enrol a folder-per-individual collection (each image embedded)"),
     "export": ("central.exports", "export the review's result: SpotID folders, Camtrap DP, MegaDetector JSON"),
-    "evaluate": ("central.evaluate", "leave-one-out rank-1 / top-5 of the proposals, with and without re-ranking"),
+    "evaluate": ("central.evaluate", "leave-one-out rank-1, top-5, mAP, open set; with and without local matching"),
     "bench": ("central.bench", "central ingest rate and top-5 search latency"),
 }
 

@@ -1,0 +1,189 @@
+"""Fused, calibrated matching: P(same) ordering, prior and refit, sides, time budget, open set, evaluation."""
+
+from contextlib import nullcontext as does_not_raise
+
+import numpy as np
+import pytest
+
+from central.calibration import PairEvidence, calibrate, fit
+from central.enroll import link_known
+from central.evaluate import LabelledSet, evaluate
+from central.fusion import PRIOR, fuse, noisy_or, propose_new
+from central.gallery import Hit
+from central.ingest import Sighting
+from central.local_features import EMPTY
+from central.matching import Matcher
+from central.review import decide
+from central.sides import comparable, side_of, side_of_name
+from central.store import CentralStore
+
+
+def sighting(sid, vector, name=None, meta=None):
+    return Sighting(id=sid, device="cam", event_id=sid, frame_time="2026-01-01T00:00:00", label=None, model="m@1",
+                    vector=np.asarray(vector, np.float32), name=name, meta=meta or {})
+
+
+def test_candidates_are_ordered_by_their_probability_on_real_leopards(leopard_store, leopard_sightings):
+    matcher = Matcher(leopard_store, top_k=5, time_budget_s=30)
+    truth = {s.id: s.individual for s in leopard_sightings}
+    firsts = []
+    for anchor in leopard_sightings:
+        proposal = matcher.proposal(anchor)
+        confidences = [c.confidence for c in proposal.candidates]
+        assert confidences == sorted(confidences, reverse=True)
+        assert not proposal.budget_exceeded and proposal.matched == proposal.shortlisted
+        firsts.append(truth[proposal.candidates[0].image_id] == anchor.individual)
+    assert all(firsts)  # SpotID leopards: rank-1 stays 1.00 through the central path
+
+
+def test_local_evidence_can_reorder_against_the_cosine():
+    hits = [Hit("a", 0.9), Hit("b", 0.8), Hit("c", 0.7), Hit("d", 0.6)]
+    fused = fuse(hits, lambda i: i, PRIOR, {"a": 0, "b": 0, "c": 60, "d": 0}.get, shortlist=4, budget_s=10)
+    order = [s.individual for s in fused.individuals]
+    assert order[0] == "c"
+    probabilities = [s.probability for s in fused.individuals]
+    assert probabilities == sorted(probabilities, reverse=True)
+    odds = sum(p / (1 - p) for p in probabilities)
+    assert fused.p_new == pytest.approx(1 / (1 + odds))
+
+
+def test_prior_is_used_without_verdicts_and_rises_with_the_evidence(leopard_store, leopard_sightings):
+    assert calibrate([]) is PRIOR
+    proposal = Matcher(leopard_store, time_budget_s=30).proposal(leopard_sightings[0])
+    assert proposal.calibration == "prior"
+    z, n = np.meshgrid(np.linspace(-3, 3, 7), [0, 5, 20, 100])
+    p = PRIOR.probability(z, n)
+    assert (np.diff(p, axis=1) > 0).all() and (np.diff(p, axis=0) > 0).all()
+    assert (np.diff(PRIOR.probability(np.linspace(-3, 3, 7))) > 0).all()
+
+
+def test_fit_recovers_a_known_logistic_curve():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20000, 2))
+    same = rng.uniform(size=len(x)) < 1 / (1 + np.exp(-(1.5 * x[:, 0] + 0.5 * x[:, 1] - 2)))
+    assert fit(x, same) == pytest.approx([1.5, 0.5, -2], abs=0.1)
+
+
+@pytest.mark.parametrize("positives, negatives, refitted", [(0, 0, False), (4, 10, False), (5, 5, True), (50, 50, True)])
+def test_refit_needs_enough_verdicts_of_each_kind(positives, negatives, refitted):
+    # the verdicts say: inliers mean nothing here, a high cosine does
+    pairs = [PairEvidence(2.0, 3, True)] * positives + [PairEvidence(-1.0, 40, False)] * negatives
+    model = calibrate(pairs, min_pairs=5)
+    assert (model is not PRIOR) is refitted
+    if refitted:
+        assert model.probability(2.0, 3) > PRIOR.probability(2.0, 3)
+        assert model.probability(-1.0, 40) < PRIOR.probability(-1.0, 40)
+        assert model.positives == positives and model.negatives == negatives
+
+
+def test_verdicts_on_proposed_pairs_refit_the_matcher(leopard_store, leopard_sightings):
+    matcher = Matcher(leopard_store, top_k=20, min_pairs=2, time_budget_s=30)
+    truth = {s.id: s.individual for s in leopard_sightings}
+    for anchor in leopard_sightings[::6]:
+        candidates = matcher.propose(anchor)
+        same = [c for c in candidates if truth[c.image_id] == anchor.individual][:1]
+        other = [c for c in candidates if truth[c.image_id] != anchor.individual][:1]
+        for candidate, verdict in [*((c, "match") for c in same), *((c, "no_match") for c in other)]:
+            decide(leopard_store, anchor.id, candidate.image_id, verdict)
+    assert matcher.state()[1] is not PRIOR
+    proposal = matcher.proposal(leopard_sightings[1])
+    assert proposal.calibration.startswith("fitted on")
+
+
+@pytest.mark.parametrize("name, meta, side", [
+    ("Ayo/Ayo_Left_Face.png", {}, "left"),
+    ("BGL09_right/0_0_BG-102B.jpg", {}, "right"),
+    ("Ayo/Ayo_Portrait.png", {}, None),
+    ("left_and_right.png", {}, None),
+    ("Ayo/Ayo_Portrait.png", {"side": "Right"}, "right"),
+    ("leftover.png", {}, None),
+])
+def test_side_comes_from_meta_or_a_word_of_the_name(name, meta, side):
+    assert side_of(meta, name) == side
+    if not meta:
+        assert side_of_name(name) == side
+
+
+def test_different_known_sides_are_never_compared(tmp_path):
+    store = CentralStore(tmp_path / "c.db")
+    v = np.array([1.0, 0.0, 0.0])
+    sightings = [sighting("anchor", v, "x_Left.jpg"), sighting("twin", v, "x_Right.jpg"),
+                 sighting("far", [0.6, 0.8, 0.0], "y_left.jpg"), sighting("unknown", [0.5, 0.0, 0.86], "z.jpg")]
+    for s in sightings:
+        store.add_sighting(s)
+    candidates = Matcher(store, local_matching=False).propose(sightings[0])
+    assert {c.image_id for c in candidates} == {"far", "unknown"}
+    both = Matcher(store, local_matching=False, separate_sides=False).propose(sightings[0])
+    assert both[0].image_id == "twin"
+    assert comparable("left", None) and not comparable("left", "right")
+
+
+def test_local_matching_stops_at_the_time_budget():
+    ticks = iter(np.arange(0, 100, 0.3))
+    hits = [Hit(str(i), 0.9 - i / 100) for i in range(10)]
+    calls = []
+    fused = fuse(hits, lambda i: i, PRIOR, lambda i: calls.append(i) or 5, shortlist=8, budget_s=1.0,
+                 clock=lambda: float(next(ticks)))
+    # clock: start 0.0, then 0.3, 0.6, 0.9 allow a match each, 1.2 stops
+    assert calls == ["0", "1", "2"] and fused.matched == 3 and fused.budget_exceeded
+    assert [e.inliers for e in fused.evidence[:5]] == [5, 5, 5, None, None]
+
+
+def test_known_enrolment_is_not_queued_for_review(tmp_path, leopard_sightings):
+    store = CentralStore(tmp_path / "c.db")
+    for s in leopard_sightings:
+        store.add_sighting(s)
+    known = [s for s in leopard_sightings if s.individual == "BRL17_Left"]
+    link_known(store, known)
+    queued = set(store.queue(limit=100))
+    assert queued == {s.id for s in leopard_sightings} - {s.id for s in known}
+
+
+def test_open_set_policy_and_noisy_or():
+    fused = fuse([Hit("a", 0.9), Hit("b", 0.1)], lambda i: i, PRIOR, None)
+    assert propose_new(fused, 1.0) and not propose_new(fused, 0.0)
+    assert noisy_or([0.5, 0.5, 0.5, 0.5]) == pytest.approx(0.875)
+
+
+def tiny_set() -> LabelledSet:
+    """5 images: A (a1, a2), B (b1, b2), C (c1). a2 lies nearer B than a1; C has no other image."""
+    vectors = np.array([[1, 0, 0], [1, 1.2, 0], [0, 1, 0], [0, 1, 0.1], [0, 0, 1]], np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return LabelledSet("tiny", ["A", "A", "B", "B", "C"], [None] * 5, vectors, [EMPTY] * 5)
+
+
+@pytest.mark.parametrize("new_below, precision, recall, expectation", [
+    (0.0, 0.0, 0.0, does_not_raise()),  # never 'new'
+    (1.0, 5 / 9, 1.0, does_not_raise()),  # always 'new': c1, and the 4 anchors asked with their individual out
+])
+def test_evaluation_figures_on_a_tiny_set_are_exact(new_below, precision, recall, expectation):
+    with expectation:
+        figures = evaluate(tiny_set(), local=False, new_below=new_below)
+    # a1, b1, b2 find their own first; a2 finds B first, then A: rank-1 3/4, top-5 1
+    assert (figures.anchors, figures.rank1, figures.top5) == (4, 0.75, 1.0)
+    # image APs: a1 1, a2 1/3 (b1 and b2 come first), b1 1, b2 1
+    assert figures.mAP == pytest.approx(round((3 + 1 / 3) / 4, 3))
+    assert (figures.new_precision, figures.new_recall) == (round(precision, 3), recall)
+
+
+def test_enrolled_images_take_their_time_from_exif_or_the_file_name(tmp_path):
+    from PIL import Image
+
+    from central.enroll import UNKNOWN_TIME, capture_time
+    from central.review import image_view
+
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[36867] = "2021:06:05 04:03:02"
+    Image.new("RGB", (8, 8)).save(tmp_path / "cam3.jpg", exif=exif)
+    Image.new("RGB", (8, 8)).save(tmp_path / "0_0_BG-102B-2019-03-01_19-49-36.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "Amber_Left_Face.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "IMG_20191399_999999.jpg")  # digits that are no date
+    assert capture_time(tmp_path / "cam3.jpg") == "2021-06-05T04:03:02"
+    assert capture_time(tmp_path / "0_0_BG-102B-2019-03-01_19-49-36.jpg") == "2019-03-01T19:49:36"
+    assert capture_time(tmp_path / "Amber_Left_Face.png") == UNKNOWN_TIME
+    assert capture_time(tmp_path / "IMG_20191399_999999.jpg") == UNKNOWN_TIME
+
+    class Enrolled:  # the fields image_view reads
+        id, name, device, frame_time, label, crop_jpeg, edge_jpeg = "x", "x.jpg", "enrolled", UNKNOWN_TIME, None, b"", None
+
+    assert image_view(Enrolled(), {})["time"] is None  # the page says "date unknown", never 1970
