@@ -9,6 +9,7 @@ the reason, but out of the galleries, the review queue and the exports.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -69,10 +70,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_kind ON messages (kind, device);
     ALTER TABLE sightings ADD COLUMN quarantined TEXT;
     """,
+    # 4: the review's history, so that a verdict, a skip or "done" can be undone; a skipped anchor
+    # moves behind the queue (queue_rank) instead of leaving it
+    """
+    ALTER TABLE sightings ADD COLUMN queue_rank INTEGER;
+    CREATE TABLE review_log (
+        seq INTEGER PRIMARY KEY, action TEXT NOT NULL CHECK (action IN ('match', 'no_match', 'done', 'skip')),
+        anchor_id TEXT NOT NULL, candidate_id TEXT, before TEXT NOT NULL, at TEXT NOT NULL, undone_at TEXT
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 SIGHTING_COLUMNS = "id, device, event_id, frame_time, label, model, vector, crop, name, edge, individual, meta"
 USABLE = "quarantined IS NULL"
+LOG_COLUMNS = "seq, action, anchor_id, candidate_id, at, undone_at"
+QUEUE_KEY = "coalesce(queue_rank, seq)"  # arrival order, except that a skipped anchor goes to the back
 SIGHTING_IDS = uuid.UUID("0b8f4f6e-3c57-4c1e-a2f4-6d9a5e1c7b20")  # for a message id another device's sighting holds
 
 
@@ -85,6 +97,32 @@ class Decision:
     verdict: str  # "match" or "no_match"
     cosine: float | None
     at: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the review pages list about an image, without its vector or pictures."""
+
+    id: str
+    device: str
+    frame_time: str
+    name: str | None
+    label: str | None
+    individual: str | None  # known identity of an enrolled image
+    has_crop: bool
+    has_edge: bool
+
+
+@dataclass(frozen=True)
+class ReviewAction:
+    """One step of the review, as undo sees it: ``action`` is a verdict, ``done`` or ``skip``."""
+
+    seq: int
+    action: str
+    anchor_id: str
+    candidate_id: str | None
+    at: str
+    undone_at: str | None
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -205,6 +243,13 @@ class CentralStore:
             rows = self.conn.execute(f"SELECT {SIGHTING_COLUMNS} FROM sightings WHERE {USABLE} ORDER BY seq").fetchall()
         return [_sighting(row) for row in rows]
 
+    def image_index(self) -> list[ImageInfo]:
+        """Every sighting not quarantined, in arrival order, without vectors or pictures (fast to list)."""
+        with self.lock:
+            rows = self.conn.execute(f"SELECT id, device, frame_time, name, label, individual, crop IS NOT NULL, "
+                                     f"edge IS NOT NULL FROM sightings WHERE {USABLE} ORDER BY seq").fetchall()
+        return [ImageInfo(*row[:6], bool(row[6]), bool(row[7])) for row in rows]
+
     def vectors(self, model: str, dim: int) -> tuple[list[str], np.ndarray]:
         """Ids and (N, dim) float32 vectors of one embedding space's sightings, in arrival order."""
         with self.lock:
@@ -249,11 +294,112 @@ class CentralStore:
             self.conn.execute("UPDATE sightings SET reviewed = 1 WHERE id = ?", (anchor_id,))
 
     def queue(self, limit: int = 50) -> list[str]:
-        """Anchors still to review, oldest first: the first is where the researcher resumes."""
+        """Anchors still to review, oldest first (skipped ones last): the first is where the researcher resumes."""
         with self.lock:
-            rows = self.conn.execute(
-                f"SELECT id FROM sightings WHERE reviewed = 0 AND {USABLE} ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            rows = self.conn.execute(f"SELECT id FROM sightings WHERE reviewed = 0 AND {USABLE} "
+                                     f"ORDER BY {QUEUE_KEY}, seq LIMIT ?", (limit,)).fetchall()
         return [r[0] for r in rows]
+
+    def queue_neighbour(self, anchor_id: str, step: int) -> str | None:
+        """The anchor after (``step`` 1) or before (-1) ``anchor_id`` in the queue, wrapping around; paging
+        changes nothing. None when the queue is empty; the first in the queue when ``anchor_id`` is unknown."""
+        order = "ASC" if step > 0 else "DESC"
+        with self.lock:
+            key = self.conn.execute(f"SELECT {QUEUE_KEY}, seq FROM sightings WHERE id = ?", (anchor_id,)).fetchone()
+            row = None
+            if key is not None:
+                row = self.conn.execute(
+                    f"SELECT id FROM sightings WHERE reviewed = 0 AND {USABLE} AND ({QUEUE_KEY}, seq) "
+                    f"{'>' if step > 0 else '<'} (?, ?) ORDER BY {QUEUE_KEY} {order}, seq {order} LIMIT 1", key).fetchone()
+            row = row or self.conn.execute(f"SELECT id FROM sightings WHERE reviewed = 0 AND {USABLE} "
+                                           f"ORDER BY {QUEUE_KEY} {order}, seq {order} LIMIT 1").fetchone()
+        return None if row is None else row[0]
+
+    def queue_position(self, anchor_id: str) -> int | None:
+        """1-based place of an anchor in the queue; None when it is not waiting."""
+        with self.lock:
+            row = self.conn.execute(f"SELECT {QUEUE_KEY}, seq, reviewed FROM sightings WHERE id = ? AND {USABLE}",
+                                    (anchor_id,)).fetchone()
+            if row is None or row[2]:
+                return None
+            return 1 + self.conn.execute(f"SELECT count(*) FROM sightings WHERE reviewed = 0 AND {USABLE} AND "
+                                         f"({QUEUE_KEY}, seq) < (?, ?)", row[:2]).fetchone()[0]
+
+    # --- the review's history: every step can be undone -----------------------------------------
+    def record_verdict(self, anchor_id: str, candidate_id: str, verdict: str, cosine: float | None,
+                       done: bool) -> None:
+        """Record (or change) a verdict as a review step; ``done`` also takes the anchor out of the queue."""
+        with self._step(verdict, anchor_id, candidate_id):
+            self.decide(anchor_id, candidate_id, verdict, cosine)
+            if done:
+                self.mark_reviewed(anchor_id)
+
+    def finish(self, anchor_id: str) -> None:
+        """The researcher is done with the anchor without a match (a new individual): out of the queue."""
+        with self._step("done", anchor_id, None):
+            self.mark_reviewed(anchor_id)
+
+    def skip(self, anchor_id: str) -> None:
+        """Move the anchor to the back of the queue; it stays to be reviewed."""
+        with self._step("skip", anchor_id, None):
+            self.conn.execute(f"UPDATE sightings SET queue_rank = (SELECT max({QUEUE_KEY}) + 1 FROM sightings) "
+                              "WHERE id = ?", (anchor_id,))
+
+    def undo(self) -> ReviewAction | None:
+        """Revert the latest step not yet undone (verdict, queue place and reviewed flag as before it);
+        the step stays in the history, marked undone. None when there is nothing to undo."""
+        with self.lock, self._transaction():
+            row = self.conn.execute(f"SELECT {LOG_COLUMNS}, before FROM review_log WHERE undone_at IS NULL "
+                                    "ORDER BY seq DESC LIMIT 1").fetchone()
+            if row is None:
+                return None
+            step, before = ReviewAction(*row[:-1]), json.loads(row[-1])
+            self.conn.execute("UPDATE sightings SET reviewed = ?, queue_rank = ? WHERE id = ?",
+                              (before["reviewed"], before["queue_rank"], step.anchor_id))
+            if step.candidate_id is not None:
+                self._restore_decision(step.anchor_id, step.candidate_id, before["decision"])
+            now = utc_now()
+            self.conn.execute("UPDATE review_log SET undone_at = ? WHERE seq = ?", (now, step.seq))
+        return dataclasses.replace(step, undone_at=now)
+
+    def history(self, limit: int = 100) -> list[ReviewAction]:
+        """The latest review steps, newest first (undone ones included, marked)."""
+        with self.lock:
+            rows = self.conn.execute(f"SELECT {LOG_COLUMNS} FROM review_log ORDER BY seq DESC LIMIT ?",
+                                     (limit,)).fetchall()
+        return [ReviewAction(*row) for row in rows]
+
+    @contextlib.contextmanager
+    def _step(self, action: str, anchor_id: str, candidate_id: str | None):
+        """One review step in one transaction, logged with what undo must restore."""
+        with self.lock, self._transaction():
+            state = self.conn.execute("SELECT reviewed, queue_rank FROM sightings WHERE id = ?", (anchor_id,)).fetchone()
+            if state is None:
+                raise ValueError(f"unknown image {anchor_id!r}")
+            decision = None if candidate_id is None else self.conn.execute(
+                "SELECT verdict, cosine, at FROM decisions WHERE anchor_id = ? AND candidate_id = ?",
+                (anchor_id, candidate_id)).fetchone()
+            before = {"reviewed": state[0], "queue_rank": state[1], "decision": decision}
+            yield
+            self.conn.execute("INSERT INTO review_log (action, anchor_id, candidate_id, before, at) VALUES (?, ?, ?, ?, ?)",
+                              (action, anchor_id, candidate_id, json.dumps(before), utc_now()))
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _restore_decision(self, anchor_id: str, candidate_id: str, before: list | None) -> None:
+        if before is None:
+            self.conn.execute("DELETE FROM decisions WHERE anchor_id = ? AND candidate_id = ?", (anchor_id, candidate_id))
+        else:
+            self.conn.execute("UPDATE decisions SET verdict = ?, cosine = ?, at = ? "
+                              "WHERE anchor_id = ? AND candidate_id = ?", (*before, anchor_id, candidate_id))
 
 
 def _unusable(dim, dim_type: str, vector_type: str, size: int | None, max_dim: int) -> str:

@@ -1,11 +1,22 @@
 """The review web server: Starlette routes over ``central.review``, served by uvicorn in a thread.
 
-Plain HTML and JavaScript from ``central/static`` (no build step). Routes:
+Plain HTML, JavaScript and CSS from ``central/static`` (no build step, nothing inline). Pages:
 
 * ``GET /login``, ``POST /login`` (form: username, password, csrf), ``POST /logout``;
-* ``GET /`` the page; ``GET /api/anchor[?id=]`` the anchor and its candidates;
+* ``GET /`` the review page; ``GET /individual/{image id}`` the individual an image belongs to;
+* ``GET /static/{name}.js|.css`` their scripts and style sheets.
+
+The API (``central.web_api``):
+
+* ``GET /api/anchor[?id= | ?after= | ?before=]`` an anchor (the queue's first, a given one, or the
+  next or previous in the queue: paging changes nothing) and its candidates;
 * ``GET /api/image/{id}/{crop|edge}`` a stored JPEG;
-* ``POST /api/decision`` ``{anchor, candidate, verdict}``; ``POST /api/next`` ``{anchor}``;
+* ``POST /api/decision`` ``{anchor, candidate, verdict}``; ``POST /api/skip`` ``{anchor}`` (to the
+  back of the queue); ``POST /api/done`` ``{anchor}`` (no match: out of the queue; ``/api/next`` is
+  the old name); ``POST /api/undo`` (reverts the latest of these); ``GET /api/history``;
+* ``GET /api/match?anchor=&candidate=`` the matched keypoints of two crops;
+* ``GET /api/individuals?q=`` search; ``GET /api/individual?id=`` one individual's images;
+* ``GET /api/export?format=spotid|camtrapdp|megadetector`` a zip of that export;
 * ``GET /api/conflicts``.
 
 Access. Every route but the login needs a session: a cookie signed with HMAC-SHA256 (HttpOnly,
@@ -23,8 +34,8 @@ Limits. Passwords are checked on a small thread pool, never on the event loop, a
 ``review.login.attempts_per_minute_per_address`` / ``_per_user`` times a minute (more: 429 with
 Retry-After); when the pool and its queue are full a login gets 503. A request body over
 ``review.max_body_bytes`` gets 413 before it is read. Every answer carries the security headers
-of ``central.web_middleware``; the pages add a Content-Security-Policy whose script and style
-nonce is new each time.
+of ``central.web_middleware``; the review pages add a Content-Security-Policy that runs only
+scripts and styles of this server (no inline ones), the login page one whose nonce is new each time.
 """
 
 from __future__ import annotations
@@ -53,7 +64,6 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from central import review
 from central.auth import (
     CSRF_HEADER,
     LOGIN_COOKIE,
@@ -64,9 +74,10 @@ from central.auth import (
     hash_password,
     verify_password,
 )
-from central.config import ReviewConfig, ReviewLogin
+from central.config import ExportsConfig, ReviewConfig, ReviewLogin
 from central.matching import Matcher
 from central.store import CentralStore
+from central.web_api import api_routes
 from central.web_middleware import BodyLimit, SecurityHeaders
 
 __all__ = ["CSRF_HEADER", "ReviewServer", "create_app", "hash_password", "main", "verify_password"]
@@ -85,11 +96,17 @@ def page_headers(nonce: str) -> dict[str, str]:
                                        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"}
 
 
+# the review pages: scripts, styles, images and requests of this server only; nothing inline runs
+APP_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                               "img-src 'self'; connect-src 'self'; form-action 'self'; "
+                                               "base-uri 'none'; frame-ancestors 'none'"}
+
+
 # --- the application ---------------------------------------------------------------------------
 
 
 def create_app(store: CentralStore, matcher: Matcher, auth: Auth | None, max_body_bytes: int = MAX_BODY_BYTES,
-               password_checks: Executor | None = None) -> ASGIApp:
+               password_checks: Executor | None = None, exports: ExportsConfig | None = None) -> ASGIApp:
     """The review application over one store and matcher; ``auth`` None refuses every request.
 
     Args:
@@ -98,6 +115,7 @@ def create_app(store: CentralStore, matcher: Matcher, auth: Auth | None, max_bod
         auth: the login settings, or None.
         max_body_bytes: larger request bodies are refused (413).
         password_checks: where passwords are checked (default: a new pool of ``auth.check_threads``).
+        exports: the ``exports`` config: device locations shown, and the export button's Camtrap DP metadata.
     """
     middleware = [Middleware(BodyLimit, limit=max_body_bytes)]
     if auth is None:
@@ -106,47 +124,10 @@ def create_app(store: CentralStore, matcher: Matcher, auth: Auth | None, max_bod
     guard = _Guard(auth, password_checks or ThreadPoolExecutor(auth.check_threads, "review-password"))
     routes = [Route("/login", guard.login_page), Route("/login", guard.login, methods=["POST"]),
               Route("/logout", guard(guard.logout, post=True), methods=["POST"]),
-              Route("/", guard(_index))]
+              Route("/", guard(_page("review.html"))), Route("/individual/{id}", guard(_page("individual.html")))]
     routes += [Route(path, guard(handler, post=post), methods=["POST"] if post else ["GET"])
-               for path, handler, post in _api_routes(store, matcher)]
+               for path, handler, post in api_routes(store, matcher, exports or ExportsConfig())]
     return SecurityHeaders(Starlette(routes=routes, middleware=middleware))
-
-
-def _api_routes(store: CentralStore, matcher: Matcher) -> list[tuple[str, Handler, bool]]:
-    """(path, handler, state-changing) of the review API."""
-
-    async def anchor(request: Request) -> Response:
-        return JSONResponse(review.anchor_view(store, matcher, request.query_params.get("id")))
-
-    async def image(request: Request) -> Response:
-        sighting = store.sighting(request.path_params["id"])
-        kind = request.path_params["kind"]
-        data = None if sighting is None else {"crop": sighting.crop_jpeg, "edge": sighting.edge_jpeg}.get(kind)
-        if data is None:
-            return JSONResponse({"error": f"no {kind} image for this id"}, status_code=404)
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
-
-    async def decision(request: Request) -> Response:
-        body = await _json(request)
-        try:
-            review.decide(store, str(body.get("anchor")), str(body.get("candidate")), str(body.get("verdict")))
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse({"ok": True})
-
-    async def next_anchor(request: Request) -> Response:
-        body = await _json(request)
-        if store.sighting(str(body.get("anchor"))) is None:
-            return JSONResponse({"error": "unknown anchor"}, status_code=400)
-        store.mark_reviewed(str(body["anchor"]))
-        return JSONResponse({"ok": True})
-
-    async def conflicts(request: Request) -> Response:
-        return JSONResponse(review.conflicts_view(store))
-
-    return [("/api/anchor", anchor, False), ("/api/image/{id}/{kind}", image, False),
-            ("/api/decision", decision, True), ("/api/next", next_anchor, True),
-            ("/api/conflicts", conflicts, False)]
 
 
 class _Guard:
@@ -233,11 +214,14 @@ class _Guard:
         return response
 
 
-async def _index(request: Request) -> Response:
-    nonce = secrets.token_urlsafe(16)
-    page = (STATIC / "review.html").read_text(encoding="utf-8")
-    page = page.replace("{{csrf_token}}", request.state.csrf).replace("{{csp_nonce}}", nonce)
-    return HTMLResponse(page, headers=page_headers(nonce))
+def _page(name: str) -> Handler:
+    """A page of ``central/static`` with the session's CSRF token filled in."""
+
+    async def page(request: Request) -> Response:
+        text = (STATIC / name).read_text(encoding="utf-8").replace("{{csrf_token}}", html.escape(request.state.csrf))
+        return HTMLResponse(text, headers=APP_PAGE_HEADERS)
+
+    return page
 
 
 async def _not_configured(request: Request) -> Response:
@@ -263,19 +247,12 @@ place-items: center; height: 100vh; margin: 0; }} form {{ display: grid; gap: .5
 """
 
 
-async def _json(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 class ReviewServer:
     """uvicorn on ``host:port`` (port 0: a free one, see ``.port``) in a background thread."""
 
     def __init__(self, store: CentralStore, matcher: Matcher, host: str = "127.0.0.1", port: int = 8080,
-                 login: ReviewLogin | Auth | None = None, max_body_bytes: int = MAX_BODY_BYTES):
+                 login: ReviewLogin | Auth | None = None, max_body_bytes: int = MAX_BODY_BYTES,
+                 exports: ExportsConfig | None = None):
         revoked_file = store.path.with_name(store.path.name + ".revoked-sessions.json")
         auth = Auth.from_config(login, revoked_file) if isinstance(login, ReviewLogin) else login
         if auth is None:
@@ -285,7 +262,7 @@ class ReviewServer:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.socket.bind((host, port))
         self.host, self.port = host, self.socket.getsockname()[1]
-        app = create_app(store, matcher, auth, max_body_bytes, self.password_checks)
+        app = create_app(store, matcher, auth, max_body_bytes, self.password_checks, exports)
         # the login throttle keys on the client address: X-Forwarded-For is believed only from a proxy on this host
         config = uvicorn.Config(app, log_level="warning", lifespan="off", proxy_headers=True,
                                 forwarded_allow_ips="127.0.0.1,::1")

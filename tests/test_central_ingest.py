@@ -145,7 +145,7 @@ def test_store_reopens_at_the_same_schema(tmp_path, leopards):
     store.close()
     again = CentralStore(tmp_path / "central.db")
     assert again.count("sightings") == 1
-    assert again.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert again.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def publish(broker, items: list[tuple[str, bytes]]) -> None:

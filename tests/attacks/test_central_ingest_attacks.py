@@ -615,7 +615,7 @@ def test_a_version_2_database_keeps_its_messages_and_dedupes_per_device(tmp_path
     conn.close()
     store = CentralStore(path)
     try:
-        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         assert store.conn.execute("SELECT id, device FROM messages").fetchall() == [("id-1", DEVICE)]
         pk = [row[1] for row in store.conn.execute("PRAGMA table_info(messages)") if row[5]]
         assert sorted(pk) == ["device", "id"]
