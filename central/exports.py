@@ -61,14 +61,15 @@ class IdentifiedImage:
     sighting_id: str
     individual: str
     file_name: str
-    skipped: bool = False  # reviewed, never compared, no known identity: not identified as an individual
+    skipped: bool = False  # reviewed, never compared, not declared new, no known identity: not an individual
 
 
 def identified(store: CentralStore) -> list[IdentifiedImage]:
-    """Reviewed or linked images with their individual's export name, in arrival order."""
+    """Reviewed or linked images with their individual's export name, in arrival order. An image the
+    researcher declared a new individual is one; one only paged past (never compared) is ``skipped``."""
     decisions = store.decisions()
     individuals, _ = build(decisions)
-    compared = {i for d in decisions for i in (d.anchor_id, d.candidate_id)}
+    compared = {i for d in decisions for i in (d.anchor_id, d.candidate_id)} | store.declared_new()
     with store.lock:
         reviewed = {r[0] for r in store.conn.execute("SELECT id FROM sightings WHERE reviewed = 1")}
     sightings = [s for s in store.sightings() if s.id in reviewed or s.id in individuals.links]

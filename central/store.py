@@ -362,6 +362,13 @@ class CentralStore:
             self.conn.execute("UPDATE review_log SET undone_at = ? WHERE seq = ?", (now, step.seq))
         return dataclasses.replace(step, undone_at=now)
 
+    def declared_new(self) -> set[str]:
+        """Images the researcher declared a new individual ("done" with no match; not undone)."""
+        with self.lock:
+            rows = self.conn.execute("SELECT DISTINCT anchor_id FROM review_log WHERE action = 'done' "
+                                     "AND undone_at IS NULL").fetchall()
+        return {row[0] for row in rows}
+
     def history(self, limit: int = 100) -> list[ReviewAction]:
         """The latest review steps, newest first (undone ones included, marked)."""
         with self.lock:

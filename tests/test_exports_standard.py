@@ -304,3 +304,16 @@ def test_a_broken_megadetector_document_fails(detect_output, change, problem):
     change(document)
     problems = batch_problems(document)
     assert any(problem in p for p in problems), problems
+
+
+def test_an_image_declared_a_new_individual_is_exported_as_one_until_undone(review, tmp_path):
+    store, ids = review
+    store.finish(ids["skip"])  # "New individual" on the review page: no candidate was this animal
+    rows = {row["observationID"]: row for row in read_csv(exports.export_camtrapdp(store, tmp_path / "dp", SETTINGS)
+                                                              .parent / "observations.csv")}
+    others = {rows[ids[key]]["individualID"] for key in ("a", "a2", "c")}
+    assert rows[ids["skip"]]["individualID"] not in others | {""}
+    store.undo()
+    rows = {row["observationID"]: row for row in read_csv(exports.export_camtrapdp(store, tmp_path / "dp2", SETTINGS)
+                                                              .parent / "observations.csv")}
+    assert rows[ids["skip"]]["individualID"] == ""
