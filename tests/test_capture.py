@@ -97,14 +97,43 @@ def test_folder_exactly_once_across_restarts(tmp_path, data):
 
 
 def test_folder_waits_for_a_file_to_settle(tmp_path, data):
+    """Without file-close notifications (a network mount, another OS): the settle time decides."""
     inbox = tmp_path / "in"
     inbox.mkdir()
-    source = create_source(FolderConfig(id="sd", path=inbox, settle_seconds=1.0, poll_seconds=0.01), lambda *_: False)
+    source = create_source(FolderConfig(id="sd", path=inbox, settle_seconds=1.0, poll_seconds=0.01, notify=False),
+                           lambda *_: False)
     shutil.copy(data / "frames/ena24_small/8831.jpg", inbox / "fresh.jpg")
     assert _poll_all(source) == []
     old = time.time() - 5
     os.utime(inbox / "fresh.jpg", (old, old))
     assert [f.path.name for f in _poll_all(source)] == ["fresh.jpg"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux's")
+def test_folder_takes_a_file_as_soon_as_its_writer_closes_it(tmp_path, data):
+    """inotify: a file closed after writing (or renamed into place) is complete at once, however long
+    the settle time; one still open for writing waits; sub-folders made later are watched too."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    raw = (data / "frames/ena24_small/8831.jpg").read_bytes()
+    source = create_source(FolderConfig(id="sd", path=inbox, settle_seconds=60, poll_seconds=60), lambda *_: False)
+    assert source.notifier is not None
+    assert _poll_all(source) == []  # the first scan
+    with open(inbox / "writing.jpg", "wb") as out:
+        out.write(raw[: len(raw) // 2])
+        out.flush()
+        (inbox / "copied.jpg").write_bytes(raw)  # closed: complete, though polls are a minute apart
+        assert [f.path.name for f in _poll_all(source)] == ["copied.jpg"]
+        out.write(raw[len(raw) // 2:])
+    assert [f.path.name for f in _poll_all(source)] == ["writing.jpg"]
+    (inbox / "card").mkdir()
+    assert _poll_all(source) == []  # a new sub-folder: scanned at once, and watched from then on
+    (inbox / "upload.jpg.part").write_bytes(raw)
+    (inbox / "upload.jpg.part").rename(inbox / "card" / "upload.jpg")  # renamed into place
+    (frame,) = _poll_all(source)
+    assert frame.ok and frame.path.name == "upload.jpg" and "truncated" not in frame.flags
+    assert _poll_all(source) == []
+    source.close()
 
 
 def test_folder_survives_a_vanished_folder(tmp_path):
