@@ -9,19 +9,10 @@ the review address is free to listen on, and the pgvector database answers.
 from __future__ import annotations
 
 import errno
-import os
 import socket
-from pathlib import Path
 
 from central.config import CentralConfig
-
-
-def writable_folder(path: Path) -> bool:
-    """Whether this user may create ``path`` (its nearest existing folder is writable)."""
-    folder = Path(path).parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return os.access(folder, os.W_OK | os.X_OK)
+from common.config_loader import writable_folder
 
 
 def login_problem(config: CentralConfig) -> str | None:

@@ -299,6 +299,15 @@ def load_config(path: Path, model: type[ModelT]) -> ModelT:
     raise ConfigError(path, sorted(problems, key=lambda p: p.line or 0))
 
 
+def writable_folder(path: Path) -> bool:
+    """Whether this user may create ``path``: its nearest existing parent folder is writable (a state
+    directory a config names, checked before the service needs it)."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 def validate_config_command(path: Path, model: type[BaseModel], quiet_ok: bool = False) -> int:
     """``--validate-config``: print ``config OK`` (exit 0; nothing with ``quiet_ok``, for a caller that
     checks more) or every problem to stderr (exit 1)."""

@@ -58,7 +58,8 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     classifier = torch.load(run_dir / "classifier.pt", map_location="cpu", weights_only=False).eval()
     freeze_same_padding(classifier.backbone, CROP_INPUT.size)
     models.classifier, models.species_labels = classifier, list(classifier.labels)
-    if (run_dir / "embedder.pt").is_file():
+    trained_embedder = (run_dir / "embedder.pt").is_file()
+    if trained_embedder:
         models.embedder = torch.load(run_dir / "embedder.pt", map_location="cpu", weights_only=False).eval()
         freeze_same_padding(models.embedder.backbone, CROP_INPUT.size)
     else:  # a run without individuals: the pretrained embedder, said once
@@ -68,7 +69,7 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     models.whole_frames = _run_config(run_dir).get("crops", "boxes") != "detector"  # unboxed images: whole frames
     # plain names (the edge publishes ``<architecture>@<bundle version>``): the backbone and what was trained
     models.architectures["classifier"] = f"{_backbone_arch(classifier)}+species"
-    if (run_dir / "embedder.pt").is_file():
+    if trained_embedder:
         models.architectures["embedder"] = f"{_backbone_arch(models.embedder)}+reid"
     if (run_dir / "detector.pt").is_file():
         saved = torch.load(run_dir / "detector.pt", map_location="cpu", weights_only=False)

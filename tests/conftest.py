@@ -129,3 +129,18 @@ def postgres(tmp_path_factory):
         pytest.skip(f"PostgreSQL with pgvector cannot start here: {exc}")
     yield server
     server.stop()
+
+
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's), one per test module, for the review pages' browser tests."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()

@@ -120,7 +120,7 @@ def detect_no_folder(tmp_path, bundle_dir):
 
 def inventory_nothing(tmp_path):
     (tmp_path / "empty").mkdir()
-    return ["inventory", str(tmp_path / "empty")], ""
+    return ["inventory", str(tmp_path / "empty")], "inventory: nothing readable"
 
 
 CASES = [train_too_few_images, train_missing_dataset, train_two_stations, train_one_individual, train_bad_key,

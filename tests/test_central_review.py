@@ -4,8 +4,6 @@ The gallery is the SpotID leopard crops with their edge maps, embedded by the de
 Every page logs in first (login and CSRF refusals are tested in tests/test_security.py).
 """
 
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ from central.config import ReviewLogin
 from central.matching import Matcher
 from central.web import CSRF_HEADER, ReviewServer, hash_password
 
-CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 USER, PASSWORD = "reviewer", "leopard-spots-42"
 
 
@@ -38,17 +35,6 @@ def server(store, login):
     server = ReviewServer(store, Matcher(store), port=0, login=login).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def logged_in_page(browser, server, bypass_csp: bool = True):

@@ -12,7 +12,6 @@ import http.client
 import io
 import json
 import re
-import shutil
 import time
 import zipfile
 from dataclasses import replace
@@ -26,7 +25,6 @@ from central.config import DeploymentSite, ExportsConfig, ReviewLogin
 from central.matching import Matcher
 from central.web import CSRF_HEADER, ReviewServer, hash_password
 
-CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
 USER, PASSWORD = "reviewer", "leopard-spots-42"
 
 SCREENS = Path(__file__).resolve().parents[1] / "results" / "review_screens"
@@ -42,17 +40,6 @@ def device_crop(jpeg: bytes, side: int) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=85)
     return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: apt-get install chromium")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

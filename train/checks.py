@@ -10,10 +10,10 @@ train, enough stations for ``split_by: location``, and enough individuals for re
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
+from common.config_loader import writable_folder
 from train.config import TrainingConfig
 
 MIN_CALIBRATION = 32  # train-split images: fewer and the INT8 activation ranges are a guess (export.calibration)
@@ -22,13 +22,6 @@ MIN_STATIONS = 3  # split_by: location puts whole stations in train, val and tes
 MIN_INDIVIDUALS_TRAIN = 4  # the embedder learns from some and stops early on others (85 / 15 by individual)
 MIN_INDIVIDUALS_EVAL = 2  # retrieval ranks an individual against at least one other
 MIN_IMAGES_PER_INDIVIDUAL = 2  # a query and its match
-
-
-def _writable(path: Path) -> bool:
-    folder = Path(path)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return os.access(folder, os.W_OK | os.X_OK)
 
 
 def weights_problems(config: TrainingConfig, weights: Path, steps: set[str]) -> list[str]:
@@ -50,60 +43,47 @@ def weights_problems(config: TrainingConfig, weights: Path, steps: set[str]) -> 
     return problems
 
 
-def species_problems(config: TrainingConfig) -> list[str]:
-    """Every species source readable, and a split with enough images for training and the INT8 bundle."""
+def species_checks(config: TrainingConfig) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the species data, read and split once as training will: every source
+    readable, a split with enough images for training and the INT8 bundle; a warning for classes with
+    no training image (all in one burst or station), which train but are never learnt."""
     from train.config import read_species
     from train.splits import DEFAULT_FRACTIONS, FRAME_NUMBER, split_records
 
     try:
         records, _ = read_species(config)
     except (FileNotFoundError, ValueError) as exc:
-        return [f"species: {exc}"]
+        return [f"species: {exc}"], []
     if not records:
         return ["species: no labelled images in the species sources: check their paths and label columns "
-                "(`trapedge inventory --config ...` shows what is read)"]
-    problems = []
+                "(`trapedge inventory --config ...` shows what is read)"], []
     if config.split_by == "location":
         stations = Counter(r.location for r in records)
         if None in stations:
             return [f"split_by: location, but {stations[None]} of {len(records)} images have no station: add a "
-                    "location column (or class_level: 2 for Station/Species folders), or use split_by: event"]
+                    "location column (or class_level: 2 for Station/Species folders), or use split_by: event"], []
         if len(stations) < MIN_STATIONS:
             return [f"split_by: location needs at least {MIN_STATIONS} stations (train, val and test each get whole "
                     f"ones); found {len(stations)} ({', '.join(sorted(map(str, stations)))}): use split_by: event or "
-                    "add stations"]
+                    "add stations"], []
     try:
         splits = split_records(records, config.split_by, DEFAULT_FRACTIONS, config.seed,
                                sequence_from_filename=FRAME_NUMBER)
     except ValueError as exc:
-        return [f"species: cannot split: {exc}"]
+        return [f"species: cannot split: {exc}"], []
+    problems, warnings = [], []
     counts = {name: len({r.path for r in rs}) for name, rs in splits.items()}
     shares = "/".join(f"{round(f * 100)}" for f in DEFAULT_FRACTIONS.values())
     if counts["train"] < MIN_CALIBRATION or counts["val"] < MIN_CHECK or counts["test"] < 1:
         problems.append(f"species: {len(records)} images split {counts['train']} train / {counts['val']} val / "
                         f"{counts['test']} test ({shares}, whole bursts); the bundle needs at least {MIN_CALIBRATION} "
                         f"in train (INT8 calibration), {MIN_CHECK} in val (INT8 gates) and 1 in test: add photos")
-    return problems
-
-
-def species_warnings(config: TrainingConfig) -> list[str]:
-    """What trains but will disappoint: classes with no training image (all in one burst or station)."""
-    from train.config import read_species
-    from train.splits import DEFAULT_FRACTIONS, FRAME_NUMBER, split_records
-
-    try:
-        records, _ = read_species(config)
-        splits = split_records(records, config.split_by, DEFAULT_FRACTIONS, config.seed,
-                               sequence_from_filename=FRAME_NUMBER) if records else {"train": []}
-    except (FileNotFoundError, ValueError):
-        return []  # species_problems says why
-    in_train = {r.label for r in splits["train"]}
-    absent = sorted({r.label for r in records} - in_train)
-    if not absent:
-        return []
-    return [f"warning: species: {len(absent)} class(es) have no image in train ({', '.join(absent[:8])}"
-            f"{' ...' if len(absent) > 8 else ''}: all their images are in one burst or station), so the classifier "
-            "never learns them: add photos from other bursts, or drop them in labelmap.drop"]
+    absent = sorted({r.label for r in records} - {r.label for r in splits["train"]})
+    if absent:
+        warnings.append(f"warning: species: {len(absent)} class(es) have no image in train ({', '.join(absent[:8])}"
+                        f"{' ...' if len(absent) > 8 else ''}: all their images are in one burst or station), so the "
+                        "classifier never learns them: add photos from other bursts, or drop them in labelmap.drop")
+    return problems, warnings
 
 
 def reid_problems(config: TrainingConfig) -> list[str]:
@@ -134,34 +114,32 @@ def reid_problems(config: TrainingConfig) -> list[str]:
 
 def box_problems(config: TrainingConfig) -> list[str]:
     """Every box source readable, with boxes in it."""
-    from train.config import read_boxes
+    from train.config import box_inventory
 
-    if not config.boxes:
-        return []
-    try:
-        records = read_boxes(config)
-    except (FileNotFoundError, ValueError) as exc:
-        return [f"boxes: {exc}"]
-    found = Counter(r.source for r in records if r.bbox is not None)
-    return [f"boxes: {source.name or config.resolve(source.path).stem}: no boxes read: check its format and path"
-            for source in config.boxes if not found.get(source.name or config.resolve(source.path).stem)]
-
-
-def training_warnings(config: TrainingConfig, steps: set[str] = frozenset({"species"})) -> list[str]:
-    """Lines worth reading before training that do not stop it."""
-    return species_warnings(config) if "species" in steps and config.species else []
+    problems = []
+    for source in config.boxes:
+        try:
+            name, inventory = box_inventory(config, source)
+        except (FileNotFoundError, ValueError) as exc:
+            problems.append(f"boxes: {exc}")
+            continue
+        if not any(r.bbox is not None for r in inventory.records):
+            problems.append(f"boxes: {name}: no boxes read: check its format and path")
+    return problems
 
 
-def training_problems(config: TrainingConfig, weights: Path = Path("models"),
-                      steps: set[str] = frozenset({"species", "reid", "detector"})) -> list[str]:
-    """Every problem ``trapedge train`` would meet, one line each (empty: ready to train)."""
-    problems = weights_problems(config, weights, steps)
-    if not _writable(config.out):
+def training_checks(config: TrainingConfig, weights: Path = Path("models"),
+                    steps: set[str] = frozenset({"species", "reid", "detector"})) -> tuple[list[str], list[str]]:
+    """(problems, warnings): every problem ``trapedge train`` would meet, and what trains but will
+    disappoint; one line each (no problems: ready to train)."""
+    problems, warnings = weights_problems(config, weights, steps), []
+    if not writable_folder(config.out / "config.json"):  # the first file a run writes
         problems.append(f"out: {config.out} is not writable by this user: choose another folder")
     if "species" in steps and config.species:
-        problems += species_problems(config)
+        species_problems, warnings = species_checks(config)
+        problems += species_problems
     if "reid" in steps and (config.reid_train or config.reid_eval):
         problems += reid_problems(config)
     if "detector" in steps:
         problems += box_problems(config)
-    return problems
+    return problems, warnings

@@ -283,7 +283,7 @@ def _species_split(config: TrainingConfig) -> dict[Path, str]:
 
 def run(args: argparse.Namespace) -> int:
     from common.config_loader import ConfigError
-    from train.checks import training_problems, training_warnings
+    from train.checks import training_checks
 
     try:
         config = training_config(args)
@@ -291,8 +291,8 @@ def run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1 if args.validate_config else 2
     steps = set(getattr(args, "steps", STEPS))
-    problems = training_problems(config, args.weights, steps)  # before an hour of training, not after
-    for line in training_warnings(config, steps) if not problems else []:
+    problems, warnings = training_checks(config, args.weights, steps)  # before an hour of training, not after
+    for line in warnings if not problems else []:
         print(line, file=sys.stderr)
     for line in problems:
         print(line if args.validate_config else f"train refused: {line}", file=sys.stderr)

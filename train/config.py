@@ -205,6 +205,14 @@ def _read_boxes(source: BoxSource, where: Path, images: Path | None) -> Inventor
     return read_coco_camera_traps(where, images)
 
 
+def _located(config: TrainingConfig, source: SpeciesSource | BoxSource, kind: str) -> tuple[Path, Path | None]:
+    """A source's file or folder and its images folder, resolved; raises FileNotFoundError if it is not there."""
+    where = config.resolve(source.path)
+    if not where.exists():
+        raise FileNotFoundError(f"{kind} source {where} not found (data_root {config.data_root})")
+    return where, config.resolve(source.images) if source.images else None
+
+
 def species_inventory(config: TrainingConfig, source: SpeciesSource) -> tuple[str, Inventory]:
     """One species source's name and inventory (its records tagged ``extra["dataset"]``), as read.
 
@@ -212,10 +220,7 @@ def species_inventory(config: TrainingConfig, source: SpeciesSource) -> tuple[st
         FileNotFoundError: the source's path does not exist.
         DatasetError: the file is not the format it claims.
     """
-    where = config.resolve(source.path)
-    images = config.resolve(source.images) if source.images else None
-    if not where.exists():
-        raise FileNotFoundError(f"species source {where} not found (data_root {config.data_root})")
+    where, images = _located(config, source, "species")
     name = source.name or str(source.path)
     inventory = _read_species(source, where, images)
     inventory.records = [replace(r, extra={**r.extra, "dataset": name}) for r in inventory.records]
@@ -258,10 +263,7 @@ def box_inventory(config: TrainingConfig, source: BoxSource) -> tuple[str, Inven
         FileNotFoundError: the source's path does not exist.
         DatasetError: the file is not the format it claims.
     """
-    where = config.resolve(source.path)
-    images = config.resolve(source.images) if source.images else None
-    if not where.exists():
-        raise FileNotFoundError(f"box source {where} not found (data_root {config.data_root})")
+    where, images = _located(config, source, "box")
     name = source.name or where.stem
     inventory = _read_boxes(source, where, images)
     inventory.records = [replace(r, source=name) for r in inventory.records]

@@ -8,9 +8,9 @@ is writable, the broker's password and TLS files are readable, and the drop fold
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from common.config_loader import writable_folder
 from edge.analysis.analyzer import label_space
 from edge.app.config import EdgeConfig
 from edge.events.rules import thresholds_for
@@ -39,13 +39,6 @@ def watch_problems(config: EdgeConfig, name: str, labels: list[str]) -> list[str
             for label in thresholds_for(config.rules, config.site) if label not in known]
 
 
-def _writable_folder(path: Path) -> bool:
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return os.access(folder, os.W_OK | os.X_OK)
-
-
 def secret_problems(config: EdgeConfig) -> list[str]:
     """The broker's password file and TLS files, readable by this user or not."""
     if config.mqtt is None:
@@ -72,7 +65,7 @@ def run_problems(config: EdgeConfig) -> list[str]:
         problems += watch_problems(config, name, labels)
     except BundleError as exc:
         problems.append(f"bundle.path: {exc}")
-    if not _writable_folder(config.store.path):
+    if not writable_folder(config.store.path):
         problems.append(f"store.path: {config.store.path.parent} is not writable by this user: create it, owned by "
                         "the service user")
     problems += secret_problems(config)
