@@ -3,7 +3,7 @@
 Frames are reduced to a small grey thumbnail (``size`` px wide); a cell counts as changed when it
 differs from the reference by more than ``pixel_delta`` grey levels, and the frame passes when
 more than ``threshold`` of its cells changed. The reference is the previous frame of the source
-or a running average (``alpha``). Cost: a strided subsample, one INTER_AREA resize and a
+or a running average (``alpha``). Cost: a strided subsample, one box-filter resize and a
 subtraction (``trapedge bench`` reports it as the ``gate`` stage).
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-import cv2
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -40,9 +40,8 @@ class MotionGate:
         h, w = rgb.shape[:2]
         size = (self.config.size, max(1, round(h * self.config.size / w)))
         step = max(1, w // (2 * self.config.size))  # stride first: area-averaging megapixels is the cost
-        small = cv2.resize(np.ascontiguousarray(rgb[::step, ::step]), size, interpolation=cv2.INTER_AREA)
-        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-        return grey.astype(np.float32)
+        grey = Image.fromarray(np.ascontiguousarray(rgb[::step, ::step])).convert("L")
+        return np.asarray(grey.resize(size, Image.Resampling.BOX), np.float32)
 
     def score(self, source_id: str, rgb: np.ndarray) -> float:
         """Share of cells that changed against this source's reference (1.0 for its first frame)."""

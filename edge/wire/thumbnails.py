@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import cv2
-import numpy as np
+import io
 
-from edge.runtime.preprocess import crop_region
+import numpy as np
+from PIL import Image, ImageFilter
+
+from edge.runtime.preprocess import crop_region, resize
 
 
 def blur(rgb: np.ndarray) -> np.ndarray:
     """Pixelate then smooth: nothing identifiable survives (people, number plates)."""
     h, w = rgb.shape[:2]
-    small = cv2.resize(rgb, (max(1, w // 16), max(1, h // 16)), interpolation=cv2.INTER_AREA)
-    return cv2.GaussianBlur(cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST), (0, 0), 3)
+    small = Image.fromarray(resize(rgb, (max(1, w // 16), max(1, h // 16)), "area"))
+    blocky = small.resize((w, h), Image.Resampling.NEAREST)
+    return np.asarray(blocky.filter(ImageFilter.GaussianBlur(3)))
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality)
+    return out.getvalue()
 
 
 def thumbnail_jpeg(rgb: np.ndarray, xyxy: np.ndarray, max_side: int = 320, max_bytes: int = 40_000,
@@ -28,16 +37,15 @@ def thumbnail_jpeg(rgb: np.ndarray, xyxy: np.ndarray, max_side: int = 320, max_b
     patch = rgb[top:bottom, left:right]
     scale = min(1.0, max_side / max(patch.shape[:2]))
     if scale < 1:
-        patch = cv2.resize(patch, (max(1, round(patch.shape[1] * scale)), max(1, round(patch.shape[0] * scale))),
-                           interpolation=cv2.INTER_AREA)
+        patch = resize(patch, (max(1, round(patch.shape[1] * scale)), max(1, round(patch.shape[0] * scale))), "area")
     if blurred:
         patch = blur(patch)
-    bgr = cv2.cvtColor(np.ascontiguousarray(patch), cv2.COLOR_RGB2BGR)
+    image = Image.fromarray(np.ascontiguousarray(patch))
     while True:
         for quality in (85, 70, 55, 40, 30):
-            ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok and len(data) <= max_bytes:
-                return data.tobytes(), (bgr.shape[1], bgr.shape[0])
-        if max(bgr.shape[:2]) <= 16:
-            return data.tobytes(), (bgr.shape[1], bgr.shape[0])
-        bgr = cv2.resize(bgr, (max(1, bgr.shape[1] // 2), max(1, bgr.shape[0] // 2)), interpolation=cv2.INTER_AREA)
+            data = _jpeg(image, quality)
+            if len(data) <= max_bytes:
+                return data, image.size
+        if max(image.size) <= 16:
+            return data, image.size
+        image = image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.BOX)
