@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
 from edge.analysis.gate import MotionGateConfig
 from edge.app.health import DiskConfig
 from edge.capture.sources import SourceConfig
+from edge.capture.video import VideoConfig
 from edge.events.bursts import BurstConfig
 from edge.events.rules import RulesConfig
 from edge.publish.mqtt import MqttConfig
@@ -30,6 +31,8 @@ class EdgeConfig(BaseModel):
     gate: MotionGateConfig = Field(default_factory=MotionGateConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig, title="How video clips are sampled (a folder source "
+                                                                  "may set its own)")
     bursts: BurstConfig = Field(default_factory=BurstConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     alerts: AlertConfig = Field(default_factory=AlertConfig)
@@ -40,6 +43,14 @@ class EdgeConfig(BaseModel):
     retention_interval_s: float = Field(3600, gt=0, title="Seconds between retention passes")
     idle_sleep_s: float = Field(0.5, gt=0, title="Sleep when no source has a frame")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _sources_sample_clips_as_configured(self) -> EdgeConfig:
+        """A source that reads clips and sets no ``video`` of its own uses the top-level one."""
+        for source in self.sources:
+            if getattr(source, "video", False) is None:  # reads clips, has no settings of its own
+                source.video = self.video  # type: ignore[attr-defined]
+        return self
 
 
 def command_defaults(folder: str = ".", **settings: Any) -> EdgeConfig:

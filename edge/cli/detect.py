@@ -1,9 +1,11 @@
 """``trapedge detect DIR --bundle B --output results.json``: MegaDetector batch output for a folder.
 
 The pipeline is the service's own (``edge.app.factory.build_analyzer``): the same info-bar trim,
-labels and failure handling; only the source (every image under DIR, once) and the sink (one
-MegaDetector JSON file) differ. The motion gate is off: a batch looks at every image. Exit 0 when
-some images fail (each becomes a ``failure`` entry); non-zero only when nothing could run.
+labels and failure handling; only the source (every image and video clip under DIR, once) and the
+sink (one MegaDetector JSON file) differ. The motion gate is off: a batch looks at every image. A
+clip's frames are sampled as the config's ``video`` says (``--sample-fps``, ``--max-frames-per-clip``)
+and it becomes one entry with the format's video fields. Exit 0 when some files fail (each becomes a
+``failure`` entry); non-zero only when nothing could run.
 """
 
 from __future__ import annotations
@@ -12,24 +14,29 @@ import argparse
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from common.config_loader import ConfigError
 from common.progress import progress
 from edge.analysis.analyzer import Analyzer, FrameFailure
+from edge.app.config import EdgeConfig
 from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead
+from edge.capture.video import Clip, VideoConfig, VideoDecodeError, list_videos
 from edge.cli.options import add_model_arguments, command_config, fail
 from edge.runtime.backends import BackendUnavailable
 from edge.runtime.bundle import BundleError, load_bundle
-from edge.wire.megadetector import ImageResult, batch_output
+from edge.wire.megadetector import ImageResult, SampledFrame, VideoResult, batch_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("folder", type=Path, help="folder of images and video clips (searched recursively)")
     parser.add_argument("--output", type=Path, required=True, help="MegaDetector JSON to write")
     add_model_arguments(parser)
     parser.add_argument("--threshold", type=float, help="lowest confidence written (default: manifest's)")
     parser.add_argument("--no-classify", action="store_true", help="skip the species classifier")
+    parser.add_argument("--sample-fps", type=float, help="frames taken per second of video (default: config's video)")
+    parser.add_argument("--max-frames-per-clip", type=int, help="most frames taken from one clip (default: config's)")
 
 
 def analyse_folder(analyzer: Analyzer, root: Path, paths: list[Path]) -> list[ImageResult]:
@@ -47,25 +54,69 @@ def analyse_folder(analyzer: Analyzer, root: Path, paths: list[Path]) -> list[Im
     return results
 
 
+def analyse_clip(analyzer: Analyzer, root: Path, path: Path, config: VideoConfig) -> VideoResult:
+    """One video clip's sampled frames through the analyzer; a clip that does not decode, or a frame the
+    models fail on, makes the clip a failure with the reason."""
+    name = path.relative_to(root).as_posix()
+    rate = None
+    try:
+        with Clip.open(path) as clip:
+            rate, frames = clip.frame_rate, []
+            for number, rgb in clip.sample(config):
+                result = analyzer.process(clip.frame(number, rgb, "clips", f"{name}#{number}"))
+                if isinstance(result, FrameFailure):
+                    return VideoResult(name, rate, failure=f"frame {number}: {result.reason}")
+                frames.append(SampledFrame(number, result.detections, rgb.shape[:2]))
+    except VideoDecodeError as exc:
+        return VideoResult(name, rate, failure=str(exc))
+    return VideoResult(name, rate, tuple(frames))
+
+
+def analyse_clips(analyzer: Analyzer, root: Path, paths: list[Path], config: VideoConfig) -> list[VideoResult]:
+    """Each video clip under ``root`` through the analyzer, its progress shown."""
+    return [analyse_clip(analyzer, root, path, config)
+            for path in progress(paths, total=len(paths), desc="detect", unit="clip", enabled=bool(paths))]
+
+
+def _config(args: argparse.Namespace) -> EdgeConfig:
+    """The batch's config: ``--config`` (or the defaults) with the gate off and the command's options."""
+    overrides: dict[str, Any] = {"gate": {"enabled": False}, "detection": {
+        "confidence": args.threshold, "embed": False, "classify": not args.no_classify}}
+    config = command_config(args, args.folder, **overrides)
+    video = {"sample_fps": args.sample_fps, "max_frames_per_clip": args.max_frames_per_clip}
+    if any(value is not None for value in video.values()):  # validated with the rest: one line per bad value
+        video = {**config.video.model_dump(), **{k: v for k, v in video.items() if v is not None}}
+        config = command_config(args, args.folder, **overrides, video=video)
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         return fail("detect", f"{args.folder} is not a folder")
-    overrides = {"gate": {"enabled": False}, "detection": {"confidence": args.threshold, "embed": False,
-                                                           "classify": not args.no_classify}}
     try:
-        config = command_config(args, args.folder, **overrides)
+        config = _config(args)
         bundle = load_bundle(config.bundle.path)
         analyzer = build_analyzer(config, bundle)
     except (ConfigError, BundleError, BackendUnavailable, FileNotFoundError) as exc:
         return fail("detect", exc)
-    results = analyse_folder(analyzer, args.folder, list_images(args.folder))
+    images = analyse_folder(analyzer, args.folder, list_images(args.folder))
+    clips = analyse_clips(analyzer, args.folder, list_videos(args.folder), config.video)
+    results: list[ImageResult | VideoResult] = [*images, *clips]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     document = batch_output(results, bundle.manifest, config.bundle.precision, analyzer.classifier is not None)
     args.output.write_text(json.dumps(document, indent=1) + "\n")
-    failed = sum(r.failure is not None for r in results)
-    boxes = sum(len(r.detections) for r in results if r.detections is not None)
-    print(f"{len(results)} images, {boxes} detections, {failed} failed -> {args.output}")
-    if results and failed == len(results):
+    print(_summary(images, clips, args.output))
+    if results and all(r.failure is not None for r in results):
         fail("detect", "no image could be processed")
         return 1
     return 0
+
+
+def _summary(images: list[ImageResult], clips: list[VideoResult], output: Path) -> str:
+    """``N images[, M clips (F frames)], D detections, X failed -> OUT``."""
+    failed = sum(r.failure is not None for r in images) + sum(c.failure is not None for c in clips)
+    boxes = sum(len(r.detections) for r in images if r.detections is not None)
+    boxes += sum(len(frame.detections) for clip in clips for frame in clip.frames)
+    frames = sum(len(clip.frames) for clip in clips)
+    videos = f", {len(clips)} clips ({frames} frames)" if clips else ""
+    return f"{len(images)} images{videos}, {boxes} detections, {failed} failed -> {output}"

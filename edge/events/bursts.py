@@ -2,7 +2,9 @@
 
 Pure functions of detections and config. A burst votes with the boxes' final labels
 (``label_probs`` and ``label``, decided once by ``edge.analysis.labels``), never with the raw
-classifier output.
+classifier output. Stills group by time (``gap_seconds``) and a burst begins with a frame that has a
+confident box; a video clip is one event of its own, keyed by the clip: every sampled frame of it,
+whatever the gaps between them, and even when none has a box (the camera was triggered).
 """
 
 from __future__ import annotations
@@ -70,10 +72,12 @@ class BurstState:
     crops: int = 0
     probs_sum: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    clip: bool = False  # a video clip's event: only its own frames join (not kept across a restart)
 
 
 def event_id(device_id: str, source_id: str, first_frame_key: str) -> str:
-    """Stable id of the event that starts with a given frame (same after any restart)."""
+    """Stable id of the event that starts with a given frame, or of a video clip's event given the clip's
+    key (same after any restart)."""
     return str(uuid.uuid5(_EVENT_NAMESPACE, f"{device_id}/{source_id}/{first_frame_key}"))
 
 
@@ -103,7 +107,7 @@ def add_frame(state: BurstState, time: datetime, votes: Detections, labels: list
         for label, n in Counter(votes.labels()).items():
             counts[label] = max(counts.get(label, 0), n)
     return BurstState(state.id, state.source_id, min(state.start, time), max(state.end, time),
-                      state.frames + 1, state.crops + len(votes), sums, counts)
+                      state.frames + 1, state.crops + len(votes), sums, counts, state.clip)
 
 
 def aggregate_burst(state: BurstState, config: BurstConfig, closed: bool = False,
@@ -124,6 +128,16 @@ def aggregate_burst(state: BurstState, config: BurstConfig, closed: bool = False
                  probs, dict(state.counts), closed)
 
 
-def joins(state: BurstState | None, time: datetime, config: BurstConfig) -> bool:
-    """Whether a frame taken at ``time`` belongs to the open burst ``state``."""
-    return state is not None and abs((time - state.end).total_seconds()) <= config.gap_seconds
+def joins(state: BurstState | None, time: datetime, config: BurstConfig, clip_event: str | None = None) -> bool:
+    """Whether a frame taken at ``time`` belongs to the open burst ``state``.
+
+    Args:
+        clip_event: for a frame of a video clip, the id of its clip's event (``event_id`` of the clip's
+            key): it joins that event whatever the gap, and no other; a still (None) never joins a clip's
+            event, only a burst of stills within ``gap_seconds``.
+    """
+    if state is None:
+        return False
+    if clip_event is not None:
+        return state.id == clip_event
+    return not state.clip and abs((time - state.end).total_seconds()) <= config.gap_seconds

@@ -23,6 +23,7 @@ from edge.analysis.analyzer import FrameAnalysis, FrameFailure
 from edge.analysis.config import PrivacyConfig
 from edge.analysis.labels import LabelSpace
 from edge.capture.frame import camera_time
+from edge.capture.video import clip_of
 from edge.events.bursts import BurstConfig, BurstState, Event, add_frame, aggregate_burst, event_id, joins, voters
 from edge.events.rules import RulesConfig, alert_reason, decide_alert
 from edge.runtime.detections import Detections
@@ -180,16 +181,17 @@ class Recorder:
 
     def _assign(self, analysis: FrameAnalysis) -> _OpenBurst | None:
         frame = analysis.frame
+        clip = clip_of(frame)  # a video clip is one event of all its frames, keyed by the clip, even if empty
+        eid = event_id(self.identity.device_id, frame.source_id, clip or frame.key)
         burst = self.open.get(frame.source_id)
-        if burst is not None and not joins(burst.state, frame.time, self.bursts):
+        if burst is not None and not joins(burst.state, frame.time, self.bursts, eid if clip else None):
             self._close(frame.source_id)
             burst = None
         votes = voters(analysis.detections, self.bursts)
         if burst is None:
-            if not len(votes):
+            if not len(votes) and clip is None:
                 return None
-            state = BurstState(event_id(self.identity.device_id, frame.source_id, frame.key), frame.source_id,
-                               frame.time, frame.time)
+            state = BurstState(eid, frame.source_id, frame.time, frame.time, clip=clip is not None)
             burst = self.open[frame.source_id] = _OpenBurst(state, False, None, 0.0)
         burst.state = add_frame(burst.state, frame.time, votes, self.labels)
         burst.updated = datetime.now(timezone.utc)

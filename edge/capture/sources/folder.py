@@ -6,12 +6,14 @@ been unchanged for ``settle_seconds`` (a file still being copied keeps a fresh m
 kernel says when a writer closed a file (Linux inotify: ``IN_CLOSE_WRITE``, or ``IN_MOVED_TO`` for
 a file renamed into place), that file is complete at once and the folder is scanned straight away,
 so an alert does not wait for the settle time; the settle check stays for everything else (network
-mounts, where inotify sees nothing, and other systems). Files that are not images are not skipped:
+mounts, where inotify sees nothing, and other systems). Video clips (``edge.capture.video``) give
+their sampled frames, one event per clip. Files that are neither images nor clips are not skipped:
 they become failure frames, so nothing goes unnoticed.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -25,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.capture.decode import DEFAULT_MAX_SIDE, MAX_FULL_DECODE_PIXELS, read_ahead
 from edge.capture.frame import Frame
 from edge.capture.sources.base import IsDone
+from edge.capture.video import VideoConfig, file_key_of, is_video, read_clip
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,8 @@ class Config(BaseModel):
     max_pixels: int = Field(MAX_FULL_DECODE_PIXELS, ge=1_000_000,
                             title="Most pixels a PNG/TIFF/BMP/WebP may decode to (JPEGs decode reduced, any size): "
                                   "~7 bytes a pixel at the peak must fit the unit's MemoryMax beside the models")
+    video: VideoConfig | None = Field(None, title="How video clips in this folder are sampled (unset: the top-level "
+                                                  "video settings)")
 
 
 class CloseNotifier:
@@ -116,6 +121,10 @@ class CloseNotifier:
 
     def taken(self, path: Path) -> None:
         self.closed.discard(path)
+
+    def fileno(self) -> int:
+        """The inotify descriptor: readable while notifications wait to be drained."""
+        return self.inotify.fileno()
 
     def close(self) -> None:
         self.inotify.close()
@@ -208,6 +217,7 @@ class Source:
                 self.notifier.taken(path)
             self.seen.add(key)
             if not self.is_done(self.id, key):
+                log.debug("%s: taking %s", self.id, key)  # trapedge bench --latency reads this line
                 todo.append((path, key))
             if len(todo) >= self.config.batch:
                 self.next_scan = 0.0
@@ -220,23 +230,40 @@ class Source:
         return self._decoded(self._new_files())
 
     def _decoded(self, todo: list[tuple[Path, str]]) -> Iterator[Frame]:
-        given = 0
+        """Images decoded one ahead in the worker thread; a clip's sampled frames read here, one at a time.
+        A file not wholly handed out (a clip cut short) is offered again; its recorded frames are skipped."""
+        given = 0  # files of ``todo`` whose every frame was handed out
         try:
-            for frame in read_ahead(self.pool, ((path, self.id, key) for path, key in todo), self.config.max_side,
-                                    self.config.prefetch, follow_symlinks=False, max_pixels=self.config.max_pixels):
-                given += 1
-                yield frame
+            for clips, run in itertools.groupby(todo, key=lambda item: is_video(item[0])):
+                files = list(run)
+                if clips:
+                    for path, key in files:
+                        yield from read_clip(path, self.id, key, self.config.video or VideoConfig(), self.is_done,
+                                             follow_symlinks=False)
+                        given += 1
+                    continue
+                for frame in read_ahead(self.pool, ((path, self.id, key) for path, key in files), self.config.max_side,
+                                        self.config.prefetch, follow_symlinks=False,
+                                        max_pixels=self.config.max_pixels):
+                    given += 1
+                    yield frame
         finally:
             for _, key in todo[given:]:
                 self.seen.discard(key)
+
+    def wake_fd(self) -> int | None:
+        """Readable as soon as a file under the folder is closed or moved in (until ``poll`` drains the
+        notifications), so the service wakes for it at once; None without notifications."""
+        return self.notifier.fileno() if self.notifier is not None else None
 
     def settling(self) -> int:
         """Files seen but not yet unchanged for ``settle_seconds`` (still being written, or just arrived)."""
         return len(self.unchanged_since)
 
     def retry_later(self, key: str) -> None:
-        """Offer a file again at the next scan (it was handed out but could not be recorded)."""
-        self.seen.discard(key)
+        """Offer a file again at the next scan (it was handed out but could not be recorded; for a clip's
+        frame, the clip: its recorded frames are skipped)."""
+        self.seen.discard(file_key_of(key))
 
     def close(self) -> None:
         """Stop the decoding thread and the notifications."""
