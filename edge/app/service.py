@@ -7,6 +7,8 @@ SIGTERM stops it cleanly; READY and WATCHDOG go to systemd when it runs under it
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
 import sqlite3
 import ssl
@@ -28,6 +30,7 @@ from edge.app.factory import build_analyzer, build_recorder
 from edge.app.health import THERMAL_ROOT, DiskGuard, temperature_c
 from edge.capture.frame import Frame
 from edge.capture.sources import create_source
+from edge.capture.sources.base import WakingSource
 from edge.publish.mqtt import Publisher
 from edge.runtime.bundle import Bundle, BundleError, BundleTrust, load_bundle
 from edge.storage.recorder import Recorder
@@ -49,6 +52,35 @@ class Counters:
     last_error: str | None = None
 
 
+class StopEvent(threading.Event):
+    """The stop request: a ``threading.Event`` that ``select`` can wait on too (its ``fileno`` turns
+    readable once it is set), so the idle loop sleeps on the sources' descriptors and still stops at
+    once. Set once, never cleared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+
+    def fileno(self) -> int:
+        return self._read
+
+    def set(self) -> None:
+        super().set()
+        if self._write >= 0:
+            try:
+                os.write(self._write, b"\0")
+            except BlockingIOError:  # the pipe is full, so readable already
+                pass
+
+    def close(self) -> None:
+        """Close the pipe (``is_set`` and ``wait`` still work)."""
+        if self._write >= 0:
+            os.close(self._read)
+            os.close(self._write)
+            self._read = self._write = -1
+
+
 MAX_ATTEMPTS = 2  # analyses of one frame that may end with the service (the third is a failure record)
 
 
@@ -63,7 +95,7 @@ class Service:
 
     def __init__(self, config: EdgeConfig):
         self.config = config
-        self.stop_requested = threading.Event()
+        self.stop_requested = StopEvent()
         self.counters = Counters()
         self.publisher: Publisher | None = None
         self.bundle_rollback: dict | None = None
@@ -195,6 +227,7 @@ class Service:
                 except (sqlite3.Error, OSError) as exc:
                     if not self._storage_failed(f"recording {frame.source_id}/{frame.key}", exc):
                         raise
+                    self.store.undo_attempt(frame.source_id, frame.key)  # the disk failed, not the analysis
                     source.retry_later(frame.key)
                 except Exception as exc:  # one bad frame must not stop the appliance
                     self.counters.last_error = f"{type(exc).__name__}: {exc}"
@@ -240,7 +273,7 @@ class Service:
             handled = self.poll_once()
             watchdog.tick()
             if once and handled == 0 and self.settling() and time.monotonic() < once_until:
-                self.stop_requested.wait(self.config.idle_sleep_s)
+                self.wait_for_frames(self.config.idle_sleep_s)
                 continue
             if once and handled == 0:
                 self._housekeeping("closing bursts", lambda: self.recorder.close_idle(idle_seconds=0))
@@ -255,7 +288,19 @@ class Service:
                 self._housekeeping("status", self.publisher.publish_status)
                 next_status = now + self.config.status_interval_s
             if handled == 0:
-                self.stop_requested.wait(self.config.idle_sleep_s)
+                self.wait_for_frames(self.config.idle_sleep_s)
+
+    def wait_for_frames(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, waking at once when a stop is requested or a source says it
+        may have frames (a file closed in a watched folder); sources that cannot say are polled when
+        it ends. While the disk is full the sources are not polled, so their notifications would
+        stay unread: then it just sleeps."""
+        fds = [fd for source in getattr(self, "sources", []) if isinstance(source, WakingSource)
+               and (fd := source.wake_fd()) is not None] if self.disk.accepting else []
+        if fds:
+            select.select([self.stop_requested.fileno(), *fds], [], [], timeout)
+        else:
+            self.stop_requested.wait(timeout)
 
     def settling(self) -> int:
         """Files the sources have seen that are still settling (not yet taken)."""
@@ -280,6 +325,7 @@ class Service:
             self.publisher.stop(timeout=drain_seconds)
         if hasattr(self, "store"):
             self.store.close()
+        self.stop_requested.close()
 
 
 def install_signal_handlers(service: Service) -> None:

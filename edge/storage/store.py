@@ -157,6 +157,16 @@ class Store:
             return int(conn.execute("SELECT count FROM attempts WHERE source_id = ? AND key = ?",
                                     (source_id, key)).fetchone()[0])
 
+    def undo_attempt(self, source_id: str, key: str) -> None:
+        """The service did not die on this attempt: recording it failed (a full disk), so it is not
+        counted against the frame. Best effort: on a disk too full even for this, it stays counted."""
+        try:
+            with self.transaction() as conn:
+                conn.execute("UPDATE attempts SET count = count - 1 WHERE source_id = ? AND key = ? AND count > 0",
+                             (source_id, key))
+        except sqlite3.Error:
+            pass
+
     def end_attempt(self, source_id: str, key: str) -> None:
         """The frame is recorded (call inside the recording transaction)."""
         self.conn.execute("DELETE FROM attempts WHERE source_id = ? AND key = ?", (source_id, key))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from edge.capture.frame import Frame
 
@@ -27,3 +27,13 @@ class FrameSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class WakingSource(Protocol):
+    """A source that can say when it may have frames, so that the service sleeps until then instead of
+    waking on a timer (the folder source with file-close notifications)."""
+
+    def wake_fd(self) -> int | None:
+        """A descriptor that turns readable when ``poll`` may have frames; None when only polling tells."""
+        ...
