@@ -1,9 +1,11 @@
-"""``trapedge bench``: end-to-end throughput and per-stage latency on real frames.
+"""``trapedge bench``: end-to-end throughput, CPU per frame and per-stage latency on real frames.
 
 Each configuration runs in its own process, so peak RSS is that configuration's alone: the edge
-pipeline with INT8 and with fp32 models (``edge.cli.bench``), and — when the training extra is
-installed — a torch eager reference of the same models (``export.torch_reference``). Ratios come
-from one run.
+pipeline with INT8 and with fp32 models (``edge.cli.bench``), an older bundle's INT8 when
+``--baseline`` names one, and — when the training extra is installed — a torch eager reference of
+the same models (``export.torch_reference``). Every configuration runs on each set of frames (the
+shared frames, and frames with many animals); every figure and ratio comes from this one run, on
+the machine the report names.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +22,25 @@ from typing import Any
 
 from edge.cli.bench import STAGES
 
+MANY_ANIMALS = Path("../shared/data/boxes/wbia_voc/JPEGImages")
+TORCH_FRAMES = 30
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", type=Path, nargs="?", default=Path("../shared/data/frames"),
                         help="real frames to run on (default ../shared/data/frames)")
     parser.add_argument("--bundle", type=Path, default=Path("bundles/default"))
+    parser.add_argument("--many", type=Path, default=MANY_ANIMALS,
+                        help=f"a second set: frames with many animals (default {MANY_ANIMALS}; 'none' to skip)")
+    parser.add_argument("--baseline", type=Path, help="an older bundle, run as INT8 beside this one")
     parser.add_argument("--frames", type=int, default=120, help="frames per configuration (the folder repeats)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch eager reference")
+    parser.add_argument("--latency", action="store_true",
+                        help="only time file closed → alert received (local Mosquitto, edge/cli/latency.py)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the alert latency part of the full run")
+    parser.add_argument("--alerts", type=int, default=100, help="alerts timed by --latency")
 
 
 class ConfigurationFailed(RuntimeError):
@@ -46,30 +60,126 @@ def _torch_available() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    common = [str(args.folder), "--bundle", str(args.bundle), "--frames", str(args.frames), "--threads", str(args.threads)]
+    if args.latency:
+        from edge.cli import latency
+
+        return latency.run(args)
+    sets = {"shared frames": args.folder}
+    if args.many is not None and str(args.many) != "none" and args.many.is_dir():
+        sets["many animals"] = args.many
+    configs = {"int8": (args.bundle, "int8"), "fp32": (args.bundle, "fp32")}
+    if args.baseline is not None:
+        configs["baseline int8"] = (args.baseline, "int8")
+    results: dict[str, Any] = {"machine": machine(), "frames_per_configuration": args.frames, "sets": {}}
     try:
-        results = {precision: _child([sys.executable, "-m", "edge.cli.bench", *common, "--precision", precision])
-                   for precision in ("int8", "fp32")}
-        if not args.no_torch and _torch_available():
-            results["torch"] = _child([sys.executable, "-m", "export.torch_reference", *common])
+        for name, folder in sets.items():
+            common = [str(folder), "--frames", str(args.frames), "--threads", str(args.threads)]
+            runs = {config: _child([sys.executable, "-m", "edge.cli.bench", *common, "--bundle", str(bundle),
+                                    "--precision", precision])
+                    for config, (bundle, precision) in configs.items()}
+            if not args.no_torch and _torch_available():  # eager torch is slow: fewer frames, enough for its rate
+                torch_common = [str(folder), "--frames", str(min(args.frames, TORCH_FRAMES)), "--threads", str(args.threads)]
+                runs["torch"] = _child([sys.executable, "-m", "export.torch_reference", *torch_common, "--bundle",
+                                        str(args.bundle), "--no-costs"])
+            results["sets"][name] = {"folder": str(folder), "configurations": runs}
     except ConfigurationFailed as exc:
         print(f"trapedge bench: {str(exc).removeprefix('trapedge bench: ')}", file=sys.stderr)
         return 2
+    if not args.no_latency:
+        from edge.cli import latency
+
+        try:
+            results["latency"] = latency.bench(args.bundle, args.folder, args.alerts)
+        except (latency.LatencyError, latency.BrokerMissing) as exc:
+            results["latency"] = {"skipped": str(exc)}
     report(results)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
-def report(results: dict[str, dict[str, Any]]) -> None:
-    """Print the table and the ratios."""
-    print(f"{'config':<8}{'fps':>8}{'rss MB':>9}  " + "  ".join(f"{s:>15}" for s in STAGES))
-    for name, r in results.items():
-        stages = [r["stages_ms"].get(s, {}) for s in STAGES]
-        cells = "  ".join(f"{st.get('p50', 0):>6.1f}/{st.get('p95', 0):>6.1f}ms" for st in stages)
-        print(f"{name:<8}{r['fps']:>8.2f}{r['peak_rss_mb']:>9.1f}  {cells}")
-    print("(stage cells: p50/p95)")
-    int8 = results["int8"]["fps"]
-    for other in ("fp32", "torch"):
-        if other in results:
-            print(f"INT8 / {other}: {int8 / results[other]['fps']:.2f}x frames/s")
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith(("model name", "Model"))), "")
+    except OSError:
+        pass
+    versions = {}
+    for package in ("onnxruntime", "numpy", "PIL"):
+        spec = importlib.util.find_spec(package)
+        if spec is not None:
+            module = importlib.import_module(package)
+            versions[package] = getattr(module, "__version__", "?")
+    return {"arch": platform.machine(), "cpu": model or platform.processor(), "cores": os.cpu_count(),
+            "system": f"{platform.system()} {platform.release()}", "python": platform.python_version(), **versions}
+
+
+def report(results: dict[str, Any]) -> None:
+    """Print the tables and the ratios."""
+    m = results["machine"]
+    print(f"machine: {m['arch']}, {m['cores']} cores ({m['cpu']}), {m['system']}, Python {m['python']}, "
+          f"onnxruntime {m.get('onnxruntime', '-')}; {results['frames_per_configuration']} frames per configuration")
+    for name, one in results["sets"].items():
+        runs = one["configurations"]
+        print(f"\n{name} ({one['folder']})")
+        print(f"{'config':<14}{'fps':>7}{'CPU s/frame':>13}{'rss MB':>8}  " + "  ".join(f"{s:>15}" for s in STAGES))
+        for config, r in runs.items():
+            stages = [r["stages_ms"].get(s, {}) for s in STAGES]
+            cells = "  ".join(f"{st.get('p50', 0):>6.1f}/{st.get('p95', 0):>6.1f}ms" for st in stages)
+            print(f"{config:<14}{r['fps']:>7.2f}{r['cpu_s_per_frame']:>13.3f}{r['peak_rss_mb']:>8.1f}  {cells}")
+        print("(stage cells: wall p50/p95; CPU is user + system time of the process, every thread)")
+        int8 = runs["int8"]
+        for other in ("fp32", "baseline int8", "torch"):
+            if other in runs:
+                print(f"INT8 / {other}: {int8['fps'] / runs[other]['fps']:.2f}x frames/s, "
+                      f"{int8['cpu_s_per_frame'] / runs[other]['cpu_s_per_frame']:.2f}x CPU per frame, "
+                      f"{int8['peak_rss_mb'] - runs[other]['peak_rss_mb']:+.0f} MB peak RSS")
+        for config, r in runs.items():
+            if "cpu_ms" in r:
+                _costs(config, r)
+    latency = results.get("latency")
+    if latency:
+        print()
+        if "skipped" in latency:
+            print(f"alert latency not measured: {latency['skipped']}")
+        else:
+            from edge.cli.latency import report as latency_report
+
+            latency_report(latency)
+    _targets(results)
+
+
+def _targets(results: dict[str, Any]) -> None:
+    """The figures the appliance is held to, from this run."""
+    sets = results["sets"]
+    int8 = {name: one["configurations"]["int8"] for name, one in sets.items()}
+    print("\nsummary (this run)")
+    fps = " / ".join(f"{r['fps']:.1f}" for r in int8.values())
+    print(f"  INT8 frames/s ({' / '.join(sets)}): {fps}")
+    cpu = " / ".join(f"{r['cpu_s_per_frame']:.3f}" for r in int8.values())
+    print(f"  INT8 CPU s per frame: {cpu}")
+    print(f"  peak RSS, INT8 pipeline: {max(r['peak_rss_mb'] for r in int8.values()):.0f} MB")
+    ratios = " / ".join(f"{one['configurations']['int8']['fps'] / one['configurations']['fp32']['fps']:.2f}x"
+                        for one in sets.values())
+    print(f"  INT8 vs fp32 frames/s: {ratios}")
+    latency = results.get("latency") or {}
+    if "latency_ms" in latency:
+        received = latency["latency_ms"]["received"]
+        print(f"  file closed -> alert delivered: p50 {received['p50']:.0f} ms, p95 {received['p95']:.0f} ms "
+              f"({latency['alerts']} alerts)")
+
+
+def _costs(config: str, r: dict[str, Any]) -> None:
+    stages = "  ".join(f"{stage} {ms:.1f}" for stage, ms in r["cpu_ms"].items())
+    print(f"{config} CPU ms per stage, one frame at a time: {stages}")
+    gated = r["gated"]
+    print(f"{config} empty frame rejected by the motion gate (decode included): {gated['cpu_ms']:.1f} ms CPU, "
+          f"{gated['wall_ms']:.1f} ms wall ({gated['gated']} gated)")
+    if r.get("crops"):
+        cells = "  ".join(f"{n}: {c['batched_cpu_ms']:.0f}/{c['one_by_one_cpu_ms']:.0f}" for n, c in r["crops"].items())
+        print(f"{config} classify CPU ms by animals in the frame (batched/one by one): {cells}")
+    bursts = "  ".join(f"{n}: {ms:.0f}" for n, ms in r["bursts_cpu_ms_per_frame"].items())
+    print(f"{config} CPU ms per frame by burst length (decode, models, events, store): {bursts}")

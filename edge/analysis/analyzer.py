@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,23 @@ from edge.runtime.models import Classifier, Detector, Embedder
 
 log = logging.getLogger(__name__)
 
+
+class Stopwatch:
+    """Seconds per stage of one frame: wall clock, and CPU (user + system time of the whole process,
+    every model thread included: the energy a stage costs)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
 
 
 def label_space(detector: Sequence[str], classifier: Sequence[str] | None,
@@ -47,8 +65,9 @@ class FrameAnalysis:
         night, brightness: frame statistics of the trimmed frame.
         motion: the gate's score (nan when the gate is off).
         gated: the gate skipped the models.
-        timings: seconds per stage (``gate``, ``detect``, ``second_look``, ``classify``, ``whole_frame``,
-            ``embed``).
+        timings: wall seconds per stage (``gate``, ``detect``, ``second_look``, ``classify``,
+            ``whole_frame``, ``embed``).
+        cpu: CPU seconds of the process per stage (same keys).
     """
 
     frame: Frame
@@ -58,6 +77,7 @@ class FrameAnalysis:
     motion: float
     gated: bool
     timings: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rgb(self) -> np.ndarray:
@@ -111,56 +131,52 @@ class Analyzer:
     def analyse(self, frame: Frame) -> FrameAnalysis:
         """Analyse one decoded frame."""
         rgb = frame.pixels
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        top, bottom = self._trim(rgb)
-        work = trim_info_bars(rgb, top, bottom)
-        night, brightness = is_night(work), mean_brightness(work)
-        passes, motion = self.gate.passes(frame.source_id, work)
-        timings["gate"] = time.perf_counter() - start
-        detections = self._detect(work, top, timings) if passes else Detections.empty()
-        detections, context = self._classify(rgb, work, detections, timings)
+        clock = Stopwatch()
+        with clock.stage("gate"):
+            top, bottom = self._trim(rgb)
+            work = trim_info_bars(rgb, top, bottom)
+            night, brightness = is_night(work), mean_brightness(work)
+            passes, motion = self.gate.passes(frame.source_id, work)
+        detections = self._detect(work, top, clock) if passes else Detections.empty()
+        detections, context = self._classify(rgb, work, detections, clock)
         detections = combine_labels(detections, self.space, context)
         if passes and not len(detections):
-            detections = self._whole_frame(work, top, detections, context, timings)
+            detections = self._whole_frame(work, top, detections, context, clock)
         privacy = self.privacy
         detections = detections.with_data(confident_animal=confident_animals(
             detections, frozenset(privacy.not_animal_labels), privacy.animal_min_score))
-        detections = self._embed(rgb, detections, timings)
-        return FrameAnalysis(frame, detections, night, brightness, motion, not passes, timings)
+        detections = self._embed(rgb, detections, clock)
+        return FrameAnalysis(frame, detections, night, brightness, motion, not passes, clock.wall, clock.cpu)
 
-    def _detect(self, work: np.ndarray, top: int, timings: dict[str, float]) -> Detections:
-        start = time.perf_counter()
-        detections = self.detector.detect(work, self.detection.confidence)
-        timings["detect"] = time.perf_counter() - start
+    def _detect(self, work: np.ndarray, top: int, clock: Stopwatch) -> Detections:
+        with clock.stage("detect"):
+            detections = self.detector.detect(work, self.detection.confidence)
         look = self.detection.second_look
         if look.wanted(work.shape[:2], len(detections)):
-            start = time.perf_counter()
-            detections = second_look(work, detections,
-                                     lambda tiles: self.detector.detect_batch(tiles, self.detection.confidence), look)
-            timings["second_look"] = time.perf_counter() - start
+            with clock.stage("second_look"):
+                detections = second_look(work, detections,
+                                         lambda tiles: self.detector.detect_batch(tiles, self.detection.confidence), look)
         return detections.shifted(0, top) if top else detections
 
     def _classify(self, rgb: np.ndarray, work: np.ndarray, detections: Detections,
-                  timings: dict[str, float]) -> tuple[Detections, np.ndarray | None]:
+                  clock: Stopwatch) -> tuple[Detections, np.ndarray | None]:
         """Each box's crop through the classifier and, with ``frame_context``, the whole trimmed frame in
         the same run (the frame's probabilities, or None)."""
         if self.classifier is None or not len(detections):
             return detections, None
-        start = time.perf_counter()
-        whole = [self.classifier.whole(work)] if self.frame_context else []
-        outputs = self.classifier.run_all([*whole, *self.classifier.crops_of(rgb, detections)])
-        probs = self.classifier.result_of(outputs)
-        context, probs = (probs[0], probs[1:]) if whole else (None, probs)
-        detections = detections.with_data(species_probs=probs)
-        if self.embedder is not None and self.embedder.shares_run_with(self.classifier):
-            # one graph for both: the embeddings came with the probabilities (_embed keeps the eligible ones)
-            detections = detections.with_data(embedding=self.embedder.result_of(outputs)[len(whole):])
-        timings["classify"] = time.perf_counter() - start
+        with clock.stage("classify"):
+            whole = [self.classifier.whole(work)] if self.frame_context else []
+            outputs = self.classifier.run_all([*whole, *self.classifier.crops_of(rgb, detections)])
+            probs = self.classifier.result_of(outputs)
+            context, probs = (probs[0], probs[1:]) if whole else (None, probs)
+            detections = detections.with_data(species_probs=probs)
+            if self.embedder is not None and self.embedder.shares_run_with(self.classifier):
+                # one graph for both: the embeddings came with the probabilities (_embed keeps the eligible ones)
+                detections = detections.with_data(embedding=self.embedder.result_of(outputs)[len(whole):])
         return detections, context
 
     def _whole_frame(self, work: np.ndarray, top: int, none: Detections, context: np.ndarray | None,
-                     timings: dict[str, float]) -> Detections:
+                     clock: Stopwatch) -> Detections:
         """The backup for a frame without a box: the classifier on the whole trimmed frame (as it was
         trained on whole frames). A confident class that is not empty (an animal, or a person or vehicle
         the detector missed) becomes one frame-sized box labelled by it, ``label_source``
@@ -169,9 +185,8 @@ class Analyzer:
         if self.classifier is None or not self.detection.whole_frame:
             return none
         if context is None:
-            start = time.perf_counter()
-            context = self.classifier.run_crops([self.classifier.whole(work)])[0]
-            timings["whole_frame"] = time.perf_counter() - start
+            with clock.stage("whole_frame"):
+                context = self.classifier.run_crops([self.classifier.whole(work)])[0]
         probs = np.asarray(context, np.float32).reshape(1, -1)
         best = int(np.argmax(probs[0]))
         label, score = self.space.classifier[best], float(probs[0, best])
@@ -192,16 +207,14 @@ class Analyzer:
         crop = detections.data["label_source"] != WHOLE_FRAME
         return (detections.confidence >= self.min_crop_confidence) & allowed & detections.data["confident_animal"] & crop
 
-    def _embed(self, rgb: np.ndarray, detections: Detections, timings: dict[str, float]) -> Detections:
+    def _embed(self, rgb: np.ndarray, detections: Detections, clock: Stopwatch) -> Detections:
         eligible = self.eligible_for_embedding(detections)
         if self.embedder is None:
             return detections.with_data(embedded=np.zeros(len(detections), bool))
-        start = time.perf_counter()
         vectors = np.zeros((len(detections), self.embedder.output_dim), np.float32)
         if "embedding" in detections.data:  # computed with the classifier: only the eligible rows survive
             vectors[eligible] = detections.data["embedding"][eligible]
         elif eligible.any():
-            vectors[eligible] = self.embedder.run_crops(self.embedder.crops_of(rgb, detections[eligible]))
-        if eligible.any():
-            timings["embed"] = time.perf_counter() - start
+            with clock.stage("embed"):
+                vectors[eligible] = self.embedder.run_crops(self.embedder.crops_of(rgb, detections[eligible]))
         return detections.with_data(embedding=vectors, embedded=eligible)

@@ -1,0 +1,47 @@
+"""``trapedge bench``: one configuration's figures on real frames, and the report built from them."""
+
+import argparse
+
+import pytest
+
+from edge.cli import bench as worker
+from trapedge import bench
+
+pytestmark = pytest.mark.bundle
+
+
+@pytest.fixture(scope="module")
+def int8_figures(data, bundle_dir):
+    parser = argparse.ArgumentParser()
+    worker.add_arguments(parser)
+    args = parser.parse_args([str(data / "frames" / "autofocus_gallery"), "--bundle", str(bundle_dir),
+                              "--precision", "int8", "--frames", "8"])
+    return worker.run_worker(args)
+
+
+def test_one_configuration_reports_cpu_per_frame_and_per_stage(int8_figures):
+    r = int8_figures
+    assert r["frames"] == 8 and r["fps"] > 0 and r["peak_rss_mb"] > 0
+    assert 0 < r["cpu_s_per_frame"] < 5
+    assert {"decode", "gate", "detect", "store"} <= set(r["cpu_ms"]) and r["cpu_ms"]["detect"] > 0
+    assert r["gated"]["gated"] == "10/10", "the same picture again from one camera is gated"
+    # a gated frame skips the models: far cheaper than a frame that runs them
+    assert r["gated"]["cpu_ms"] < r["cpu_ms"]["decode"] + r["cpu_ms"]["gate"] + r["cpu_ms"]["detect"]
+    assert set(r["crops"]) == {"1", "2", "4", "8"}
+    assert r["crops"]["8"]["batched_cpu_ms"] > r["crops"]["1"]["batched_cpu_ms"]
+    assert set(r["bursts_cpu_ms_per_frame"]) == {"1", "5", "10"}
+    assert not r["torch_imported"]
+
+
+def test_the_report_prints_every_set_ratio_and_summary(int8_figures, capsys):
+    fp32 = dict(int8_figures, fps=int8_figures["fps"] / 2, cpu_s_per_frame=int8_figures["cpu_s_per_frame"] * 2)
+    results = {"machine": bench.machine(), "frames_per_configuration": 8,
+               "sets": {"shared frames": {"folder": "a", "configurations": {"int8": int8_figures, "fp32": fp32}},
+                        "many animals": {"folder": "b", "configurations": {"int8": int8_figures, "fp32": fp32}}},
+               "latency": {"skipped": "mosquitto not installed"}}
+    bench.report(results)
+    out = capsys.readouterr().out
+    assert out.count("INT8 / fp32: 2.00x frames/s, 0.50x CPU per frame") == 2
+    assert "empty frame rejected by the motion gate" in out and "by burst length" in out
+    assert "alert latency not measured: mosquitto not installed" in out
+    assert "INT8 vs fp32 frames/s: 2.00x / 2.00x" in out
