@@ -28,6 +28,7 @@ from edge.app.checks import watch_problems
 from edge.app.config import EdgeConfig
 from edge.app.factory import build_analyzer, build_recorder
 from edge.app.health import THERMAL_ROOT, DiskGuard, temperature_c
+from edge.app.memory import one_malloc_arena
 from edge.capture.frame import Frame
 from edge.capture.sources import create_source
 from edge.capture.sources.base import WakingSource
@@ -343,6 +344,7 @@ def main(config: EdgeConfig, once: bool = False) -> int:
     with one line saying why and exit status 1 (systemd starts it again); a bundle that cannot be
     loaded, with none to roll back to, with one line and exit status 2."""
     setup_logging(config.log_level)
+    one_malloc_arena()
     service = Service(config)
     install_signal_handlers(service)
     try:

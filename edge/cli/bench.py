@@ -25,6 +25,7 @@ import numpy as np
 from common.config_loader import ConfigError
 from edge.analysis.analyzer import Analyzer, FrameAnalysis, FrameFailure
 from edge.app.factory import build_analyzer, build_recorder
+from edge.app.memory import one_malloc_arena
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead, read_frame
 from edge.cli.options import add_model_arguments, command_config, fail
 from edge.runtime.backends import BackendUnavailable, InferenceBackend
@@ -187,6 +188,7 @@ def run_worker(args: argparse.Namespace, backends: Mapping[str, InferenceBackend
     Throughput is measured as the service runs (the next file decodes while the models run); the
     CPU costs after it, one thing at a time, so each figure is that step's own.
     """
+    one_malloc_arena()  # as the service does
     config = command_config(args, args.folder)
     bundle = load_bundle(config.bundle.path)
     analyzer = build_analyzer(config, bundle, backends)
