@@ -11,7 +11,7 @@ PINS   := torch==2.13.0 torchvision==0.28.0
 RUN    ?= $(if $(CONFIG),$(shell $(BIN)/python -m train.config $(CONFIG)),runs/trained)
 # the Debian packages beside the venv (mosquitto, chromium, ...): installed when missing, see the script
 SYSDEPS ?= sh deploy/sysdeps.sh
-.PHONY: sysdeps setup models export train demo test lint reliability security clean docker-jetson
+.PHONY: sysdeps setup models export train demo test lint reliability security clean docker-jetson arm64-check
 
 sysdeps:
 	@PYTHON='$(PYTHON)' $(SYSDEPS)
@@ -55,7 +55,7 @@ test: $(BUNDLE)/manifest.json
 lint: setup
 	$(BIN)/ruff check common edge train export central trapedge tests
 	$(BIN)/mypy
-	$(BIN)/shellcheck deploy/sysdeps.sh .ci/run .ci/fresh-root docker/jetson/entrypoint.sh
+	$(BIN)/shellcheck deploy/sysdeps.sh deploy/arm64-check.sh .ci/run .ci/fresh-root docker/jetson/entrypoint.sh
 
 # fault scenarios against the real service (tests/reliability/): broker outage, kill -9, full disk,
 # fuzzed payloads at central, bad images; RELIABILITY_SHORT=1 for the CI size, RELIABILITY_JSON=path
@@ -71,6 +71,12 @@ security: $(BUNDLE)/manifest.json
 
 clean:
 	rm -rf bundles results .pytest_cache
+
+# the INT8 bundle on a Debian bookworm arm64 root under qemu-user-static against this machine: box recall,
+# label agreement and embedding cosine on fixed real frames, and install facts (as root; the root is cached
+# in .cache/arm64-root; README "arm64"); results in results/arm64-check/
+arm64-check: $(BUNDLE)/manifest.json
+	DATA='$(DATA)' BUNDLE='$(BUNDLE)' PYTHON='$(BIN)/python' bash deploy/arm64-check.sh
 
 # the Jetson image (JetPack 6, TensorRT, onnxruntime-gpu): needs Docker with buildx, and an arm64
 # host or QEMU binfmt; IMAGE=... to name it (docker/jetson/README.md)
