@@ -225,6 +225,16 @@ class CentralStore:
         with self.lock:
             return self.conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
 
+    def latest_status(self) -> dict[str, tuple[str, dict]]:
+        """Per device, its latest ``online`` status message: (received at, payload)."""
+        with self.lock:
+            rows = self.conn.execute(
+                "SELECT device, received_at, payload FROM messages WHERE rowid IN (SELECT (SELECT rowid FROM "
+                "messages m WHERE m.kind = 'status' AND m.device = d.device AND json_extract(m.payload, '$.state') "
+                "= 'online' ORDER BY m.received_at DESC, m.rowid DESC LIMIT 1) FROM (SELECT DISTINCT device FROM "
+                "messages WHERE kind = 'status') d) ORDER BY device").fetchall()
+        return {device: (at, json.loads(payload)) for device, at, payload in rows}
+
     def rejections(self) -> list[tuple[str, str | None, str]]:
         """(topic, message id, reason) of every rejected payload, oldest first."""
         with self.lock:

@@ -24,6 +24,7 @@ COMMANDS = {
     "central": ("central.cli", "run the central matching service (ingest, match, review UI); "
                                "central enrol|export|evaluate|bench: its tools"),
     "bundle": ("edge.cli.bundle", "install, list or roll back model bundles (atomic switch, smoke check)"),
+    "suppress": ("trapedge.suppress", "list the places whose recurring boxes no longer raise events; release one"),
 }
 
 
@@ -33,6 +34,8 @@ CENTRAL_TOOLS = {
     "export": ("central.exports", "export the review's result: SpotID folders, Camtrap DP, MegaDetector JSON"),
     "evaluate": ("central.evaluate", "leave-one-out rank-1, top-5, mAP, open set; with and without local matching"),
     "bench": ("central.bench", "central ingest rate and top-5 search latency"),
+    "suppressions": ("central.suppressions", "the places each device suppresses as repeated static false "
+                                             "positives, from its latest status"),
 }
 
 

@@ -50,4 +50,5 @@ def build_recorder(config: EdgeConfig, store: Store, analyzer: Analyzer, bundle:
     prefix = config.mqtt.prefix if config.mqtt else "trapedge"
     identity = Identity(config.device_id, config.site, prefix, bundle.spec("embedder").architecture,
                         bundle.manifest.version)
-    return Recorder(store, identity, config.bursts, config.rules, config.alerts, config.privacy, analyzer.space)
+    return Recorder(store, identity, config.bursts, config.rules, config.alerts, config.privacy, analyzer.space,
+                    config.suppression)

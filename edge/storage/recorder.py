@@ -4,6 +4,11 @@ Keeps the open burst of each source (persisted in the ``events`` table, so a res
 with the same event), raises at most one alert per event and queues alert and embedding messages
 in the same transaction as the rows they describe; an event message is queued once, when its
 burst closes. Every label here is the box's final label (``Detections.data["label"]``).
+
+Boxes at a place where they recur across events over hours (``edge.events.suppression``) are stored
+with the id of their cluster in ``detections.suppressed_by`` and otherwise ignored: they vote for no
+event, choose no thumbnail, send no embedding, so a frame whose every box is suppressed opens no event
+and raises no alert. The clusters are saved in the frame's transaction.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from edge.capture.frame import camera_time
 from edge.capture.video import clip_of
 from edge.events.bursts import BurstConfig, BurstState, Event, add_frame, aggregate_burst, event_id, joins, voters
 from edge.events.rules import RulesConfig, alert_reason, decide_alert
+from edge.events.suppression import Cluster, SuppressionConfig, candidates, observe
 from edge.runtime.detections import Detections
 from edge.storage.store import Store
-from edge.wire.messages import AlertMessage, Box, EmbeddingMessage, EventMessage, Message, Picture, stable_id
+from edge.wire.messages import AlertMessage, Box, EmbeddingMessage, EventMessage, Message, Picture, iso, stable_id
 from edge.wire.thumbnails import thumbnail_jpeg
 
 
@@ -71,6 +77,7 @@ class Recorded:
     event_id: str | None
     alert: str | None
     messages: int
+    suppressed: int = 0  # boxes stored as repeated static false positives
 
 
 def _picture(thumb: bytes | None) -> Picture | None:
@@ -86,20 +93,25 @@ class Recorder:
     Args:
         labels: the analyzer's ``LabelSpace`` (events roll up by its taxonomy, as boxes do), or just
             the names of the ``label_probs`` columns (``Analyzer.labels``).
+        suppression: when boxes that recur at one place stop counting (None: never).
     """
 
     def __init__(self, store: Store, identity: Identity, bursts: BurstConfig, rules: RulesConfig,
-                 alerts: AlertConfig, privacy: PrivacyConfig, labels: list[str] | LabelSpace):
+                 alerts: AlertConfig, privacy: PrivacyConfig, labels: list[str] | LabelSpace,
+                 suppression: SuppressionConfig | None = None):
         self.store, self.identity, self.bursts, self.rules = store, identity, bursts, rules
         self.space = labels if isinstance(labels, LabelSpace) else None
         self.alerts, self.privacy = alerts, privacy
+        self.suppression = suppression or SuppressionConfig(enabled=False)
         self.labels = list(labels.labels) if isinstance(labels, LabelSpace) else list(labels)
         self.open: dict[str, _OpenBurst] = self._load_open()
+        self.clusters: dict[str, list[Cluster]] = self._load_clusters()
 
     def resync(self) -> None:
-        """Forget the bursts in memory and read the open ones back from the database: after a write
+        """Forget the bursts and clusters in memory and read them back from the database: after a write
         that failed (and was rolled back), memory and database agree again."""
         self.open = self._load_open()
+        self.clusters = self._load_clusters()
 
     # --- bursts -------------------------------------------------------------------------------
     def _load_open(self) -> dict[str, _OpenBurst]:
@@ -114,6 +126,42 @@ class Recorder:
             result[source] = _OpenBurst(state, bool(alerted), _picture(thumb), score,
                                         camera_time(datetime.fromisoformat(updated)))
         return result
+
+    # --- repeated static false positives ------------------------------------------------------
+    def _load_clusters(self) -> dict[str, list[Cluster]]:
+        clusters: dict[str, list[Cluster]] = {}
+        for cluster in self.store.clusters():
+            clusters.setdefault(cluster.source_id, []).append(cluster)
+        return clusters
+
+    def _suppress(self, analysis: FrameAnalysis) -> np.ndarray:
+        """Per box, the id of the suppressed cluster it belongs to, else None (the clusters updated and
+        saved in the frame's transaction; a release by ``trapedge suppress release`` read back first)."""
+        det, source = analysis.detections, analysis.frame.source_id
+        if not self.suppression.enabled or not len(det):
+            return np.full(len(det), None, dtype=object)
+        if self.store.changed_elsewhere():
+            self.clusters = self._load_clusters()
+        h, w = analysis.rgb.shape[:2]
+        seen = observe(self.clusters.get(source, []), source, det.xyxy / np.array([w, h, w, h], np.float32),
+                       candidates(det), analysis.frame.time, analysis.night, self.bursts.gap_seconds,
+                       self.suppression)
+        self.clusters[source] = list(seen.clusters)
+        self.store.save_clusters(seen.changed, seen.removed)
+        return np.array(seen.suppressed_by, dtype=object)
+
+    def suppression_status(self, limit: int = 20) -> dict:
+        """``suppressed_clusters`` (how many) and ``suppressions``, the ``limit`` seen in most events
+        (id, source, box, events, since), for the status message."""
+        with self.store.lock:
+            if self.store.changed_elsewhere():
+                self.clusters = self._load_clusters()
+            suppressed = sorted((c for group in self.clusters.values() for c in group if c.suppressed),
+                                key=lambda c: (-c.events, c.id))
+        return {"suppressed_clusters": len(suppressed),
+                "suppressions": [{"id": c.id, "source": c.source_id, "box": [round(v, 4) for v in c.box],
+                                  "events": c.events, "since": iso(c.since or c.last_seen)}
+                                 for c in suppressed[:limit]]}
 
     def _queue(self, message: Message) -> None:
         self.store.outbox.add(topic(self.identity.prefix, self.identity.device_id, message.kind), message)
@@ -167,19 +215,22 @@ class Recorder:
         """Store one analysed frame and queue what it causes, atomically."""
         before = len(self.store.outbox)
         with self.store.transaction():
-            burst = self._assign(analysis)
+            suppressed_by = self._suppress(analysis)
+            kept = np.array([cid is None for cid in suppressed_by], bool)
+            burst = self._assign(analysis, kept)
             frame_id = self._insert_frame(analysis, burst.state.id if burst else None)
             self.store.end_attempt(analysis.frame.source_id, analysis.frame.key)
-            detection_ids = self._insert_detections(frame_id, analysis)
+            detection_ids = self._insert_detections(frame_id, analysis, suppressed_by)
             alert = None
             if burst is not None:
-                self._update_thumbnail(burst, analysis)
+                self._update_thumbnail(burst, analysis, kept)
                 alert = self._maybe_alert(burst, analysis.frame.name[:1024] or None)
                 self._save_event(aggregate_burst(burst.state, self.bursts, space=self.space), burst)
-                self._insert_embeddings(analysis, detection_ids, burst.state.id)
-        return Recorded(frame_id, burst.state.id if burst else None, alert, len(self.store.outbox) - before)
+                self._insert_embeddings(analysis, detection_ids, burst.state.id, kept)
+        return Recorded(frame_id, burst.state.id if burst else None, alert, len(self.store.outbox) - before,
+                        int((~kept).sum()))
 
-    def _assign(self, analysis: FrameAnalysis) -> _OpenBurst | None:
+    def _assign(self, analysis: FrameAnalysis, kept: np.ndarray) -> _OpenBurst | None:
         frame = analysis.frame
         clip = clip_of(frame)  # a video clip is one event of all its frames, keyed by the clip, even if empty
         eid = event_id(self.identity.device_id, frame.source_id, clip or frame.key)
@@ -187,7 +238,7 @@ class Recorder:
         if burst is not None and not joins(burst.state, frame.time, self.bursts, eid if clip else None):
             self._close(frame.source_id)
             burst = None
-        votes = voters(analysis.detections, self.bursts)
+        votes = voters(analysis.detections[kept], self.bursts)
         if burst is None:
             if not len(votes) and clip is None:
                 return None
@@ -202,11 +253,12 @@ class Recorder:
         unsure = "confident_animal" in det.data and not bool(det.data["confident_animal"][index])
         return unsure or det.labels()[index] in set(self.privacy.blur_labels)
 
-    def _update_thumbnail(self, burst: _OpenBurst, analysis: FrameAnalysis) -> None:
+    def _update_thumbnail(self, burst: _OpenBurst, analysis: FrameAnalysis, kept: np.ndarray) -> None:
         det = analysis.detections
-        if not len(det) or float(det.confidence.max()) <= burst.thumbnail_score:
+        scores = np.where(kept, det.confidence, -1.0)
+        if not kept.any() or float(scores.max()) <= burst.thumbnail_score:
             return
-        best = int(det.confidence.argmax())
+        best = int(scores.argmax())
         jpeg, (width, height) = thumbnail_jpeg(analysis.rgb, det.xyxy[best], self.alerts.thumbnail_max_side,
                                                self.alerts.thumbnail_max_bytes, self._blurred(det, best))
         burst.thumbnail, burst.thumbnail_score = Picture(jpeg, width, height), float(det.confidence[best])
@@ -233,25 +285,26 @@ class Recorder:
         )
         return int(cursor.lastrowid or 0)
 
-    def _insert_detections(self, frame_id: int, analysis: FrameAnalysis) -> list[int]:
+    def _insert_detections(self, frame_id: int, analysis: FrameAnalysis, suppressed_by: np.ndarray) -> list[int]:
         det = analysis.detections
         probs = det.data.get("species_probs")
         ids = []
         for i, label in enumerate(det.labels()):
             cursor = self.store.conn.execute(
                 "INSERT INTO detections (frame_id, idx, x1, y1, x2, y2, confidence, class_id, label, label_score, "
-                "label_source, probs) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "label_source, probs, suppressed_by) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (frame_id, i, *map(float, det.xyxy[i]), float(det.confidence[i]), int(det.class_id[i]), label,
                  float(det.data["label_score"][i]), str(det.data["label_source"][i]),
-                 json.dumps(np.round(probs[i], 4).tolist()) if probs is not None else None),
+                 json.dumps(np.round(probs[i], 4).tolist()) if probs is not None else None, suppressed_by[i]),
             )
             ids.append(int(cursor.lastrowid or 0))
         return ids
 
-    def _insert_embeddings(self, analysis: FrameAnalysis, detection_ids: list[int], event: str) -> None:
+    def _insert_embeddings(self, analysis: FrameAnalysis, detection_ids: list[int], event: str,
+                           kept: np.ndarray) -> None:
         det, frame = analysis.detections, analysis.frame
         boxes, labels = det.normalised_xywh(analysis.rgb.shape[:2]), det.labels()
-        for i in np.flatnonzero(det.data["embedded"]):
+        for i in np.flatnonzero(det.data["embedded"] & kept):
             vector = det.data["embedding"][i]
             self.store.conn.execute(
                 "INSERT INTO embeddings (detection_id, event_id, model, model_version, dim, vector) VALUES (?,?,?,?,?,?)",

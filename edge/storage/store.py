@@ -1,4 +1,4 @@
-"""The appliance's SQLite database: frames, detections, events, embeddings, failures, outbox.
+"""The appliance's SQLite database: frames, detections, events, embeddings, failures, outbox, suppression clusters.
 
 WAL journal, a schema versioned with ``PRAGMA user_version`` and applied by ordered migrations,
 and retention by age and size that never deletes an unsent outbox message.
@@ -10,12 +10,14 @@ import errno
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from common.sqlite import apply_migrations, connect
+from edge.events.suppression import Cluster, release
 from edge.storage.outbox import Outbox
 
 MIGRATIONS: list[str] = [
@@ -65,6 +67,17 @@ MIGRATIONS: list[str] = [
     CREATE TABLE attempts (
         source_id TEXT NOT NULL, key TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (source_id, key)
     );
+    """,
+    # 4: places where boxes recur (repeat-detection suppression), and on each box the cluster that suppressed it
+    """
+    CREATE TABLE suppression_clusters (
+        id TEXT PRIMARY KEY, source_id TEXT NOT NULL, x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL,
+        y2 REAL NOT NULL, hits INTEGER NOT NULL, events INTEGER NOT NULL, day_events INTEGER NOT NULL,
+        night_events INTEGER NOT NULL, first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('candidate', 'suppressed', 'released')), since TEXT
+    );
+    CREATE INDEX suppression_clusters_source ON suppression_clusters (source_id);
+    ALTER TABLE detections ADD COLUMN suppressed_by TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -120,6 +133,7 @@ class Store:
         except (sqlite3.Error, OSError, RuntimeError) as exc:
             raise StoreError(_why(self.path, exc)) from None
         self.outbox = Outbox(self.conn, self.lock)
+        self._data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
 
     def check_file(self) -> None:
         """Raise ``StoreLost`` when the database file is no longer the one this store opened (deleted,
@@ -171,6 +185,41 @@ class Store:
         """The frame is recorded (call inside the recording transaction)."""
         self.conn.execute("DELETE FROM attempts WHERE source_id = ? AND key = ?", (source_id, key))
 
+    # --- suppression clusters ----------------------------------------------------------------
+    def clusters(self, source_id: str | None = None) -> list[Cluster]:
+        """The repeat-detection clusters (of one source), most events first."""
+        where, args = ("WHERE source_id = ?", (source_id,)) if source_id is not None else ("", ())
+        with self.lock:
+            rows = self.conn.execute(f"SELECT {_CLUSTER_COLUMNS} FROM suppression_clusters {where} "
+                                     "ORDER BY events DESC, last_seen DESC", args).fetchall()
+        return [_cluster(row) for row in rows]
+
+    def save_clusters(self, changed: Iterable[Cluster], removed: Iterable[str]) -> None:
+        """Write the clusters a frame changed and delete those it forgot (inside the frame's transaction)."""
+        self.conn.executemany(
+            f"INSERT OR REPLACE INTO suppression_clusters ({_CLUSTER_COLUMNS}) VALUES ({','.join('?' * 14)})",
+            [_cluster_row(c) for c in changed])
+        self.conn.executemany("DELETE FROM suppression_clusters WHERE id = ?", [(cid,) for cid in removed])
+
+    def release_cluster(self, cluster_id: str) -> Cluster | None:
+        """Release one cluster (``edge.events.suppression.release``); None when there is no such id. A
+        running service reads it back before its next frame (``changed_elsewhere``)."""
+        with self.transaction() as conn:
+            row = conn.execute(f"SELECT {_CLUSTER_COLUMNS} FROM suppression_clusters WHERE id = ?",
+                               (cluster_id,)).fetchone()
+            if row is None:
+                return None
+            released = release(_cluster(row))
+            self.save_clusters([released], [])
+        return released
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection (``trapedge suppress release``) committed since the last call."""
+        with self.lock:
+            version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
     def close(self) -> None:
         with self.lock:
             self.conn.close()
@@ -210,6 +259,21 @@ class Store:
             if batch == 0:
                 break
         return deleted
+
+
+_CLUSTER_COLUMNS = ("id, source_id, x1, y1, x2, y2, hits, events, day_events, night_events, first_seen, last_seen, "
+                    "state, since")
+
+
+def _cluster_row(c: Cluster) -> tuple:
+    return (c.id, c.source_id, *c.box, c.hits, c.events, c.day_events, c.night_events, c.first_seen.isoformat(),
+            c.last_seen.isoformat(), c.state, c.since.isoformat() if c.since else None)
+
+
+def _cluster(row: tuple) -> Cluster:
+    cid, source, x1, y1, x2, y2, hits, events, day, night, first, last, state, since = row
+    return Cluster(cid, source, (x1, y1, x2, y2), hits, events, datetime.fromisoformat(first),
+                   datetime.fromisoformat(last), day, night, state, datetime.fromisoformat(since) if since else None)
 
 
 def _why(path: Path, exc: BaseException) -> str:
