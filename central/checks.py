@@ -3,7 +3,8 @@
 ``trapedge central --validate-config`` prints each problem as one line that says what to do (exit
 2), and the service refuses to start with the first of them as one line, never a traceback: the
 store's folder is writable, the reviewer's hash and session key files are readable and well formed,
-the review address is free to listen on, and the pgvector database answers.
+the review address is free to listen on, every ``ingest.compact_bundles`` entry is a bundle with a
+compact projection, and the pgvector database answers.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ def central_problems(config: CentralConfig, *, reach_database: bool = True) -> l
                         "the service user")
     if config.review.enabled:
         problems += [p for p in (login_problem(config), port_problem(config.review.host, config.review.port)) if p]
+    if config.ingest.compact_bundles:
+        from central.compact import load_tables
+
+        try:
+            load_tables(config.ingest.compact_bundles)
+        except ValueError as exc:
+            problems.append(str(exc))
     if reach_database:
         from central.service import StartupError, check_gallery
 

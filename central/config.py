@@ -148,6 +148,10 @@ class IngestConfig(BaseModel):
         default_factory=dict,
         title="The embedding models accepted, name@version: dimension; set, nothing else is accepted and the two "
               "limits above do not apply; empty: any model, within them")
+    compact_bundles: list[Path] = Field(
+        default_factory=list, max_length=64,
+        title="Bundle directories whose compact records (<prefix>/<device>/c/<kind>) are read; a record of any other "
+              "bundle is rejected")
 
     @field_validator("models")
     @classmethod

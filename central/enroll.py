@@ -1,6 +1,6 @@
 """Enrol a folder-per-individual image collection: embed each image with a bundle's embedder.
 
-``trapedge central enrol ROOT --bundle bundles/default --config central.yaml [--edges DIR] [--known]``
+``trapedge central enrol ROOT --bundle bundles/default --config central.yaml [--edges DIR] [--known] [--compact]``
 stores every image under ``ROOT/<individual>/`` as a sighting (its crop as JPEG, its edge map
 from ``DIR/<individual>/<same name>`` if given). With ``--known`` the images of one folder are
 also linked as confirmed matches (a gallery of known individuals) and marked reviewed: they are
@@ -8,7 +8,8 @@ already identified, so they are not queued as anchors (whose own individual is n
 otherwise the folder name is kept only as ground truth for evaluation and every image is queued.
 A ``left`` / ``right`` word in an image's path becomes its side (``meta["side"]``): flanks are
 never compared across sides. Ids are derived from the relative path, so enrolling twice stores
-nothing new.
+nothing new. With ``--compact`` the vectors are those a compact record of the bundle carries
+(``central/compact.py``), so compact sightings from the field have a gallery to be matched in.
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="central.yaml (its store is written)")
     parser.add_argument("--edges", type=Path, help="edge maps laid out like ROOT")
     parser.add_argument("--known", action="store_true", help="link each folder's images as confirmed")
+    parser.add_argument("--compact", action="store_true",
+                        help="store the vectors compact records of this bundle carry (their own gallery)")
     args = parser.parse_args(argv)
     from central.config import CentralConfig
     from central.store import CentralStore
@@ -140,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.bundle}'s embedder gives {vectors.shape[1]} dimensions, more than ingest.max_vector_dim "
               f"({config.ingest.max_vector_dim}): raise it in {args.config} or enrol with another bundle", file=sys.stderr)
         return 2
+    if args.compact:  # the space compact sightings are matched in (central/compact.py)
+        from central.compact import compact_vectors
+
+        vectors, model = compact_vectors(args.bundle, vectors)
     sightings = sightings_of(images, vectors, model, args.root, args.edges)
     store = CentralStore(config.store.path)
     added = sum(store.add_sighting(s) for s in sightings)

@@ -15,12 +15,17 @@ once with the cosine alone and once with local matching of the shortlist. Figure
   'new individual' (best P(same) below ``--new-below``);
 * ms per query: the proposal's time with local features already cached, as the service has them.
 
+``--compact`` adds each set once more as compact embeddings (``central/compact.py``: projected by the
+bundle's projection, int8, as a 222-byte record carries them) and prints what that costs in rank-1
+and top-5 against the full vectors.
+
 ``--fit-prior DIR`` instead fits the prior fusion curves on DIR's shortlist pairs and prints them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -83,6 +88,15 @@ def load_set(name: str, root: Path, embedder) -> LabelledSet:
     return LabelledSet(name, [i.individual for i in images], [side_of_name(i.path.relative_to(root).as_posix())
                                                               for i in images],
                        vectors, [extract(jpeg_of(i.path)) for i in images])
+
+
+def compact_set(data: LabelledSet, bundle: Path) -> LabelledSet:
+    """The same set with the vectors a compact record of ``bundle`` would carry (named ``<name>/compact``)."""
+    from central.compact import compact_vectors
+
+    vectors, _ = compact_vectors(bundle, data.vectors)
+    vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return dataclasses.replace(data, name=f"{data.name}/compact", vectors=vectors)
 
 
 def query(data: LabelledSet, anchor: int, model: FusionModel, local: bool, without: str | None = None,
@@ -167,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of local matching per anchor")
     parser.add_argument("--new-below", type=float, default=0.5, help="'new individual' below this best P(same)")
     parser.add_argument("--fit-prior", action="store_true", help="fit and print the prior curves on the folders")
+    parser.add_argument("--compact", action="store_true", help="also measure the compact embeddings of the bundle")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     folders = {p.name: p for p in args.folders} or {name: args.data / path for name, path in SETS.items()}
@@ -176,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     embedder, model = open_embedder(args.bundle)
     sets = [load_set(name, path, embedder) for name, path in folders.items()]
+    if args.compact:
+        sets += [compact_set(data, args.bundle) for data in sets]
     if args.fit_prior:
         for data in sets:
             print(data.name, fit_prior(data, args.shortlist))
@@ -183,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [evaluate(data, local, PRIOR, args.shortlist, args.budget, args.new_below)
                for data in sets for local in (False, True)]
     print_table(model, args, results)
+    if args.compact:
+        print_compact_cost(results)
     if args.json:
         args.json.write_text(json.dumps({"model": model, "shortlist": args.shortlist, "new_below": args.new_below,
                                          "sets": [asdict(r) for r in results]}, indent=2))
@@ -192,12 +211,24 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(model: str, args, results: list[Figures]) -> None:
     print(f"embedder {model}; leave-one-out; shortlist {args.shortlist}, budget {args.budget} s, "
           f"'new individual' below P(same) {args.new_below}")
-    print(f"{'set':16} {'local':>5} {'images':>6} {'ids':>4} {'anchors':>7} {'rank1':>6} {'top5':>6} {'mAP':>6} "
+    print(f"{'set':24} {'local':>5} {'images':>6} {'ids':>4} {'anchors':>7} {'rank1':>6} {'top5':>6} {'mAP':>6} "
           f"{'newP':>6} {'newR':>6} {'ms/q':>7}")
     for r in results:
-        print(f"{r.name:16} {'yes' if r.local else 'no':>5} {r.images:6d} {r.individuals:4d} {r.anchors:7d} "
+        print(f"{r.name:24} {'yes' if r.local else 'no':>5} {r.images:6d} {r.individuals:4d} {r.anchors:7d} "
               f"{r.rank1:6.3f} {r.top5:6.3f} {r.mAP:6.3f} {r.new_precision:6.3f} {r.new_recall:6.3f} "
               f"{r.ms_per_query:7.1f}")
+
+
+def print_compact_cost(results: list[Figures]) -> None:
+    """Compact rank-1 and top-5 as a share of the full vectors' (same set, same matching)."""
+    full = {(r.name, r.local): r for r in results}
+    for r in results:
+        base = full.get((r.name.removesuffix("/compact"), r.local))
+        if base is None or base is r:
+            continue
+        ratio = {k: getattr(r, k) / getattr(base, k) if getattr(base, k) else float("nan") for k in ("rank1", "top5")}
+        print(f"compact/full {base.name:16} local {'yes' if r.local else 'no':>3}: rank-1 {r.rank1:.3f}/{base.rank1:.3f} "
+              f"({ratio['rank1']:.0%}), top-5 {r.top5:.3f}/{base.top5:.3f} ({ratio['top5']:.0%})")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import queue
 import signal
 import threading
 
+from central.compact import compact_kind_of, load_tables, parse_compact
 from central.config import CentralConfig, IngestConfig
 from central.ingest import DEFAULT_LIMITS, Message, Rejected, Sighting, parse, sighting_of
 from central.matching import Matcher, numpy_gallery
@@ -27,10 +28,13 @@ class Ingestor:
     Embedding models are bounded: with ``limits.models`` set only those (name@version and
     dimension) are accepted; otherwise a device may send at most ``max_models_per_device`` and all
     devices together ``max_models`` (a model is its name@version and dimension, each its own gallery).
+    Compact records (``central/compact.py``) are read for the bundles in ``compact_tables`` (tag -> table).
     """
 
-    def __init__(self, store: CentralStore, prefix: str, on_sighting=None, limits: IngestConfig = DEFAULT_LIMITS):
+    def __init__(self, store: CentralStore, prefix: str, on_sighting=None, limits: IngestConfig = DEFAULT_LIMITS,
+                 compact_tables: dict | None = None):
         self.store, self.prefix, self.on_sighting, self.limits = store, prefix, on_sighting, limits
+        self.compact_tables = compact_tables if compact_tables is not None else load_tables(limits.compact_bundles)
         self.device_spaces = store.device_spaces()  # device -> {(model@version, dim)} it has sent
         self.spaces = set(store.embedding_spaces())
 
@@ -54,7 +58,10 @@ class Ingestor:
     def _checked(self, topic: str, raw: bytes) -> tuple[Message, Sighting | None] | Rejected:
         """The message and its sighting (under an id of its own), or why it is refused."""
         try:
-            message = parse(topic, raw, self.prefix, self.limits)
+            if compact_kind_of(topic, self.prefix):
+                message = parse_compact(topic, raw, self.prefix, self.compact_tables)
+            else:
+                message = parse(topic, raw, self.prefix, self.limits)
             if isinstance(message, Rejected):
                 return message
             sighting = sighting_of(message) if message.kind == "embedding" else None
@@ -147,6 +154,10 @@ class CentralService:
     def start(self) -> None:
         """Check the gallery database, open the store, load the galleries, serve the UI, subscribe."""
         check_gallery(self.config)
+        try:
+            tables = load_tables(self.config.ingest.compact_bundles)
+        except ValueError as exc:  # a compact bundle that cannot be read
+            raise StartupError(str(exc)) from None
         self.store = CentralStore(self.config.store.path)
         self.matcher = build_matcher(self.config, self.store)
         self.load_galleries()
@@ -154,7 +165,7 @@ class CentralService:
         self.worker.start()
         self.review = self._start_review() if self.config.review.enabled else None
         self.subscriber = Subscriber(self.config.broker, Ingestor(self.store, self.config.broker.prefix,
-                                                                   self._pending.put, self.config.ingest))
+                                                                   self._pending.put, self.config.ingest, tables))
         self.subscriber.start()
 
     def load_galleries(self) -> None:

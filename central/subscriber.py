@@ -16,14 +16,15 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from central.config import BrokerConfig
 from common.logs import quiet_after_disconnect
-from common.wire import KINDS
+from common.wire import COMPACT_KINDS, COMPACT_LEVEL, KINDS
 
 log = logging.getLogger(__name__)
 
 
 def subscriptions(prefix: str) -> list[tuple[str, int]]:
-    """``<prefix>/+/<kind>`` for every kind, at QoS 1."""
-    return [(f"{prefix}/+/{kind}", 1) for kind in KINDS]
+    """``<prefix>/+/<kind>`` for every kind and ``<prefix>/+/c/<kind>`` for the compact ones, at QoS 1."""
+    return [(f"{prefix}/+/{kind}", 1) for kind in KINDS] + [(f"{prefix}/+/{COMPACT_LEVEL}/{kind}", 1)
+                                                             for kind in COMPACT_KINDS]
 
 
 class Subscriber:
@@ -58,7 +59,8 @@ class Subscriber:
             log.warning("broker %s:%d refused the connection: %s", self.config.host, self.config.port, reason)
             return
         client.subscribe(subscriptions(self.config.prefix))
-        log.info("subscribed to %s/+/{%s}", self.config.prefix, ",".join(KINDS))
+        log.info("subscribed to %s/+/{%s} and %s/+/%s/{%s}", self.config.prefix, ",".join(KINDS), self.config.prefix,
+                 COMPACT_LEVEL, ",".join(COMPACT_KINDS))
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         try:

@@ -2,7 +2,8 @@
 
 Each kind of MQTT message has a JSON Schema (draft 2020-12) in ``common/schemas/``; devices build
 payloads that satisfy it (``edge/wire/messages.py``) and central validates every payload against it
-(``central/ingest.py``). Topics are ``<prefix>/<device>/<kind>``.
+(``central/ingest.py``). Topics are ``<prefix>/<device>/<kind>``; alerts and embeddings may instead go
+as compact binary records (``common/compact.py``) on ``<prefix>/<device>/c/<kind>``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ SCHEMAS: dict[str, str] = {
 }
 KINDS = tuple(SCHEMAS)
 MAX_CROP_BYTES = 256 * 1024  # the optional crop JPEG of an embedding message
+COMPACT_KINDS = ("alert", "embedding")  # the kinds with a compact binary form, on <prefix>/<device>/c/<kind>
+COMPACT_LEVEL = "c"
 _FORBIDDEN_IN_LEVEL = ("/", "+", "#", "\x00")
 
 
@@ -50,6 +53,13 @@ def check_kind(kind: str) -> str:
 def topic(prefix: str, device: str, kind: str) -> str:
     """``<prefix>/<device>/<kind>``, the one topic each kind of message goes to."""
     return f"{check_prefix(prefix)}/{check_device(device)}/{check_kind(kind)}"
+
+
+def compact_topic(prefix: str, device: str, kind: str) -> str:
+    """``<prefix>/<device>/c/<kind>``: where a kind's compact records go (``common/compact.py``)."""
+    if kind not in COMPACT_KINDS:
+        raise ValueError(f"{kind!r} messages have no compact form; only {', '.join(COMPACT_KINDS)} do")
+    return f"{check_prefix(prefix)}/{check_device(device)}/{COMPACT_LEVEL}/{kind}"
 
 
 def load_schema(kind: str) -> dict:

@@ -317,12 +317,27 @@ def build_bundle(models: TorchModels, options: ExportOptions) -> Manifest:
         builder.write_manifest(gate_list)
         if options.evaluate is not None:
             builder.write_evaluation(options.evaluate(work))
+        _add_projection(work, options.data)
         sign_bundle(work, private_pem)  # checks every file against the final manifest first
         load_bundle(work, BundleTrust((encode_public(public_key_of(private_pem)),)))  # as a camera will
         _swap_into_place(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return load_bundle(out).manifest
+
+
+def _add_projection(work: Path, data: Path) -> None:
+    """The compact embedding's projection (export/projection.py); without its fitting crops the
+    bundle sends JSON only, and says so."""
+    from export.projection import write_projection
+
+    try:
+        spec = write_projection(work, data)
+    except FileNotFoundError as exc:
+        print(f"WARNING: no compact projection in this bundle ({exc}): devices can send JSON messages only")
+        return
+    print(f"compact projection: {spec.dim} values, {spec.explained_variance:.1%} of the variance of "
+          f"{spec.fitted_on['images']} {spec.fitted_on['set']} crops")
 
 
 def _swap_into_place(work: Path, out: Path) -> None:

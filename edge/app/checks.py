@@ -3,7 +3,8 @@
 ``trapedge run --validate-config`` prints each problem as one line that says what to do (exit 2);
 the service logs the same at start. Checked: the bundle loads with the device's trusted keys, every
 watch-listed label is a label that bundle can give (else it can never alert), the store's folder
-is writable, the broker's password and TLS files are readable, and the drop folders exist.
+is writable, the broker's password and TLS files are readable, the bundle carries a compact
+projection when ``mqtt.encoding`` sends a kind compact, and the drop folders exist.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from common.config_loader import writable_folder
 from edge.analysis.analyzer import label_space
 from edge.app.config import EdgeConfig
 from edge.events.rules import thresholds_for
-from edge.runtime.bundle import BundleError, load_bundle
+from edge.runtime.bundle import BundleError, load_bundle, read_manifest
 
 
 def bundle_labels(config: EdgeConfig) -> tuple[str, list[str]]:
@@ -37,6 +38,15 @@ def watch_problems(config: EdgeConfig, name: str, labels: list[str]) -> list[str
     return [f"rules: {label!r} is not a label of bundle {name}, so it can never alert: use one of "
             f"{', '.join(sorted(known, key=str.casefold))}"
             for label in thresholds_for(config.rules, config.site) if label not in known]
+
+
+def compact_problems(config: EdgeConfig) -> list[str]:
+    """A line when ``mqtt.encoding`` asks for compact records and the bundle has no projection for them."""
+    kinds = config.mqtt.encoding.compact_kinds() if config.mqtt is not None else frozenset()
+    if not kinds or read_manifest(config.bundle.path).compact is not None:
+        return []
+    return [f"mqtt.encoding: {', '.join(sorted(kinds))} compact needs the bundle's compact projection, which "
+            f"{config.bundle.path} lacks: add it with `python -m export.projection BUNDLE` or send json"]
 
 
 def secret_problems(config: EdgeConfig) -> list[str]:
@@ -63,6 +73,7 @@ def run_problems(config: EdgeConfig) -> list[str]:
     try:
         name, labels = bundle_labels(config)
         problems += watch_problems(config, name, labels)
+        problems += compact_problems(config)
     except BundleError as exc:
         problems.append(f"bundle.path: {exc}")
     if not writable_folder(config.store.path):

@@ -13,6 +13,7 @@ from edge.capture.sources import SourceConfig
 from edge.capture.video import VideoConfig
 from edge.events.bursts import BurstConfig
 from edge.events.rules import RulesConfig
+from edge.events.suppression import SuppressionConfig
 from edge.publish.mqtt import MqttConfig
 from edge.runtime.config import BundleConfig
 from edge.storage.recorder import AlertConfig
@@ -35,6 +36,8 @@ class EdgeConfig(BaseModel):
                                                                   "may set its own)")
     bursts: BurstConfig = Field(default_factory=BurstConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
+    suppression: SuppressionConfig = Field(default_factory=SuppressionConfig,
+                                           title="Repeated static false positives: places that stop raising events")
     alerts: AlertConfig = Field(default_factory=AlertConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     disk: DiskConfig = Field(default_factory=DiskConfig, title="Disk-full policy for the store's filesystem")

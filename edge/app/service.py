@@ -36,6 +36,7 @@ from edge.publish.mqtt import Publisher
 from edge.runtime.bundle import Bundle, BundleError, BundleTrust, load_bundle
 from edge.storage.recorder import Recorder
 from edge.storage.store import Store, StoreError, is_full
+from edge.wire.compact import CompactCodec
 
 log = logging.getLogger("trapedge")
 
@@ -162,7 +163,11 @@ class Service:
         if mqtt is None or not mqtt.enabled:
             return None
         try:
-            publisher = Publisher(mqtt, self.config.device_id, self.store.outbox, self.health)
+            compact = CompactCodec.of(self.bundle, self.config.device_id) if mqtt.encoding.compact_kinds() else None
+        except (BundleError, ValueError, OSError) as exc:
+            raise StartError(f"mqtt.encoding asks for compact messages: {exc}") from None
+        try:
+            publisher = Publisher(mqtt, self.config.device_id, self.store.outbox, self.health, compact)
             publisher.start()
         except (ValueError, OSError, ssl.SSLError) as exc:  # the password or TLS files: unreadable, not PEM
             raise StartError(f"mqtt: {exc}: fix the file (readable by the service user) or the mqtt settings") from None
@@ -176,7 +181,7 @@ class Service:
                 "gated": c.gated, "detections": c.detections, "alerts": c.alerts,
                 "queue_depth": len(self.store.outbox), "bundle_version": self.bundle.manifest.version,
                 "last_error": c.last_error, **self.disk.figures(), "temperature_c": temperature_c(self.thermal_root),
-                "bundle_rollback": self.bundle_rollback}
+                "bundle_rollback": self.bundle_rollback, **self.recorder.suppression_status()}
 
     def process(self, frame: Frame) -> None:
         """One frame, start to finish: its analysis (or failure) recorded and its messages sent. A frame

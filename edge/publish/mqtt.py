@@ -30,8 +30,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from common.logs import quiet_after_disconnect
-from common.wire import check_device, check_prefix, topic
-from edge.storage.outbox import Outbox
+from common.wire import COMPACT_KINDS, check_device, check_prefix, compact_topic, topic
+from edge.storage.outbox import Outbox, OutboxMessage
+from edge.wire.compact import CompactCodec
 from edge.wire.messages import StatusMessage
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,21 @@ class MqttTls(BaseModel):
         return self.ca is not None
 
 
+class MqttEncoding(BaseModel):
+    """How each kind goes out: JSON on ``<prefix>/<device>/<kind>`` or a compact binary record
+    (``common/compact.py``: an alert 27 bytes, an embedding 222) on ``<prefix>/<device>/c/<kind>``.
+    Status and event messages are JSON only."""
+
+    model_config = ConfigDict(extra="forbid")
+    alert: Literal["json", "compact"] = Field("json", title="Alerts: JSON with thumbnail, or 27-byte compact records")
+    embedding: Literal["json", "compact"] = Field(
+        "json", title="Embeddings: JSON with the full vector, or 222-byte compact records (needs the bundle's projection)")
+
+    def compact_kinds(self) -> frozenset[str]:
+        """The kinds sent compact."""
+        return frozenset(kind for kind in COMPACT_KINDS if getattr(self, kind) == "compact")
+
+
 class MqttConfig(BaseModel):
     """Where and how the appliance publishes."""
 
@@ -79,6 +95,7 @@ class MqttConfig(BaseModel):
     max_inflight: int = Field(20, ge=1, le=65535, title="Most publishes awaiting a PUBACK at once")
     reconnect_min_s: float = Field(1.0, gt=0, title="First reconnect delay in seconds, doubled per failure")
     reconnect_max_s: float = Field(60.0, gt=0, title="Longest reconnect delay in seconds")
+    encoding: MqttEncoding = Field(default_factory=MqttEncoding, title="JSON or compact records, per kind")
 
     @field_validator("prefix")
     @classmethod
@@ -114,6 +131,7 @@ class Publisher:
         outbox: the store's outbox; rows are deleted here once acknowledged.
         status_extra: returns health figures for each ``online`` status; its
             ``bundle_version`` key, if any, becomes the status's ``bundle_version``.
+        compact: the bundle's compact encoder, needed when ``config.encoding`` sends a kind compact.
     """
 
     def __init__(
@@ -122,9 +140,15 @@ class Publisher:
         device_id: str,
         outbox: Outbox,
         status_extra: Callable[[], dict] | None = None,
+        compact: CompactCodec | None = None,
     ):
         self.config, self.device, self.outbox = config, check_device(device_id), outbox
         self.status_extra = status_extra
+        self.compact_kinds = config.encoding.compact_kinds()
+        if self.compact_kinds and compact is None:
+            raise ValueError(f"mqtt.encoding sends {', '.join(sorted(self.compact_kinds))} compact: that needs the "
+                             "bundle's compact encoder")
+        self.compact = compact
         self.status_topic = topic(config.prefix, device_id, "status")
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -229,7 +253,7 @@ class Publisher:
             return
         for row in self.outbox.pending(limit=room, after=self._sent_upto):
             try:
-                info = self._client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                info = self._client.publish(*self._wire(row), qos=row.qos, retain=row.retain)
             except ValueError as err:  # an unpublishable row stays in the outbox, loudly
                 log.error("outbox message %s (seq %d) cannot be published: %s", row.msg_id, row.seq, err)
                 self._sent_upto = row.seq
@@ -238,6 +262,19 @@ class Publisher:
                 break  # the connection is going; on_disconnect follows
             self._inflight[info.mid] = row.seq
             self._sent_upto = row.seq
+
+    def _wire(self, row: OutboxMessage) -> tuple[str, bytes]:
+        """The topic and payload a row goes out as: its JSON, or its compact record when ``mqtt.encoding``
+        asks for one (a message without a compact form goes as JSON, with an error in the log)."""
+        kind = row.topic.rsplit("/", 1)[-1]
+        if kind not in self.compact_kinds or self.compact is None:
+            return row.topic, row.payload
+        try:
+            return compact_topic(self.config.prefix, self.device, kind), self.compact.encode(kind, row.payload)
+        except ValueError as err:
+            log.error("outbox message %s (seq %d) has no compact form (%s): sent as JSON on %s", row.msg_id, row.seq,
+                      err, row.topic)
+            return row.topic, row.payload
 
     # -- paho callbacks (paho's network thread)
 

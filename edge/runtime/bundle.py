@@ -164,4 +164,6 @@ def load_bundle(root: str | Path, trust: BundleTrust | None = None) -> Bundle:
     for spec in manifest.models.values():
         for entry in spec.files.values():
             verify_file(root, entry)
+    if manifest.compact is not None:
+        verify_file(root, manifest.compact.projection)
     return Bundle(root, manifest, signer, _trust_warning(root, signer) if trust is not None else None)

@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from common.compact import MAX_DIM
+
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 # name and version become the install directory ``<name>-<version>``: no separators, no leading dot
@@ -78,6 +80,22 @@ class ModelSpec(_Strict):
                                             "frame's own classification is a vote worth adding to each crop's")
 
 
+class CompactSpec(_Strict):
+    """The reduced embedding and label table of compact messages (``common.compact``, constrained links).
+
+    The projection file holds ``dim + 1`` rows of ``input_dim`` float32: the mean, then the
+    components (scaled for whitening when ``whitened``); a compact vector is ``(x - mean) @ components.T``.
+    """
+
+    projection: FileEntry = Field(title="The .npy of the mean and the components")
+    input_dim: int = Field(ge=1, title="The embedder's dimension")
+    dim: int = Field(ge=1, le=MAX_DIM, title=f"Values of a compact embedding ({MAX_DIM} fill a 222-byte record)")
+    whitened: bool = Field(title="Components divided by their standard deviation on the fitting set")
+    labels: list[str] = Field(min_length=1, title="Wire label table: index -> label, every label a box can end with")
+    explained_variance: float = Field(ge=0, le=1, title="Share of the fitting set's variance the components keep")
+    fitted_on: dict[str, object] = Field(default_factory=dict, title="Which crops the projection was fitted on")
+
+
 class Manifest(_Strict):
     """The whole bundle."""
 
@@ -91,3 +109,5 @@ class Manifest(_Strict):
     gates: dict[str, object] = Field(default_factory=dict)
     evaluation: dict[str, object] = Field(default_factory=dict, title="What the camera did on held-out images, per "
                                                                       "source (trapedge evaluate; MODEL_CARD.md)")
+    compact: CompactSpec | None = Field(None, title="Projection and label table of compact messages (absent: the "
+                                                    "bundle sends JSON only)")
