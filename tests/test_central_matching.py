@@ -107,10 +107,10 @@ def test_local_matching_moves_the_true_individual_up(store, leopard_sightings):
     plain = Matcher(store, top_k=5, local_matching=False, separate_sides=False)
     fused = Matcher(store, top_k=5, time_budget_s=30, separate_sides=False)
     truth = {s.id: s.individual for s in leopard_sightings}
-    hits = [[truth[c.image_id] == s.individual for c in m.propose(s)][:1] for s in leopard_sightings[:12]
+    hits = [[truth[c.image_id] == s.individual for c in m.propose(s)][:1] for s in leopard_sightings
             for m in (plain, fused)]
     plain_top1, fused_top1 = sum(h[0] for h in hits[0::2]), sum(h[0] for h in hits[1::2])
-    assert fused_top1 == 12 and fused_top1 > plain_top1
+    assert fused_top1 == len(leopard_sightings) and fused_top1 > plain_top1  # 44 of 44; cosine alone 33
 
 
 def test_exports_follow_the_confirmed_individuals(store, leopard_sightings, tmp_path):
