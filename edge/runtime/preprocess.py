@@ -33,7 +33,7 @@ def resize(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.n
         shrinking = new_w <= w and new_h <= h
         out = pil.resize((new_w, new_h), Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR)
     else:
-        out = pil.resize((new_w, new_h), _FILTERS[interpolation], reducing_gap=2.0)
+        out = pil.resize((new_w, new_h), _FILTERS[interpolation], reducing_gap=1.0)
     return np.asarray(out)
 
 
