@@ -133,7 +133,7 @@ def frame_rows(service: Service, messages: list[tuple[str, dict]]) -> list[list[
         shown.add(eid)
         frames, label, score, alerted = events[eid]
         rows.append([name, eid[:8], _taken(taken), str(frames), label or "-", f"{score or 0:.2f}",
-                     "ALERT" if alerted else "", reasons.get(eid, "") + _raised(alerts.get(eid), frames)])
+                     "ALERT" if alerted else "no", reasons.get(eid, "") + _raised(alerts.get(eid), frames)])
     return rows
 
 
