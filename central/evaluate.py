@@ -20,6 +20,10 @@ bundle's projection, int8, as a 222-byte record carries them) and prints what th
 and top-5 against the full vectors.
 
 ``--fit-prior DIR`` instead fits the prior fusion curves on DIR's shortlist pairs and prints them.
+
+``--sweep-new DIR`` prints the open-set precision, recall and F1 of every threshold from 0.05 to 0.95
+on DIR, and the one with the best F1: the way ``matching.new_individual_below`` is chosen, on a set
+that is not reported (the shipped value came from ``reid/lion/train``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import numpy as np
 
 from central.calibration import fit
 from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
-from central.fusion import PRIOR, Fused, FusionModel, fuse, propose_new
+from central.fusion import PRIOR, Fused, FusionModel, fuse
 from central.gallery import Hit
 from central.local_features import extract, inliers
 from central.sides import comparable, side_of_name
@@ -59,6 +63,21 @@ class Figures:
     new_precision: float
     new_recall: float
     ms_per_query: float
+    # (threshold, precision, recall, F1) of the 'new individual' policy at each of SWEEP_THRESHOLDS
+    new_sweep: tuple[tuple[float, float, float, float], ...] = ()
+
+
+SWEEP_THRESHOLDS = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+def open_set_figures(best: np.ndarray, new: np.ndarray, below: float) -> tuple[float, float, float]:
+    """Precision, recall and F1 of proposing 'new individual' when the best candidate's P(same) (``best``;
+    0 without a candidate) is below ``below``, against the truth ``new``."""
+    said = best < below
+    hits = float((said & new).sum())
+    precision, recall = hits / max(int(said.sum()), 1), hits / max(int(new.sum()), 1)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
 
 
 @dataclass
@@ -129,7 +148,7 @@ def average_precision(fused: Fused, anchor: int, others: list[int], data: Labell
 def evaluate(data: LabelledSet, local: bool, model: FusionModel = PRIOR, shortlist: int = 100,
              budget_s: float = 1.0, new_below: float = 0.5) -> Figures:
     """Closed-set and open-set figures of one set (see the module docstring)."""
-    ranks, aps, seconds, new_said, new_true = [], [], [], [], []
+    ranks, aps, seconds, best, new_true = [], [], [], [], []
     for a, truth in enumerate(data.labels):
         start = time.perf_counter()
         fused, others = query(data, a, model, local, None, shortlist, budget_s)
@@ -139,17 +158,24 @@ def evaluate(data: LabelledSet, local: bool, model: FusionModel = PRIOR, shortli
             order = [s.individual for s in fused.individuals]
             ranks.append(order.index(truth) if truth in order else len(order))
             aps.append(average_precision(fused, a, others, data))
-        new_said.append(propose_new(fused, new_below))
+        best.append(best_probability(fused))
         new_true.append(not known)
         if known:  # the same anchor with its individual left out: the answer is 'new individual'
             alone, _ = query(data, a, model, local, truth, shortlist, budget_s)
-            new_said.append(propose_new(alone, new_below))
+            best.append(best_probability(alone))
             new_true.append(True)
-    ranks_, said, true = np.array(ranks), np.array(new_said), np.array(new_true)
+    ranks_, best_, true = np.array(ranks), np.array(best), np.array(new_true)
+    precision, recall, _ = open_set_figures(best_, true, new_below)
+    sweep = tuple((t, *(_round(v) for v in open_set_figures(best_, true, t))) for t in SWEEP_THRESHOLDS)
     return Figures(data.name, local, len(data.labels), len(set(data.labels)), len(ranks),
                    _round(np.mean(ranks_ == 0)), _round(np.mean(ranks_ < 5)), _round(np.mean(aps)),
-                   _round((said & true).sum() / max(said.sum(), 1)), _round((said & true).sum() / max(true.sum(), 1)),
-                   round(1000 * float(np.mean(seconds)), 1))
+                   _round(precision), _round(recall), round(1000 * float(np.mean(seconds)), 1), sweep)
+
+
+def best_probability(fused: Fused) -> float:
+    """The best candidate's P(same), 0 without any: the policy (``fusion.propose_new``) says 'new individual'
+    when it is below the threshold."""
+    return fused.individuals[0].probability if fused.individuals else 0.0
 
 
 def _round(value) -> float:
@@ -182,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-below", type=float, default=0.5, help="'new individual' below this best P(same)")
     parser.add_argument("--fit-prior", action="store_true", help="fit and print the prior curves on the folders")
     parser.add_argument("--compact", action="store_true", help="also measure the compact embeddings of the bundle")
+    parser.add_argument("--sweep-new", action="store_true",
+                        help="print the open-set precision / recall / F1 of each threshold (choose --new-below on a "
+                             "set you do not report)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     folders = {p.name: p for p in args.folders} or {name: args.data / path for name, path in SETS.items()}
@@ -200,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     results = [evaluate(data, local, PRIOR, args.shortlist, args.budget, args.new_below)
                for data in sets for local in (False, True)]
     print_table(model, args, results)
+    if args.sweep_new:
+        print_sweep(results)
     if args.compact:
         print_compact_cost(results)
     if args.json:
@@ -217,6 +248,15 @@ def print_table(model: str, args, results: list[Figures]) -> None:
         print(f"{r.name:24} {'yes' if r.local else 'no':>5} {r.images:6d} {r.individuals:4d} {r.anchors:7d} "
               f"{r.rank1:6.3f} {r.top5:6.3f} {r.mAP:6.3f} {r.new_precision:6.3f} {r.new_recall:6.3f} "
               f"{r.ms_per_query:7.1f}")
+
+
+def print_sweep(results: list[Figures]) -> None:
+    """Each set's open-set precision / recall / F1 per threshold, and the threshold of the best F1."""
+    for r in results:
+        best = max(r.new_sweep, key=lambda row: (row[3], -abs(row[0] - 0.5)))
+        print(f"\n'new individual' below P(same), {r.name}, {'fused' if r.local else 'cosine'}: "
+              f"best F1 {best[3]:.3f} at {best[0]:.2f}")
+        print("  ".join(f"{t:.2f}: P {p:.2f} R {rec:.2f} F1 {f1:.2f}" for t, p, rec, f1 in r.new_sweep[1::2]))
 
 
 def print_compact_cost(results: list[Figures]) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from central.calibration import PairEvidence, calibrate, fit
 from central.enroll import link_known
-from central.evaluate import LabelledSet, evaluate
+from central.evaluate import SWEEP_THRESHOLDS, LabelledSet, evaluate, open_set_figures
 from central.fusion import PRIOR, fuse, noisy_or, propose_new
 from central.gallery import Hit
 from central.ingest import Sighting
@@ -164,6 +164,25 @@ def test_evaluation_figures_on_a_tiny_set_are_exact(new_below, precision, recall
     # image APs: a1 1, a2 1/3 (b1 and b2 come first), b1 1, b2 1
     assert figures.mAP == pytest.approx(round((3 + 1 / 3) / 4, 3))
     assert (figures.new_precision, figures.new_recall) == (round(precision, 3), recall)
+
+
+@pytest.mark.parametrize("best, new, below, expected", [
+    ([0.9, 0.2, 0.6, 0.1], [False, True, True, True], 0.5, (1.0, 2 / 3, 0.8)),  # 0.6 is a missed 'new'
+    ([0.9, 0.2, 0.6, 0.1], [False, True, True, True], 0.95, (0.75, 1.0, 6 / 7)),  # every one said 'new'
+    ([0.9, 0.2], [False, True], 0.1, (0.0, 0.0, 0.0)),  # never said: no precision, no F1
+    ([0.0], [True], 0.05, (1.0, 1.0, 1.0)),  # no candidate at all is 'new' at any threshold
+])
+def test_open_set_figures(best, new, below, expected):
+    assert open_set_figures(np.array(best), np.array(new), below) == pytest.approx(expected)
+
+
+def test_sweep_agrees_with_the_policy_at_each_threshold():
+    data = tiny_set()
+    swept = evaluate(data, local=False).new_sweep
+    assert [row[0] for row in swept] == list(SWEEP_THRESHOLDS)
+    for threshold, precision, recall, _ in swept[::6]:
+        figures = evaluate(data, local=False, new_below=threshold)
+        assert (figures.new_precision, figures.new_recall) == (precision, recall)
 
 
 def test_enrolled_images_take_their_time_from_exif_or_the_file_name(tmp_path):
