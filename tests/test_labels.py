@@ -169,3 +169,41 @@ def test_a_box_the_detector_is_sure_of_is_never_empty(confidence, expected):
     assert (det.labels()[0], det.data["label_source"][0]) == expected
     assert space.labels[int(det.data["label_probs"][0].argmax())] == expected[0]
     assert det.data["label_probs"][0].sum() == pytest.approx(1.0)
+
+
+MLWIC_LIKE = LabelSpace.of(("animal", "person", "vehicle"), ("Elk", "Bobcat", "Human", "Vehicle", "Empty"),
+                           {"Elk": ["cervidae"], "Bobcat": ["felidae"]}, 0.3, sure_box=0.5, overrule_min_score=0.7)
+
+
+@pytest.mark.parametrize(("probs", "expected"), [
+    # an animal of a species the classifier never learnt: its best guess is Human, but not by much
+    ([0.25, 0.2, 0.35, 0.1, 0.1], ("animal", 0.9, "rollup")),
+    # a person the classifier splits between Human and Vehicle (0.96 together): a person
+    ([0.02, 0.01, 0.75, 0.21, 0.01], ("Human", 0.75, "classifier")),
+    # a vehicle, just enough together
+    ([0.1, 0.08, 0.32, 0.4, 0.1], ("Vehicle", 0.4, "classifier")),
+    # an animal the classifier names: rule 8 has nothing to say
+    ([0.6, 0.1, 0.2, 0.05, 0.05], ("Elk", 0.6, "classifier")),
+])
+def test_the_classifier_needs_a_majority_to_turn_an_animal_box_into_a_person(probs, expected):
+    det = combine_labels(_boxes([0], [0.9], [probs]), MLWIC_LIKE)
+    label, score, source = expected
+    assert (det.labels()[0], det.data["label_source"][0]) == (label, source)
+    assert det.data["label_score"][0] == pytest.approx(score)
+    vote = det.data["label_probs"][0]
+    assert MLWIC_LIKE.labels[int(vote.argmax())] == label and vote.sum() == pytest.approx(1.0)
+    if label == "animal":  # no person or vehicle mass left to vote for a person event
+        assert vote[[MLWIC_LIKE.index("Human"), MLWIC_LIKE.index("Vehicle")]].sum() == 0
+
+
+def test_an_unsure_person_stays_private():
+    from edge.analysis.labels import confident_animals
+
+    det = combine_labels(_boxes([0], [0.9], [[0.25, 0.2, 0.35, 0.1, 0.1]]), MLWIC_LIKE)
+    assert not confident_animals(det, frozenset(), 0.5)[0]  # blurred, never embedded
+
+
+def test_without_the_rule_the_best_class_decides():
+    space = LabelSpace.of(("animal",), ("Elk", "Human"), None, 0.3, overrule_min_score=None)
+    det = combine_labels(_boxes([0], [0.9], [[0.45, 0.55]]), space)
+    assert det.labels()[0] == "Human"

@@ -51,7 +51,8 @@ def label_space(detector: Sequence[str], classifier: Sequence[str] | None,
     """The labels a box can end with, for these models' labels and ``detection``'s rules (roll-up only
     with a classifier)."""
     return LabelSpace.of(detector, classifier or (), taxonomy if classifier else None,
-                         detection.rollup_min_score if classifier else None, detection.sure_box)
+                         detection.rollup_min_score if classifier else None, detection.sure_box,
+                         detection.overrule_min_score)
 
 @dataclass(frozen=True)
 class FrameAnalysis:

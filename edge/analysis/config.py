@@ -35,6 +35,10 @@ class DetectionConfig(BaseModel):
     sure_box: float | None = Field(
         0.5, ge=0, le=1, title="A detector box at least this confident is never labelled empty: an empty class from the "
                                "classifier rolls up to 'animal' (blurred, never embedded); null: the classifier decides")
+    overrule_min_score: float | None = Field(
+        0.7, ge=0, le=1, title="The probability the classifier's person and vehicle classes together need to relabel "
+                               "a detector 'animal' box as a person or vehicle; below, the box rolls up to 'animal' "
+                               "(blurred, never embedded); null: the classifier's best class always decides")
     rollup_min_score: float | None = Field(
         0.3, ge=0, le=1, title="Below this, a box's (and an event's) best species rolls up the bundle's taxonomy "
                                "(species → family → ... → animal) to the first level that reaches it; null: never")

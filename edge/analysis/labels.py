@@ -7,7 +7,7 @@ output). The rules:
 1. A detector class other than ``animal`` (``person``, ``vehicle``) is the label, scored by the
    detector: the species classifier only names animals, as with MegaDetector.
 2. Otherwise the classifier's best class is the label, scored by its probability (a single-class
-   detector's ``animal`` box can so become ``person`` when the classifier says so).
+   detector's ``animal`` box can so become ``person`` when the classifier says so, rule 8).
 3. Without a classifier the detector's class name is the label.
 4. A frame without any box is classified whole (``Analyzer``): a confident class that is not
    empty (an animal, or a person or vehicle the detector missed) gives the frame one frame-sized box
@@ -26,6 +26,14 @@ output). The rules:
 7. A box the detector is sure of (``LabelSpace.sure_box``) is never labelled empty: when the
    classifier's label for it is an empty one, the label rolls up to ``animal`` (SpeciesNet's detector
    fallback); like any roll-up to ``animal`` it is blurred and never embedded.
+8. The classifier turns the detector's ``animal`` box into a person or a vehicle only when its
+   person and vehicle classes together hold at least ``LabelSpace.overrule_min_score`` of its
+   probability (needs roll-up on); the label is then the best of them. Below, the box rolls up to
+   ``animal`` (``label_source`` ``rollup``, that mass moved to ``animal``): blurred and never embedded
+   like any roll-up to ``animal``, so privacy still fails safe. On animals of species it never learnt,
+   a classifier's best guess is often ``Human`` at 0.2-0.5, and such boxes made whole frames "person";
+   people themselves get their mass split between ``Human`` and ``Vehicle`` (together 0.95-0.97 on
+   the MLWIC val people), hence the sum.
 
 Each box also gets ``label_probs``, its vote over ``LabelSpace.labels`` (the classifier's
 probabilities, or all on the detector's label; a rolled-up box moves its descendants' mass onto the
@@ -62,6 +70,8 @@ class LabelSpace:
         rollup_min_score: below this, a box's best animal class rolls up (None: never).
         sure_box: a detector box at least this confident is never labelled empty (rule 7; needs
             roll-up on, for the ``animal`` label; None: off).
+        overrule_min_score: the classifier's probability its person and vehicle classes together need
+            to relabel a detector ``animal`` box (rule 8; needs roll-up on; None: its best class always does).
     """
 
     detector: tuple[str, ...]
@@ -69,13 +79,15 @@ class LabelSpace:
     taxonomy: tuple[tuple[str, tuple[str, ...]], ...] = ()
     rollup_min_score: float | None = None
     sure_box: float | None = None
+    overrule_min_score: float | None = None
 
     @classmethod
     def of(cls, detector: Sequence[str], classifier: Sequence[str], taxonomy: Mapping[str, Sequence[str]] | None = None,
-           rollup_min_score: float | None = None, sure_box: float | None = None) -> LabelSpace:
+           rollup_min_score: float | None = None, sure_box: float | None = None,
+           overrule_min_score: float | None = None) -> LabelSpace:
         """A space from plain lists and a taxonomy dict (only the classifier's labels' entries kept)."""
         tree = tuple((label, tuple(up)) for label, up in (taxonomy or {}).items() if label in classifier)
-        return cls(tuple(detector), tuple(classifier), tree, rollup_min_score, sure_box)
+        return cls(tuple(detector), tuple(classifier), tree, rollup_min_score, sure_box, overrule_min_score)
 
     @cached_property
     def ancestors(self) -> list[str]:
@@ -121,6 +133,11 @@ class LabelSpace:
                 return target, total, vote
         return None
 
+    @cached_property
+    def person_or_vehicle(self) -> np.ndarray:
+        """Which classifier labels name a person or a vehicle (any spelling)."""
+        return np.array([category_of(label) in ("person", "vehicle") for label in self.classifier], bool)
+
     def index(self, label: str) -> int:
         """Position of ``label`` in ``labels``."""
         return self.labels.index(label)
@@ -146,10 +163,16 @@ def _decide(space: LabelSpace, class_id: int, confidence: float, probs: np.ndarr
     if rolled is not None:
         return rolled[0], rolled[1], ROLLUP, rolled[2]
     best = int(np.argmax(probs))
-    if (space.sure_box is not None and confidence >= space.sure_box and ANIMAL in space.labels
-            and category_of(space.classifier[best]) is None):
-        vote[space.index(ANIMAL)] += vote[best]  # the empty label's mass goes to "animal"
-        vote[best] = 0.0
+    category = category_of(space.classifier[best])
+    moved = None  # which of the classifier's labels give their mass to "animal"
+    if ANIMAL in space.labels and space.sure_box is not None and confidence >= space.sure_box and category is None:
+        moved = np.arange(len(probs)) == best  # rule 7: the empty label's
+    elif (ANIMAL in space.labels and space.overrule_min_score is not None and category in ("person", "vehicle")
+            and float(probs[space.person_or_vehicle].sum()) < space.overrule_min_score):
+        moved = space.person_or_vehicle  # rule 8: every person and vehicle label's
+    if moved is not None:
+        vote[space.index(ANIMAL)] += vote[: len(probs)][moved].sum()
+        vote[: len(probs)][moved] = 0.0
         return ANIMAL, float(confidence), ROLLUP, vote
     return space.classifier[best], float(probs[best]), source, vote
 
