@@ -21,6 +21,7 @@ import torch
 from common.hashing import sha256_file
 from common.progress import progress
 from common.signing import encode_public, public_key_of
+from edge.analysis.config import DetectionConfig
 from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image
 from edge.runtime.bundle import BundleTrust, load_bundle
 from edge.runtime.detections import Detections
@@ -225,14 +226,15 @@ class BundleBuilder:
         found: dict[str, list[Detections]] = {"fp32": [], "int8": [], "native": []}
         native = NativeDetector(self.models.detector, bundle.spec("detector"), self.models.detector_native_size)
         crops = [resize_whole(rgb, CROP_INPUT) for rgb in _frames(self.images.check_crops)]
-        check_frames, shapes = self.images.check_frames, []
+        check_frames, shapes, kept = self.images.check_frames, [], []
         for rgb in progress(_frames(check_frames), total=len(check_frames), desc="check", unit="image"):
             shapes.append(rgb.shape[:2])
             for p in ("fp32", "int8"):
                 found[p].append(det[p].detect(rgb, threshold - gates.DETECTOR_SCORE_TOLERANCE))
             found["native"].append(native.detect(rgb, threshold))
             fp32 = found["fp32"][-1]
-            crops += cls["fp32"].crops_of(rgb, fp32[fp32.confidence >= threshold])
+            kept.append(fp32[fp32.confidence >= threshold])
+            crops += cls["fp32"].crops_of(rgb, kept[-1])
         recall, n_boxes = gates.recall_within_tolerance(found["fp32"], found["int8"], threshold)
         strict, _ = gates.recall_within_tolerance(found["fp32"], found["int8"], threshold, tolerance=0.0)
         box_iou = gates.mean_box_iou(found["fp32"], found["int8"], threshold)
@@ -244,6 +246,13 @@ class BundleBuilder:
         native_recall, n_native = gates.recall_within_tolerance([found["native"][k] for k in wide],
                                                                 [found["fp32"][k] for k in wide], threshold)
         probs = {p: cls[p].run_crops(crops) for p in cls}
+        # the boxes fp32 makes people or vehicles, found by INT8 whatever the detector's class (a one-class
+        # detector's people sit inside "animal"): the crops of the check frames' boxes are the last ones
+        boxes = sum(len(k) for k in kept)
+        category = gates.classified_categories(probs["fp32"][len(crops) - boxes:], cls["fp32"].labels,
+                                               DetectionConfig().overrule_min_score)
+        cuts = np.cumsum([len(k) for k in kept])[:-1]
+        per_bucket.update(gates.recall_by_category(kept, np.split(category, cuts), found["int8"], shapes, threshold))
         agreement, n_confident = gates.top1_agreement(probs["fp32"], probs["int8"])
         cosine = gates.mean_cosine(emb["fp32"].run_crops(crops), emb["int8"].run_crops(crops))
         self.parity["detector"].update(int8_recall_of_fp32=recall, int8_recall_of_fp32_strict=strict,

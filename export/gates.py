@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from common.labels import category_of
 from edge.runtime.detections import Detections
 from edge.runtime.yolox import box_iou
 from train.box_matching import matched_recall, recall_by_bucket
@@ -69,6 +71,40 @@ def recall_per_bucket(reference: list[Detections], candidate: list[Detections], 
     """``recall_within_tolerance`` per detector class and per (class, size bucket): ``{"person.small": (recall, n)}``."""
     return recall_by_bucket([r[r.confidence >= threshold] for r in reference],
                             [c[c.confidence >= threshold - tolerance] for c in candidate], shapes, labels)
+
+
+CATEGORIES = ("animal", "person", "vehicle")
+
+
+def classified_categories(probs: np.ndarray, labels: Sequence[str], majority: float | None) -> np.ndarray:
+    """Each crop's category index in ``CATEGORIES`` as the edge labels a detector ``animal`` box
+    (``edge.analysis.labels`` rule 8): a person or vehicle when the classifier's best class is one and
+    its person and vehicle classes together hold at least ``majority`` (None: the best class alone)."""
+    probs = np.asarray(probs, np.float64).reshape(len(probs), len(labels))
+    named = [category_of(label) for label in labels]
+    person_or_vehicle = np.array([c in ("person", "vehicle") for c in named], bool)
+    best = [named[int(k)] for k in probs.argmax(axis=1)] if len(probs) else []
+    out = np.array([CATEGORIES.index(c) if c in ("person", "vehicle") else 0 for c in best], np.int64)
+    if majority is not None and len(out):
+        out[probs[:, person_or_vehicle].sum(axis=1) < majority] = 0
+    return out
+
+
+def recall_by_category(reference: list[Detections], categories: list[np.ndarray], candidate: list[Detections],
+                       shapes: list[tuple[int, int]], threshold: float, tolerance: float = DETECTOR_SCORE_TOLERANCE,
+                       ) -> dict[str, tuple[float, int]]:
+    """INT8's recall of the fp32 boxes (``reference``, already at the threshold) that the fp32 classifier
+    makes people or vehicles (``categories``, per box), overall and per size bucket, whatever the
+    detector's class: ``{"classified_person": (recall, n), "classified_person.small": ...}``. A one-class
+    detector's people are inside ``animal``, where losing a few of them would not show."""
+    near = [c[c.confidence >= threshold - tolerance] for c in candidate]
+    anyclass = [Detections(c.xyxy, c.confidence, np.zeros(len(c), np.int64)) for c in near]
+    out: dict[str, tuple[float, int]] = {}
+    for index, name in enumerate(CATEGORIES[1:], start=1):
+        kept = [Detections(r.xyxy[cat == index], r.confidence[cat == index], np.zeros(int((cat == index).sum()), np.int64))
+                for r, cat in zip(reference, categories, strict=True)]
+        out.update(recall_by_bucket(kept, anyclass, shapes, [f"classified_{name}"]))
+    return out
 
 
 def bucket_gates(per_bucket: dict[str, tuple[float, int]], prefix: str = "detector.int8_recall_of_fp32",

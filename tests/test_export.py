@@ -65,6 +65,32 @@ def test_recall_requires_same_class():
     assert matched_recall([_det([[0, 0, 10, 10]], [1])], [_det([[0, 0, 10, 10]], [0])])[0] == 0.0
 
 
+@pytest.mark.parametrize("probs, majority, expected", [
+    ([[0.1, 0.75, 0.15]], 0.7, [1]),  # Human with the majority: a person
+    ([[0.1, 0.35, 0.4]], 0.7, [2]),  # split, but together 0.75: the best of them, vehicle
+    ([[0.45, 0.35, 0.2]], 0.7, [0]),  # an animal's best guess is not a person
+    ([[0.3, 0.4, 0.3]], 0.8, [0]),  # Human best, person + vehicle 0.7 < 0.8: the edge keeps it an animal
+    ([[0.3, 0.4, 0.3]], None, [1]),  # without the rule the best class decides
+])
+def test_classified_categories_follow_the_edges_rule(probs, majority, expected):
+    labels = ["Elk", "Human", "Vehicle"]
+    assert gates.classified_categories(np.array(probs), labels, majority).tolist() == expected
+
+
+def test_int8_must_keep_the_people_of_a_one_class_detector():
+    box = np.array([[0, 0, 100, 100], [200, 200, 260, 260]], np.float32)
+    fp32 = [Detections(box, np.array([0.9, 0.8], np.float32), np.zeros(2, np.int64))]
+    category = [np.array([1, 0])]  # the fp32 classifier made the first box a person
+    lost = [Detections(box[1:], np.array([0.8], np.float32), np.zeros(1, np.int64))]  # INT8 lost it
+    kept = [Detections(box[:1], np.array([0.2], np.float32), np.array([0]))]  # INT8 kept it, just under 0.25
+    shape = [(480, 640)]
+    assert gates.recall_by_category(fp32, category, lost, shape, 0.25)["classified_person"] == (0.0, 1)
+    found = gates.recall_by_category(fp32, category, kept, shape, 0.25)
+    assert found["classified_person"] == (1.0, 1) and "classified_vehicle" not in found
+    assert [g.name for g in gates.bucket_gates({"classified_person": (0.5, 8)})] == [
+        "detector.int8_recall_of_fp32.classified_person"]
+
+
 def test_agreement_and_cosine():
     ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.4, 0.6]])
     cand = np.array([[0.8, 0.2], [0.6, 0.4], [0.1, 0.9], [0.9, 0.1]])
