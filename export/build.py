@@ -56,6 +56,8 @@ class TorchModels:
     taxonomy: dict[str, list[str]] = field(default_factory=dict)  # species label → ancestors, nearest first
     detector_native_size: tuple[int, int] = NATIVE_SIZE  # what the detector was trained at: the gates' reference
     whole_frames: bool = False  # the classifier learnt whole frames: the edge adds the frame's vote to each crop's
+    # the embedder learnt individuals (a metric loss): its compact projection is not whitened (see export.projection)
+    embedder_learnt_identity: bool = False
 
 
 @dataclass
@@ -326,7 +328,7 @@ def build_bundle(models: TorchModels, options: ExportOptions) -> Manifest:
         builder.write_manifest(gate_list)
         if options.evaluate is not None:
             builder.write_evaluation(options.evaluate(work))
-        _add_projection(work, options.data)
+        _add_projection(work, options.data, whiten=not models.embedder_learnt_identity)
         sign_bundle(work, private_pem)  # checks every file against the final manifest first
         load_bundle(work, BundleTrust((encode_public(public_key_of(private_pem)),)))  # as a camera will
         _swap_into_place(work, out)
@@ -335,17 +337,18 @@ def build_bundle(models: TorchModels, options: ExportOptions) -> Manifest:
     return load_bundle(out).manifest
 
 
-def _add_projection(work: Path, data: Path) -> None:
+def _add_projection(work: Path, data: Path, whiten: bool = True) -> None:
     """The compact embedding's projection (export/projection.py); without its fitting crops the
     bundle sends JSON only, and says so."""
     from export.projection import write_projection
 
     try:
-        spec = write_projection(work, data)
+        spec = write_projection(work, data, whiten=whiten)
     except FileNotFoundError as exc:
         print(f"WARNING: no compact projection in this bundle ({exc}): devices can send JSON messages only")
         return
-    print(f"compact projection: {spec.dim} values, {spec.explained_variance:.1%} of the variance of "
+    whitened = ", whitened" if spec.whitened else ""
+    print(f"compact projection: {spec.dim} values{whitened}, {spec.explained_variance:.1%} of the variance of "
           f"{spec.fitted_on['images']} {spec.fitted_on['set']} crops")
 
 

@@ -71,6 +71,7 @@ def trained_models(run_dir: Path, weights: Path) -> TorchModels:
     models.architectures["classifier"] = f"{_backbone_arch(classifier)}+species"
     if trained_embedder:
         models.architectures["embedder"] = f"{_backbone_arch(models.embedder)}+reid"
+        models.embedder_learnt_identity = True
     if (run_dir / "detector.pt").is_file():
         saved = torch.load(run_dir / "detector.pt", map_location="cpu", weights_only=False)
         models.detector, models.detector_labels = saved["model"].eval(), list(saved["classes"])

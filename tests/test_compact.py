@@ -278,6 +278,15 @@ def test_fit_projection_whitens_the_kept_components():
         fit_projection(vectors[:8], 8)
 
 
+def test_fit_projection_without_whitening_is_a_rotation_onto_the_top_components():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(400, 32)) * np.linspace(5, 0.1, 32)
+    mean, components, _ = fit_projection(vectors, 8, whiten=False)
+    assert np.allclose(components @ components.T, np.eye(8), atol=1e-9)  # orthonormal: distances kept
+    projected = (vectors - mean) @ components.T
+    assert np.all(np.diff(projected.std(axis=0, ddof=1)) <= 1e-9)  # largest variance first, not equalised
+
+
 # --- config and publisher ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("encoding, kinds", [

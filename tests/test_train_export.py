@@ -36,6 +36,8 @@ def test_quick_train_then_export_then_detect_and_embed(tmp_path, data):
     assert "| boxes:missouri_camtraps |" in card and "INT8 gates" in card
     assert manifest.models["classifier"].taxonomy["Bobcat"] == ["felidae", "carnivora", "mammalia"]
     assert any(name.startswith("detector.int8_recall_of_fp32.animal.") for name in manifest.gates)
+    # the embedder learnt these individuals: its compact projection is a plain PCA (whitening overfits it)
+    assert manifest.compact is not None and manifest.compact.whitened is False
 
     out = tmp_path / "md.json"
     assert main(["detect", str(data / "frames" / "ena24_small"), "--bundle", str(bundle), "--output", str(out)]) == 0
