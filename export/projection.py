@@ -6,8 +6,9 @@ bundle; ``trapedge export`` adds it to every bundle it builds when the fitting c
 The bundle's own embedder (at the precision a camera runs, INT8) embeds the re-ID training crops,
 ``reid/lion/train`` (75 lions; the held-out ``reid/lion/val`` and the SpotID leopards are what
 ``trapedge central evaluate --compact`` measures on). PCA of those vectors keeps ``dim`` components,
-divided by their standard deviation (whitening; not for an embedder that learnt individuals), so each of the 189 int8 values of a 222-byte
-record carries a comparable share of what tells individuals apart. The mean and components are
+divided by their standard deviation (whitening; not for an embedder that learnt individuals), so
+each of the 189 int8 values of a 222-byte record carries a comparable share of what tells
+individuals apart. The mean and components are
 ``projection.npy``; the manifest's ``compact`` entry holds its sha256, the wire label table and
 what the projection was fitted on, and the manifest is signed again.
 """
