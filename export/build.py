@@ -21,6 +21,7 @@ import torch
 from common.hashing import sha256_file
 from common.progress import progress
 from common.signing import encode_public, public_key_of
+from edge.analysis.analyzer import label_space
 from edge.analysis.config import DetectionConfig
 from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image
 from edge.runtime.bundle import BundleTrust, load_bundle
@@ -250,11 +251,10 @@ class BundleBuilder:
         probs = {p: cls[p].run_crops(crops) for p in cls}
         # the boxes fp32 makes people or vehicles, found by INT8 whatever the detector's class (a one-class
         # detector's people sit inside "animal"): the crops of the check frames' boxes are the last ones
-        boxes = sum(len(k) for k in kept)
-        category = gates.classified_categories(probs["fp32"][len(crops) - boxes:], cls["fp32"].labels,
-                                               DetectionConfig().overrule_min_score)
-        cuts = np.cumsum([len(k) for k in kept])[:-1]
-        per_bucket.update(gates.recall_by_category(kept, np.split(category, cuts), found["int8"], shapes, threshold))
+        space = label_space(self.models.detector_labels, cls["fp32"].labels, self.models.taxonomy, DetectionConfig())
+        ends = np.cumsum([len(k) for k in kept]) + len(crops) - sum(len(k) for k in kept)
+        categories = [gates.edge_categories(k, probs["fp32"][end - len(k):end], space) for k, end in zip(kept, ends)]
+        per_bucket.update(gates.recall_by_category(kept, categories, found["int8"], shapes, threshold))
         agreement, n_confident = gates.top1_agreement(probs["fp32"], probs["int8"])
         cosine = gates.mean_cosine(emb["fp32"].run_crops(crops), emb["int8"].run_crops(crops))
         self.parity["detector"].update(int8_recall_of_fp32=recall, int8_recall_of_fp32_strict=strict,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from common.labels import category_of
+from edge.analysis.labels import LabelSpace, combine_labels
 from edge.runtime.detections import Detections
 from edge.runtime.yolox import box_iou
 from train.box_matching import matched_recall, recall_by_bucket
@@ -76,18 +76,13 @@ def recall_per_bucket(reference: list[Detections], candidate: list[Detections], 
 CATEGORIES = ("animal", "person", "vehicle")
 
 
-def classified_categories(probs: np.ndarray, labels: Sequence[str], majority: float | None) -> np.ndarray:
-    """Each crop's category index in ``CATEGORIES`` as the edge labels a detector ``animal`` box
-    (``edge.analysis.labels`` rule 8): a person or vehicle when the classifier's best class is one and
-    its person and vehicle classes together hold at least ``majority`` (None: the best class alone)."""
-    probs = np.asarray(probs, np.float64).reshape(len(probs), len(labels))
-    named = [category_of(label) for label in labels]
-    person_or_vehicle = np.array([c in ("person", "vehicle") for c in named], bool)
-    best = [named[int(k)] for k in probs.argmax(axis=1)] if len(probs) else []
-    out = np.array([CATEGORIES.index(c) if c in ("person", "vehicle") else 0 for c in best], np.int64)
-    if majority is not None and len(out):
-        out[probs[:, person_or_vehicle].sum(axis=1) < majority] = 0
-    return out
+def edge_categories(boxes: Detections, probs: np.ndarray, space: LabelSpace) -> np.ndarray:
+    """Each box's category index in ``CATEGORIES`` from the label the edge gives it with these classifier
+    probabilities (``edge.analysis.labels.combine_labels``, the one combiner: a person or vehicle needs its
+    majority there); an animal, a roll-up or an empty label is 0."""
+    labels = combine_labels(boxes.with_data(species_probs=np.asarray(probs, np.float32)), space).labels()
+    return np.array([CATEGORIES.index(c) if (c := category_of(label)) in CATEGORIES[1:] else 0 for label in labels],
+                    np.int64)
 
 
 def recall_by_category(reference: list[Detections], categories: list[np.ndarray], candidate: list[Detections],

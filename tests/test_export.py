@@ -72,9 +72,13 @@ def test_recall_requires_same_class():
     ([[0.3, 0.4, 0.3]], 0.8, [0]),  # Human best, person + vehicle 0.7 < 0.8: the edge keeps it an animal
     ([[0.3, 0.4, 0.3]], None, [1]),  # without the rule the best class decides
 ])
-def test_classified_categories_follow_the_edges_rule(probs, majority, expected):
-    labels = ["Elk", "Human", "Vehicle"]
-    assert gates.classified_categories(np.array(probs), labels, majority).tolist() == expected
+def test_gate_categories_are_the_edges_labels(probs, majority, expected):
+    from edge.analysis.labels import LabelSpace
+
+    space = LabelSpace.of(("animal", "person", "vehicle"), ("Elk", "Human", "Vehicle"), None, 0.3,
+                          overrule_min_score=majority)
+    boxes = Detections(np.array([[0, 0, 10, 10]], np.float32), np.array([0.9], np.float32), np.zeros(1, np.int64))
+    assert gates.edge_categories(boxes, np.array(probs), space).tolist() == expected
 
 
 def test_int8_must_keep_the_people_of_a_one_class_detector():

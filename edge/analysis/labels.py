@@ -164,12 +164,13 @@ def _decide(space: LabelSpace, class_id: int, confidence: float, probs: np.ndarr
         return rolled[0], rolled[1], ROLLUP, rolled[2]
     best = int(np.argmax(probs))
     category = category_of(space.classifier[best])
-    moved = None  # which of the classifier's labels give their mass to "animal"
+    moved = None  # which of the classifier's labels give their mass to "animal" (rules 7 and 8)
+    unsure_person = (space.overrule_min_score is not None and category in ("person", "vehicle")
+                     and float(probs[space.person_or_vehicle].sum()) < space.overrule_min_score)
     if ANIMAL in space.labels and space.sure_box is not None and confidence >= space.sure_box and category is None:
-        moved = np.arange(len(probs)) == best  # rule 7: the empty label's
-    elif (ANIMAL in space.labels and space.overrule_min_score is not None and category in ("person", "vehicle")
-            and float(probs[space.person_or_vehicle].sum()) < space.overrule_min_score):
-        moved = space.person_or_vehicle  # rule 8: every person and vehicle label's
+        moved = np.arange(len(probs)) == best  # the empty label's
+    elif ANIMAL in space.labels and unsure_person:
+        moved = space.person_or_vehicle  # every person and vehicle label's
     if moved is not None:
         vote[space.index(ANIMAL)] += vote[: len(probs)][moved].sum()
         vote[: len(probs)][moved] = 0.0
