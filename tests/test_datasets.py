@@ -241,27 +241,31 @@ def test_voc_bad_xml_names_file_and_line(tmp_path):
 
 # --- YOLO -----------------------------------------------------------------------------------------------
 
-def _yolo_truth(root: Path) -> tuple[list[str], Counter, int, int]:
-    """Class names, boxes per class name, empty label files and label files without an image, read
-    with plain string splitting (the independent expectation)."""
+def _yolo_truth(root: Path) -> tuple[list[str], Counter, int, int, int]:
+    """Class names, boxes per class name (a line repeated in its file counted once), empty label files,
+    repeated lines and label files without an image, read with plain string splitting (the
+    independent expectation)."""
     names = (root / "classes.txt").read_text().split()
-    boxes, empty, orphans = Counter(), 0, 0
+    boxes, empty, repeated, orphans = Counter(), 0, 0, 0
     for label_file in (root / "labels").rglob("*.txt"):
         rows = [line.split() for line in label_file.read_text().splitlines() if line.strip()]
         if not (root / "images" / label_file.relative_to(root / "labels")).with_suffix(".JPG").is_file():
             orphans += 1
             continue
         empty += not rows
-        boxes.update(names[int(row[0])] for row in rows)
-    return names, boxes, empty, orphans
+        distinct = {tuple(float(v) for v in row) for row in rows}
+        repeated += len(rows) - len(distinct)
+        boxes.update(names[int(row[0])] for row in distinct)
+    return names, boxes, empty, repeated, orphans
 
 
 def test_missouri_camtraps_yolo(data):
     root = data / "boxes/missouri_camtraps"
     inventory = read_yolo(root, empty_files="unlabelled", event_pattern=r"^(SEQ\d+)_")
-    names, boxes, empty, orphans = _yolo_truth(root)
-    assert Counter(r.label for r in inventory) == boxes and sum(boxes.values()) > 800
-    assert inventory.problem_counts() == {"unlabelled": empty, "missing": orphans}
+    names, boxes, empty, repeated, orphans = _yolo_truth(root)
+    assert Counter(r.label for r in inventory) == boxes and sum(boxes.values()) > 700
+    assert repeated > 100  # the source repeats some boxes two or three times: each animal is kept once
+    assert inventory.problem_counts() == {"unlabelled": empty, "duplicate": repeated, "missing": orphans}
     record = inventory[0]
     cls, cx, cy, w, h = (root / "labels" / record.path.parent.name / (record.path.stem + ".txt")).read_text().split()[:5]
     assert record.label == names[int(cls)] and record.source == "yolo"
@@ -313,6 +317,13 @@ def test_yolo_lines(data, tmp_path, label_text, kwargs, expected, expectation):
         kinds = inventory.problem_counts()
         assert kinds == ({"unannotated": 1} if label_text is None else
                          {"unlabelled": 1} if kwargs.get("empty_files") == "unlabelled" else {})
+
+
+def test_a_repeated_yolo_line_is_one_box_and_reported(data, tmp_path):
+    root = _yolo_dataset(data, tmp_path, "0 0.5 0.5 0.2 0.4\n1 0.5 0.5 0.2 0.4\n0 0.5 0.5 0.2 0.4\n0 0.5 0.5 0.2 0.4")
+    inventory = read_yolo(root)
+    assert [r.label for r in inventory] == ["agouti", "person"]  # same place, other class: another object
+    assert [(p.kind, p.entry) for p in inventory.problems] == [("duplicate", "line 3"), ("duplicate", "line 4")]
 
 
 def test_yolo_needs_class_names(tmp_path):

@@ -33,7 +33,9 @@ class Problem:
             ``unparsed`` (kept, but the filename did not match the pattern, or its XMP could not
             be read), ``unmatched``, ``unboxed`` (box data: an object without a box), ``ambiguous``
             (kept without the field it had several values for), ``layout`` (a hint: the folder
-            layout looks unlike the options given).
+            layout looks unlike the options given), ``duplicate`` (the same box or label of the
+            same image again, e.g. a YOLO line repeated: kept once, so one animal is not trained
+            on, or counted missed, several times).
         source: the annotation file (or folder) the entry came from.
         entry: where in it (``line 7``, ``images[3]``, ``obs6``).
         detail: the image path or the message.
@@ -67,6 +69,7 @@ class Inventory:
 
     records: list[Record] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    _kept: set[Record] = field(default_factory=set, repr=False)
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
@@ -91,10 +94,15 @@ class Inventory:
         self.problems.append(Problem(kind, Path(source), entry, detail))
 
     def add(self, record: Record, source: Path, entry: str) -> bool:
-        """Keep ``record`` if its image exists, else report it missing; True when kept."""
+        """Keep ``record`` if its image exists and it is not one already kept (reported ``missing`` /
+        ``duplicate`` otherwise); True when kept."""
         if not record.path.is_file():
             self.report("missing", source, entry, str(record.path))
             return False
+        if record in self._kept:
+            self.report("duplicate", source, entry, str(record.path))
+            return False
+        self._kept.add(record)
         self.records.append(record)
         return True
 
