@@ -84,6 +84,29 @@ def test_the_cameras_own_megadetector_output_scores_perfectly(data, bundle_dir, 
     assert (out / "image_classes.png").stat().st_size > 1000 and "## Boxes" in (out / "evaluation.md").read_text()
 
 
+def test_a_reference_box_given_twice_counts_once_and_is_said(data, bundle_dir, tmp_path, capsys):
+    """Missouri's labels repeat some boxes: one animal must not count as two misses (or finds)."""
+    source = data / "boxes/missouri_camtraps"
+    label = next(p for p in sorted((source / "labels" / "Red_Deer").glob("*.txt")) if p.read_text().strip())
+    image = source / "images" / "Red_Deer" / (label.stem + ".JPG")
+    root = tmp_path / "ref"
+    (root / "images" / "a").mkdir(parents=True)
+    (root / "labels" / "a").mkdir(parents=True)
+    shutil.copy(source / "classes.txt", root)
+    shutil.copy(image, root / "images" / "a")
+    line = label.read_text().splitlines()[0]
+    (root / "labels" / "a" / label.name).write_text(f"{line}\n{line}\n")
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(root / "images"), "--reference", str(root), "--bundle", str(bundle_dir),
+                 "--out", str(out)]) == 0
+    figures = json.loads((out / "evaluation.json").read_text())
+    assert figures["boxes"]["recall"]["animal"]["all"]["boxes"] == 1
+    assert figures["reference"]["problems"] == {"duplicate": 1}
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said == "reference entries not scored as given: 1 duplicate (repeated, counted once)"
+    assert "1 duplicate (repeated, counted once)." in (out / "evaluation.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [

@@ -360,7 +360,19 @@ def run(args: argparse.Namespace) -> int:
     figures["bundle"] = {"path": str(config.bundle.path), "precision": config.bundle.precision}
     write(args.out, figures, confusion)
     print(summary_line(figures) + f" -> {args.out}")
+    if note := reference_note(figures["reference"]["problems"]):
+        print(note)
     return 0
+
+
+def reference_note(problems: dict[str, int]) -> str:
+    """One line on the reference entries that were not scored as given (empty when there are none):
+    a repeated box counts once, an unlabelled or missing image not at all."""
+    if not problems:
+        return ""
+    meaning = {"duplicate": "repeated, counted once", "missing": "image not found", "unlabelled": "no label"}
+    parts = [f"{n} {kind} ({meaning[kind]})" if kind in meaning else f"{n} {kind}" for kind, n in sorted(problems.items())]
+    return "reference entries not scored as given: " + ", ".join(parts)
 
 
 def summary_line(figures: dict[str, Any]) -> str:
@@ -394,6 +406,8 @@ def write(out: Path, figures: dict[str, Any], confusion: np.ndarray) -> None:
 def markdown(figures: dict[str, Any]) -> str:
     """The report as Markdown tables."""
     lines = ["# What the camera does", "", summary_line(figures), ""]
+    if note := reference_note(figures.get("reference", {}).get("problems", {})):
+        lines += [note[0].upper() + note[1:] + ".", ""]
     if figures["boxes"]:
         lines += ["## Boxes (IoU ≥ 0.5)", "", "| category | size | boxes | found | right category |",
                   "|---|---|---|---|---|"]
