@@ -33,6 +33,7 @@ from train.detector_eval import average_precisions
 from train.models.yolox import STRIDES, load_yolox
 from train.models.yolox_loss import AnchorGrid, Targets, dynamic_k_matching, simota_assign, yolox_loss
 from train.records import Record
+from train.splits import StaleSplitError
 
 does_not_raise = contextlib.nullcontext
 SIZE = (128, 160)  # a small input for the exact loss arithmetic
@@ -255,6 +256,15 @@ def test_box_split_is_leak_free_by_sequence_keeps_fixed_images_and_is_reused(dat
     assert {r.source for r in splits["train"]} == {"missouri", "voc", "mlwic"}
     again = split_boxes(records, tmp_path / "boxes.csv", seed=5, fixed=fixed, root=data)
     assert {n: [r.path for r in rs] for n, rs in again.items()} == {n: [r.path for r in rs] for n, rs in splits.items()}
+    # Missouri read as a species source too: the species split then decides its frames, and it must
+    # give each the split the box split had saved
+    held = {r.path.resolve(): name for name, rs in splits.items() for r in rs if r.source == "missouri"}
+    pinned = split_boxes(records, tmp_path / "boxes.csv", seed=5, fixed=fixed | held, root=data)
+    assert {n: [r.path for r in rs] for n, rs in pinned.items()} == {n: [r.path for r in rs] for n, rs in splits.items()}
+    moved = next(iter(held))
+    other = next(s for s in ("train", "val", "test") if s != held[moved])
+    with pytest.raises(StaleSplitError, match="now in another split"):
+        split_boxes(records, tmp_path / "boxes.csv", seed=5, fixed=fixed | held | {moved: other}, root=data)
 
 
 def test_mlwic_boxes_are_the_checked_people_and_vehicles(data):
@@ -264,7 +274,7 @@ def test_mlwic_boxes_are_the_checked_people_and_vehicles(data):
     import csv
     import json
 
-    from train.config import MLWIC_BOXES, TrainingConfig, read_species
+    from train.config import MLWIC_BOXES, SOURCE_INDEX, TrainingConfig, read_species
     from train.splits import DEFAULT_FRACTIONS, FRAME_NUMBER, split_records
 
     document = json.loads(MLWIC_BOXES.read_text())
@@ -277,8 +287,9 @@ def test_mlwic_boxes_are_the_checked_people_and_vehicles(data):
     assert {names[d["category"]] for im in people for d in im["detections"]} == {"person", "vehicle"}
     assert {names[d["category"]] for im in animals for d in im["detections"]} == {"animal"}
     assert len(people) == 55 and len(animals) == 113 and "Empty" not in {labels[im["file"]] for im in animals}
-    config = TrainingConfig.default(data_root=data)  # the split `trapedge train` makes of the default data
-    records, _ = read_species(config)
+    config = TrainingConfig.default(data_root=data)  # the split `trapedge train` makes of the default data:
+    records, _ = read_species(config)  # source by source, MLWIC's CSV first and on its own
+    records = [r for r in records if r.extra[SOURCE_INDEX] == 0]
     split = split_records(records, config.split_by, DEFAULT_FRACTIONS, config.seed, sequence_from_filename=FRAME_NUMBER)
     train = {r.path.relative_to(data / "species/mlwic_ca01").as_posix() for r in split["train"]}
     assert all(im["file"] in train for im in animals)

@@ -259,6 +259,42 @@ def test_stale_saved_split_refused_with_both_lists(tmp_path):
         load_or_make_split(records, path, "location")
 
 
+def test_a_grown_dataset_keeps_every_saved_image_where_it_was(tmp_path, capsys):
+    """New photos (and a new source beside the first) are split without moving a held-out image; a
+    new frame of a saved burst joins it, one of a sequence another split fixed takes that split."""
+    root = tmp_path / "data"
+    old = [rec(f"e{i:03d}_{f}.jpg", ["deer", "fox"][i % 2], folder=str(root / "a"), event=f"ev{i}")
+           for i in range(40) for f in range(2)]
+    path = tmp_path / "split.csv"
+    first = split_of_paths(load_or_make_split(old, path, "event", root=root / "a"))
+    late = rec("e007_9.jpg", "deer", folder=str(root / "a"), event="ev7")  # a late frame of a saved burst
+    other = [rec(f"s{i}_{f}.jpg", "agouti", folder=str(root / "b"), event=f"SEQ{i}") for i in range(30) for f in range(2)]
+    fixed = {"SEQ0": "test", "SEQ1": "train"}
+    grown = load_or_make_split([*old, late, *other], path, "event", root=root, fixed_groups=fixed)  # root moved up
+    now = split_of_paths(grown)
+    assert {p: now[p] for p in first} == first
+    assert now[late.path] == first[old[14].path]
+    assert [now[r.path] for r in other[:4]] == ["test", "test", "train", "train"]
+    assert {now[r.path] for r in other} == {"train", "val", "test"}  # the rest split among themselves
+    check_no_leakage(grown, "event")
+    assert "61 new image(s) split" in capsys.readouterr().out
+    saved = load_split(path)
+    assert {row.path for row in saved.rows} >= {"a/e000_0.jpg", "b/s0_0.jpg"}  # rewritten under the new root
+    assert split_of_paths(load_or_make_split([*old, late, *other], path, "event", root=root)) == now
+
+
+def test_images_another_split_now_decides_must_keep_their_split(tmp_path):
+    records = synthetic(20)
+    path = tmp_path / "split.csv"
+    made = split_of_paths(load_or_make_split(records, path, "event"))
+    pinned = {records[0].path.as_posix(): made[records[0].path]}
+    rest = load_or_make_split(records[1:], path, "event", pinned=pinned)
+    assert split_of_paths(rest) == {p: s for p, s in made.items() if p != records[0].path}
+    moved = {records[0].path.as_posix(): next(s for s in ("train", "val", "test") if s != made[records[0].path])}
+    with pytest.raises(StaleSplitError, match="1 of its files are now in another split"):
+        load_or_make_split(records[1:], path, "event", pinned=moved)
+
+
 def test_paths_saved_relative_to_root(tmp_path):
     root = tmp_path / "data"
     records = [rec(f"{i}.jpg", folder=str(root / "cam"), event=f"e{i}") for i in range(6)]
@@ -372,3 +408,25 @@ def test_leopard_split_individuals(data):
     verify_disjoint_individuals(splits)
     assert all(splits.values())  # 4 flanks, 3 splits: one at least in each
     assert sorted(len({r.individual for r in rs}) for rs in splits.values()) == [1, 1, 2]
+
+
+def test_a_new_run_splits_source_by_source_so_an_added_source_moves_nothing(data, tmp_path, capsys):
+    """MLWIC's CSV, then Missouri's class folders. MLWIC's split is the one it gets alone (its held-out
+    images and the hard negatives picked from its train split stay put), Missouri's sequences are split
+    among themselves, and a second run reuses the saved split as it is."""
+    from train.cli import species_split
+    from train.config import SOURCE_INDEX, SpeciesSource, TrainingConfig, read_species
+
+    alone = TrainingConfig.default(data, out=tmp_path / "alone")
+    missouri_folders = SpeciesSource(format="folders", path=Path("boxes/missouri_camtraps/images"),
+                                     filename_pattern=r"^(?P<event>SEQ\d+)_")
+    both = alone.model_copy(update={"out": tmp_path / "both", "species": [*alone.species, missouri_folders]})
+    records, _ = read_species(both)
+    mlwic = [r for r in records if r.extra[SOURCE_INDEX] == 0]
+    made = split_of_paths(species_split(both, records))
+    assert {r.path: made[r.path] for r in mlwic} == split_of_paths(species_split(alone, read_species(alone)[0]))
+    missouri = [r for r in records if r.extra[SOURCE_INDEX] == 1]
+    assert len(missouri) == 1027 and {made[r.path] for r in missouri} == {"train", "val", "test"}
+    check_no_leakage(species_split(both, records), "event", sequence_from_filename=FRAME_NUMBER)
+    assert "1027 new image(s) split" in capsys.readouterr().out
+    assert split_of_paths(species_split(both, records)) == made

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from train.classifier import TrainConfig, evaluate, train_classifier
-from train.config import TrainingConfig, load_training_config, read_boxes, read_reid, read_species
+from train.config import SOURCE_INDEX, TrainingConfig, load_training_config, read_boxes, read_reid, read_species
 from train.datasets import capture_time_warnings, format_summary, save_summary, summarise
 from train.datasets.inventory import problem_lines
 from train.embedder import EmbedderConfig, embed_records, train_embedder
 from train.models.classifier import PooledEmbedder, create_backbone
 from train.pretrained import path_of
+from train.records import Record
 from train.reid_metrics import retrieval_metrics
 from train.report import write_report
 from train.splits import (
@@ -73,9 +74,7 @@ def species_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | N
         from train.crops import detector_boxes
 
         records = detector_boxes(records, config.crop_bundle, config.out / "cache" / "boxes.json")
-    root = species_root(config)
-    splits = load_or_make_split(records, config.out / "splits" / "species.csv", by=config.split_by, seed=config.seed,
-                                root=root, sequence_from_filename=FRAME_NUMBER)
+    splits = species_split(config, records)
     summary = summarise(records, {r.path: name for name, rs in splits.items() for r in rs})
     print(format_summary(summary))
     save_summary(summary, config.out / "dataset_summary")
@@ -91,6 +90,33 @@ def species_step(config: TrainingConfig, weights: Path, quick: bool) -> dict | N
                                 cache if train_config.backbone == "efficientnet_lite0" else cache / train_config.backbone)
     torch.save(model, config.out / "classifier.pt")
     return {**evaluate(model, splits["test"], labels), "labels": labels}
+
+
+def species_split(config: TrainingConfig, records: list[Record]) -> dict[str, list[Record]]:
+    """The run's saved species split, grown by any new images; a new run makes it source by source, in
+    the config's order, so that adding a source never moves the images of the sources before it (their
+    held-out images stay held out, on a new machine as on this one)."""
+    path = config.out / "splits" / "species.csv"
+    options = {"by": config.split_by, "seed": config.seed, "root": species_root(config),
+               "fixed_groups": _box_groups(config), "sequence_from_filename": FRAME_NUMBER}
+    if path.exists():
+        return load_or_make_split(records, path, **options)
+    splits: dict[str, list[Record]] = {}
+    for count in range(1, len(config.species) + 1):
+        first = [r for r in records if r.extra.get(SOURCE_INDEX, 0) < count]
+        if first:
+            splits = load_or_make_split(first, path, **options)
+    return splits
+
+
+def _box_groups(config: TrainingConfig) -> dict[str, str]:
+    """Sequence → split of a run's saved box split (empty without one): frames of a box source that is
+    also read as a species source (Missouri's class folders) take the split their sequence has there,
+    so the classifier never trains on a frame the detector's figures hold out."""
+    path = config.out / "splits" / "boxes.csv"
+    if config.split_by != "event" or not path.exists():
+        return {}
+    return {row.group: row.split for row in load_split(path).rows}
 
 
 def _reid_scores(model, baseline, records) -> dict:

@@ -24,6 +24,8 @@ MLWIC_BOXES = Path(__file__).parent / "data" / "mlwic_ca01_boxes.json"
 """People and vehicles of MLWIC CA-01 (and its empty frames): the pretrained detector's boxes given the
 frame's class and checked by eye, some drawn by hand (``train.pseudo_boxes``; the review is inside)."""
 MISSOURI_SEQUENCE = r"^(SEQ\d+)_"
+SOURCE_INDEX = "species_source"
+"""``Record.extra`` key of a species record: the index of its source in ``TrainingConfig.species``."""
 MLWIC_TAXONOMY = {
     "Black Bear": ["ursidae", "carnivora", "mammalia"], "Bobcat": ["felidae", "carnivora", "mammalia"],
     "Mountain lion": ["felidae", "carnivora", "mammalia"], "Canidae": ["carnivora", "mammalia"],
@@ -228,13 +230,14 @@ def species_inventory(config: TrainingConfig, source: SpeciesSource) -> tuple[st
 
 
 def read_species(config: TrainingConfig) -> tuple[list[Record], list[str]]:
-    """Records of every species source (labelmap and priority rules applied) and reading problems."""
+    """Records of every species source (labelmap and priority rules applied; ``extra[SOURCE_INDEX]``: the
+    source's place in ``config.species``) and reading problems."""
     from train.labelmap import LabelMap
 
     records, problems = [], []
-    for source in config.species:
+    for index, source in enumerate(config.species):
         _, inventory = species_inventory(config, source)
-        records += list(inventory)
+        records += [replace(r, extra={**r.extra, SOURCE_INDEX: index}) for r in inventory]
         problems += [f"{config.resolve(source.path)}: {p}" for p in inventory.problems]
     kept, dropped = LabelMap.from_dict(config.labelmap).apply(records, keep_multilabel=config.keep_multilabel)
     if len(dropped):

@@ -27,7 +27,7 @@ from train.labels import category_of
 from train.models.yolox import DETECTION_THRESHOLD
 from train.models.yolox_loss import Targets
 from train.records import Record
-from train.splits import FRAME_NUMBER, load_or_make_split, split_records
+from train.splits import FRAME_NUMBER, load_or_make_split, path_key, split_records
 
 if TYPE_CHECKING:  # the config lives with the trainer, which imports this module
     from train.detector import DetectorConfig
@@ -139,8 +139,11 @@ def split_boxes(records: Sequence[Record], path: Path, seed: int = 0, fixed: dic
     split_of = dict(pinned)
     if rest:
         keyed_root = root if root is not None and all(r.path.is_relative_to(root) for r in rest) else None
+        # frames the box split once held that the species split now decides (a box source also read
+        # as a species source) must not have moved
+        now_pinned = {path_key(r.path, keyed_root): pinned[id(r)] for r in records if id(r) in pinned}
         made = load_or_make_split(rest, path, by="event", fractions=BOX_FRACTIONS, seed=seed, root=keyed_root,
-                                  sequence_from_filename=FRAME_NUMBER)
+                                  pinned=now_pinned, sequence_from_filename=FRAME_NUMBER)
         split_of.update({id(r): name for name, rs in made.items() for r in rs})
     out: dict[str, list[Record]] = {name: [] for name in BOX_FRACTIONS}
     for record in records:

@@ -45,7 +45,8 @@ def held_out_sets(run_dir: Path, subset: str = "test") -> dict[str, list[Annotat
             images = config.resolve(source.images) if source.images else None
             records = [r for r in _read_species(source, where, images) if r.path.resolve() in test]
             if records:
-                sets[f"species:{source.path.parent.name if where.is_file() else where.name}"] = annotated(records)
+                name = source.name or (source.path.parent.name if where.is_file() else where.name)
+                sets[f"species:{name}"] = annotated(records)
     if config.boxes and (run_dir / "splits" / "boxes.csv").exists():
         records = read_boxes(config)
         test_records = split_boxes(records, run_dir / "splits" / "boxes.csv", config.seed,

@@ -326,7 +326,7 @@ def save_split(
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for name, record, key in zip(names, records, keys):
-            writer.writerow([_path_key(record.path, root), name, key, "|".join(record.labels)])
+            writer.writerow([path_key(record.path, root), name, key, "|".join(record.labels)])
     meta = {"by": by, "seed": seed, "fractions": dict(fractions or {}),
             "counts": {name: len(rs) for name, rs in splits.items()}}
     sidecar(path).write_text(json.dumps(meta, indent=2) + "\n")
@@ -352,13 +352,27 @@ def load_or_make_split(
     *,
     stratify: bool = True,
     root: Path | None = None,
+    fixed_groups: Mapping[str, str] | None = None,
+    pinned: Mapping[str, str] | None = None,
     **burst_options,
 ) -> dict[str, list[Record]]:
     """Reuse the split saved at ``path``, or make one with ``split_records`` and save it.
 
+    The data may grow (a new card, a new source): images the saved split lacks are split without
+    moving any saved one, so the held-out images stay held out. A new image whose group (burst,
+    camera...) is in the saved split joins it; else one whose group is in ``fixed_groups`` (group →
+    split, e.g. the box split of the same sequences) takes that split; the other new groups are
+    split among themselves (seeded, stratified). When a source is added beside the first, the
+    common ``root`` moves up and the saved paths are found again under it. The saved file is
+    rewritten with the new images.
+
+    Args:
+        pinned: saved paths (as saved) that are no longer among ``records`` because another split
+            now decides them (e.g. box frames the species split holds); each must keep its split.
+
     Raises:
-        StaleSplitError: the saved split names files that are gone or lacks files now present
-            (both lists are reported), or was made with another ``by``.
+        StaleSplitError: the saved split names files that are gone (the images it held out
+            would change), a pinned file moved split, or it was made with another ``by``.
     """
     path = Path(path)
     if not path.exists():
@@ -368,29 +382,75 @@ def load_or_make_split(
     saved = load_split(path)
     if saved.by != by:
         raise StaleSplitError(f"{path} splits by {saved.by!r}, not {by!r}: delete it to make a new split")
-    return _apply(saved, records, path, root)
-
-
-def _apply(saved: SavedSplit, records: Sequence[Record], path: Path, root: Path | None) -> dict[str, list[Record]]:
-    split_of = saved.split_of()
-    present = {_path_key(r.path, root) for r in records}
-    gone = sorted(set(split_of) - present)
-    new = sorted(present - set(split_of))
-    if gone or new:
-        example = (gone or new)[0]
-        raise StaleSplitError(
-            f"{path} was made for other images ({len(gone)} of its files are gone, {len(new)} new ones are not in "
-            f"it, e.g. {example}): train into another folder (--out, or out: in the config) or delete it to split again",
-            gone,
-            new,
-        )
-    out: dict[str, list[Record]] = {name: [] for name in saved.counts}
-    for record in records:
-        out.setdefault(split_of[_path_key(record.path, root)], []).append(record)
+    keys = [path_key(r.path, root) for r in records]
+    split_of = _found_again(saved.split_of(), set(keys), path, pinned or {})
+    new = [i for i, key in enumerate(keys) if key not in split_of]
+    if not new and all(key in saved.split_of() for key in keys):
+        return _assigned(records, keys, split_of, saved.counts)
+    groups = _keys(records, by, burst_options)
+    group_split = {**(fixed_groups or {}), **{groups[i]: split_of[k] for i, k in enumerate(keys) if k in split_of}}
+    fresh = [i for i in new if groups[i] not in group_split]
+    saved_fractions = saved.fractions or dict(fractions)
+    made = split_records([records[i] for i in fresh], by, saved_fractions, seed, stratify, **burst_options) if fresh else {}
+    made_of = {id(r): name for name, rs in made.items() for r in rs}
+    split_of.update({keys[i]: made_of[id(records[i])] if id(records[i]) in made_of else group_split[groups[i]]
+                     for i in new})
+    out = _assigned(records, keys, split_of, saved.counts)
+    save_split(out, path, by=by, seed=saved.seed, fractions=saved_fractions, root=root, **burst_options)
+    if new:
+        counts = Counter(split_of[keys[i]] for i in new)
+        print(f"{path.name}: {len(new)} new image(s) split ({', '.join(f'{n} {c}' for n, c in sorted(counts.items()))}); "
+              f"the {len(keys) - len(new)} saved ones keep their split")
     return out
 
 
-def _path_key(path: Path, root: Path | None) -> str:
+def _found_again(split_of: dict[str, str], present: set[str], path: Path, pinned: Mapping[str, str]) -> dict[str, str]:
+    """The saved ``path → split``, keyed as ``present`` is (the root may have moved up); saved paths now
+    ``pinned`` elsewhere are checked and left out.
+
+    Raises:
+        StaleSplitError: saved files gone, or a pinned one in another split.
+    """
+    moved = [p for p, split in split_of.items() if p in pinned and pinned[p] != split]
+    if moved:
+        raise StaleSplitError(f"{path}: {len(moved)} of its files are now in another split (e.g. {moved[0]}): "
+                              f"train into another folder (--out, or out: in the config) or delete it to split again")
+    split_of = {p: split for p, split in split_of.items() if p not in pinned}
+    gone = sorted(set(split_of) - present)
+    if gone and (prefix := _common_prefix(split_of, present)) is not None:
+        split_of, gone = {prefix + p: split for p, split in split_of.items()}, []
+    if gone:
+        new = sorted(present - set(split_of))
+        raise StaleSplitError(
+            f"{path} was made for other images ({len(gone)} of its files are gone, {len(new)} new ones are not in "
+            f"it, e.g. {gone[0]}): train into another folder (--out, or out: in the config) or delete it to split again",
+            gone,
+            new,
+        )
+    return split_of
+
+
+def _common_prefix(split_of: Mapping[str, str], present: set[str]) -> str | None:
+    """The folder path that, put before every saved path, makes each a present one (None: there is none)."""
+    first = min(split_of)
+    for key in present:
+        if key.endswith("/" + first):
+            prefix = key[: -len(first)]
+            if all(prefix + p in present for p in split_of):
+                return prefix
+    return None
+
+
+def _assigned(records: Sequence[Record], keys: list[str], split_of: Mapping[str, str],
+              names: Iterable[str]) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {name: [] for name in names}
+    for record, key in zip(records, keys, strict=True):
+        out.setdefault(split_of[key], []).append(record)
+    return out
+
+
+def path_key(path: Path, root: Path | None) -> str:
+    """How a saved split names ``path``: relative to ``root`` when it is under it."""
     if root is None:
         return Path(path).as_posix()
     try:
