@@ -17,6 +17,7 @@ from export.gates import GateError
 from export.model_card import add_camera_section
 from export.signing import development_key_warning
 from train.models.yolox import DEFAULT_SIZE, detector_input
+from train.splits import StaleSplitError
 
 
 def default_models(weights: Path) -> TorchModels:
@@ -162,9 +163,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.trained:
             options.images = run_images(args.trained)
+        if options.evaluate is not None:
+            from train.heldout import held_out_sets
+
+            held_out_sets(args.trained)  # a split the data no longer matches refuses now, not after the build
         models = trained_models(args.trained, args.weights) if args.trained else default_models(args.weights)
         manifest = build_bundle(models, options)
-    except ExportDataError as exc:
+    except (ExportDataError, StaleSplitError) as exc:  # a run whose data changed under its saved splits
         print(f"export refused: {exc}", file=sys.stderr)
         return 2
     except (GateError, FileNotFoundError, SignatureError) as exc:

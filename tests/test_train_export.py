@@ -6,7 +6,7 @@ from edge.runtime.bundle import load_bundle
 from trapedge.cli import main
 
 
-def test_quick_train_then_export_then_detect_and_embed(tmp_path, data):
+def test_quick_train_then_export_then_detect_and_embed(tmp_path, data, capsys):
     run = tmp_path / "run"
     assert main(["train", "--quick", "--data", str(data), "--out", str(run)]) == 0
     figures = json.loads((run / "figures.json").read_text())
@@ -38,6 +38,15 @@ def test_quick_train_then_export_then_detect_and_embed(tmp_path, data):
     assert any(name.startswith("detector.int8_recall_of_fp32.animal.") for name in manifest.gates)
     # the embedder learnt these individuals: its compact projection is a plain PCA (whitening overfits it)
     assert manifest.compact is not None and manifest.compact.whitened is False
+
+    # files gone from a dataset after training: refused in one line before the build, not a traceback after it
+    boxes_split = run / "splits" / "boxes.csv"
+    boxes_split.write_text(boxes_split.read_text() + "boxes/missouri_camtraps/images/Agouti/GONE.JPG,test,SEQ1,Agouti\n")
+    capsys.readouterr()
+    assert main(["export", "--data", str(data), "--trained", str(run), "--out", str(tmp_path / "stale")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("export refused: ") and "1 of its files are gone" in err[-1] and not any("Traceback" in line for line in err)
+    assert not (tmp_path / "stale").exists()
 
     out = tmp_path / "md.json"
     assert main(["detect", str(data / "frames" / "ena24_small"), "--bundle", str(bundle), "--output", str(out)]) == 0

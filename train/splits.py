@@ -383,9 +383,10 @@ def load_or_make_split(
     if saved.by != by:
         raise StaleSplitError(f"{path} splits by {saved.by!r}, not {by!r}: delete it to make a new split")
     keys = [path_key(r.path, root) for r in records]
-    split_of = _found_again(saved.split_of(), set(keys), path, pinned or {})
+    as_saved = saved.split_of()
+    split_of = _found_again(as_saved, set(keys), path, pinned or {})
     new = [i for i, key in enumerate(keys) if key not in split_of]
-    if not new and all(key in saved.split_of() for key in keys):
+    if not new and all(key in as_saved for key in keys):  # nothing new, nor a root that moved: nothing to rewrite
         return _assigned(records, keys, split_of, saved.counts)
     groups = _keys(records, by, burst_options)
     group_split = {**(fixed_groups or {}), **{groups[i]: split_of[k] for i, k in enumerate(keys) if k in split_of}}

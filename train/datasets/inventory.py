@@ -69,7 +69,7 @@ class Inventory:
 
     records: list[Record] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    _kept: set[Record] = field(default_factory=set, repr=False)
+    _kept: set[Record] = field(default_factory=set, init=False, repr=False, compare=False)  # records, for O(1) lookups
 
     def __iter__(self) -> Iterator[Record]:
         return iter(self.records)
