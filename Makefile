@@ -41,8 +41,9 @@ export: models
 
 # species classifier, re-ID embedder and detector: the shared data by default; CONFIG=train.yaml for
 # your own photos (see deploy/train.example.yaml), or DATA=root for the default layout elsewhere;
-# QUICK=1 for the fast profile
-train: models
+# QUICK=1 for the fast profile. The default bundle comes first: its detector cuts the classifier's
+# training crops (crops: detector)
+train: models $(if $(CONFIG),,$(BUNDLE)/manifest.json)
 	$(BIN)/trapedge train $(if $(CONFIG),--config $(CONFIG),--data $(DATA)) --out $(RUN) $(if $(QUICK),--quick,)
 
 demo: $(BUNDLE)/manifest.json

@@ -138,6 +138,10 @@ def training_checks(config: TrainingConfig, weights: Path = Path("models"),
     if "species" in steps and config.species:
         species_problems, warnings = species_checks(config)
         problems += species_problems
+        if config.crops == "detector" and not (config.crop_bundle / "manifest.json").is_file():
+            problems.append(f"crop_bundle: {config.crop_bundle} is not a bundle, and crops: detector cuts the training "
+                            "crops with its detector: `make export` builds bundles/default (or set crop_bundle: to "
+                            "another bundle, or crops: boxes to train on whole frames)")
     if "reid" in steps and (config.reid_train or config.reid_eval):
         problems += reid_problems(config)
     if "detector" in steps:

@@ -112,8 +112,9 @@ class TrainingConfig(_Strict):
                                     "species is confident the camera names the first ancestor that is")
     keep_multilabel: bool = Field(False, title="Keep images still multi-labelled after the rules (first label wins)")
     split_by: Literal["event", "location"] = Field("event", title="Species split unit: burst/capture event or camera")
-    crops: Literal["boxes", "detector"] = Field("boxes", title="Unboxed species images: whole frame, or the bundle "
-                                                               "detector's best box ('detector')")
+    crops: Literal["boxes", "detector"] = Field("detector", title="Unboxed species images: the bundle detector's best "
+                                                                  "box, as the edge classifies it ('detector'; whole "
+                                                                  "where it finds none), or the whole frame ('boxes')")
     crop_bundle: Path = Field(Path("bundles/default"), title="Bundle whose detector cuts crops when crops: detector")
     reid_train: list[ReidSource] = Field(default_factory=list, title="Individuals to train the embedder on")
     reid_eval: list[ReidSource] = Field(default_factory=list, title="Held-out individuals to evaluate on")
