@@ -9,7 +9,7 @@
   top-5 (depth 28) with exact numpy and, for sizes up to ``--pg-max``, pgvector's HNSW index
   (plus its build time and recall@5 against exact search). Queries are fresh draws from the
 gallery's clusters, like a new image of a known individual.
-* matching (``--matching``): the whole top-5 proposal at each size: search, shortlist of 100, local
+* matching (``--matching``): the whole top-5 proposal at each size: search, shortlist of 300, local
   matching (RootSIFT + RANSAC) and fusion. The gallery's vectors are the clustered ones above; its
   local features are those of the real crops under ``--data`` (SpotID leopards and lion val, 190
   crops) repeated over the gallery, held in memory as the matcher's cache holds them; queries are
@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+from central.fusion import SHORTLIST
 
 SEARCH_DEPTH = 4 * 5 + 8  # what Matcher asks the gallery for a top-5
 
@@ -85,7 +87,7 @@ def bench_pgvector(dsn: str, vectors: np.ndarray, queries: np.ndarray) -> dict:
             "index_build_s": round(built, 1), "recall_at_5": round(float(recall), 4)}
 
 
-def bench_matching(vectors: np.ndarray, queries: np.ndarray, data: Path, shortlist: int = 100) -> dict:
+def bench_matching(vectors: np.ndarray, queries: np.ndarray, data: Path, shortlist: int = SHORTLIST) -> dict:
     """Milliseconds of a full fused proposal (search + local matching of the shortlist + fusion)."""
     from central.enroll import folder_images, jpeg_of
     from central.fusion import PRIOR, fuse

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from central.dsn import dsn_problem
+from central.fusion import NEW_BELOW, SHORTLIST
 from common.wire import check_prefix
 
 PGVECTOR_MAX_DIM = 2000  # pgvector's HNSW index refuses vectors of more dimensions
@@ -73,10 +74,10 @@ class MatchingConfig(BaseModel):
     min_pairs: int = Field(5, ge=2, title="Confirmed and rejected pairs each needed before refitting the prior")
     rerank: bool = Field(True, title="Match local features (RootSIFT + RANSAC) of the shortlist and fuse them "
                                      "with the cosine (needs crops)")
-    shortlist: int = Field(100, ge=1, le=2000, title="Nearest gallery images (by cosine) matched locally per anchor")
+    shortlist: int = Field(SHORTLIST, ge=1, le=2000, title="Nearest gallery images (by cosine) matched locally per anchor")
     time_budget_s: float = Field(1.0, gt=0, le=60, title="Seconds of local matching per anchor; the images left "
                                                          "are scored by cosine alone and the proposal says so")
-    new_individual_below: float = Field(0.5, ge=0, le=1, title="Propose 'new individual' when no candidate's "
+    new_individual_below: float = Field(NEW_BELOW, ge=0, le=1, title="Propose 'new individual' when no candidate's "
                                                                "P(same) reaches this")
     separate_sides: bool = Field(True, title="Never compare images of two different known flanks (left / right)")
 
@@ -84,7 +85,7 @@ class MatchingConfig(BaseModel):
     @classmethod
     def _renamed(cls, data):
         if isinstance(data, dict) and "rerank_depth" in data:
-            raise ValueError("matching.rerank_depth was replaced by matching.shortlist (images, default 100)")
+            raise ValueError(f"matching.rerank_depth was replaced by matching.shortlist (images, default {SHORTLIST})")
         return data
 
 

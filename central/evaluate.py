@@ -40,7 +40,7 @@ import numpy as np
 
 from central.calibration import fit
 from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
-from central.fusion import PRIOR, Fused, FusionModel, fuse
+from central.fusion import NEW_BELOW, PRIOR, SHORTLIST, Fused, FusionModel, fuse
 from central.gallery import Hit
 from central.local_features import extract, inliers
 from central.sides import comparable, side_of_name
@@ -119,7 +119,7 @@ def compact_set(data: LabelledSet, bundle: Path) -> LabelledSet:
 
 
 def query(data: LabelledSet, anchor: int, model: FusionModel, local: bool, without: str | None = None,
-          shortlist: int = 100, budget_s: float = 1.0) -> tuple[Fused, list[int]]:
+          shortlist: int = SHORTLIST, budget_s: float = 1.0) -> tuple[Fused, list[int]]:
     """The fused proposal for one anchor (``without``: that individual left out of the gallery)."""
     others = [j for j in range(len(data.labels)) if j != anchor and data.labels[j] != without
               and comparable(data.sides[anchor], data.sides[j])]
@@ -145,8 +145,8 @@ def average_precision(fused: Fused, anchor: int, others: list[int], data: Labell
     return float((precision * relevant).sum() / relevant.sum())
 
 
-def evaluate(data: LabelledSet, local: bool, model: FusionModel = PRIOR, shortlist: int = 100,
-             budget_s: float = 1.0, new_below: float = 0.5) -> Figures:
+def evaluate(data: LabelledSet, local: bool, model: FusionModel = PRIOR, shortlist: int = SHORTLIST,
+             budget_s: float = 1.0, new_below: float = NEW_BELOW) -> Figures:
     """Closed-set and open-set figures of one set (see the module docstring)."""
     ranks, aps, seconds, best, new_true = [], [], [], [], []
     for a, truth in enumerate(data.labels):
@@ -182,7 +182,7 @@ def _round(value) -> float:
     return round(float(value), 3)
 
 
-def fit_prior(data: LabelledSet, shortlist: int = 100) -> FusionModel:
+def fit_prior(data: LabelledSet, shortlist: int = SHORTLIST) -> FusionModel:
     """Both fusion curves fitted on every (anchor, shortlisted image) pair of leave-one-out over ``data``."""
     z, counts, same = [], [], []
     for a, truth in enumerate(data.labels):
@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folders", type=Path, nargs="*", help="folder-per-individual sets (default: leopards, lion val)")
     parser.add_argument("--bundle", type=Path, default=Path("bundles/default"))
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--shortlist", type=int, default=100, help="images matched locally per anchor")
+    parser.add_argument("--shortlist", type=int, default=SHORTLIST, help="images matched locally per anchor")
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of local matching per anchor")
-    parser.add_argument("--new-below", type=float, default=0.5, help="'new individual' below this best P(same)")
+    parser.add_argument("--new-below", type=float, default=NEW_BELOW, help="'new individual' below this best P(same)")
     parser.add_argument("--fit-prior", action="store_true", help="fit and print the prior curves on the folders")
     parser.add_argument("--compact", action="store_true", help="also measure the compact embeddings of the bundle")
     parser.add_argument("--sweep-new", action="store_true",

@@ -66,13 +66,23 @@ class FusionModel:
 # Prior before any verdicts. `python -m central.evaluate --fit-prior ../shared/data/reid/lion/train` (bundles/default,
 # an embedder never trained on lions; 594 images, 59,400 shortlist pairs of which 841 same) fits
 # fused (-0.129, 0.675, -4.522) and cosine-only (-0.017, -4.243): on those lion crops (different body parts of
-# different photos) the default embedder's cosine carries no signal, so the fit gives it no weight. That curve
-# drops the SpotID leopards' rank-1 by cosine alone from 0.91 to 0.18, so the prior keeps a moderate cosine weight
-# (0.8 per standard deviation of the shortlist) and an inlier weight and bias of the same order as the fit
-# (P(same) = 0.5 at about 100 inliers for the shortlist's mean cosine, 15 at 3 deviations above). With it (central
-# evaluate, bundles/default): leopards rank-1 1.00, lion val 0.26 (the fitted curve: 0.98 and 0.36). Verdicts
-# refit it (central.calibration).
-PRIOR = FusionModel(fused=(0.8, 1.3, -6.0), cosine_only=(0.9, -4.0))
+# different photos) the default embedder's cosine carries no signal, so the fit gives it no weight. The cosine-only
+# curve keeps a moderate weight (0.9 per standard deviation of the shortlist): with the fitted one the SpotID
+# leopards' rank-1 by cosine alone drops from 0.91 to 0.18. The fused curve, once local evidence is there, gives the
+# cosine only 0.1 (it still orders images of equal inliers), as the fit says for an embedder that never saw the
+# species, which is what a new species meets; the inlier weight and bias are of the same order as the fit (P(same) =
+# 0.5 at about 100 inliers). Chosen on lion train (central evaluate, leave-one-out, shortlist 300): rank-1 0.189 with
+# the cosine weight 0.8 it had, 0.263 at 0.3, 0.291 at 0.1, 0.308 at 0. Verdicts refit both curves
+# (central.calibration), so an embedder whose cosine does tell individuals apart regains its weight.
+PRIOR = FusionModel(fused=(0.1, 1.3, -6.0), cosine_only=(0.9, -4.0))
+# Gallery images matched locally per anchor. With a cosine that tells little (an embedder that never saw the
+# species), the same individual's images sit anywhere in the gallery: on lion train (594 crops, fused cosine weight 0)
+# rank-1 was 0.205 with 100 of them matched, 0.308 with 300, 0.350 with all; 300 RootSIFT matches take ~0.3 s here.
+SHORTLIST = 300
+# The open-set policy: 'new individual' when no candidate's P(same) reaches this. Chosen on lion train with this prior
+# (`central evaluate ../shared/data/reid/lion/train --sweep-new`, the best fused F1 of 'new individual': 0.696 at 0.10,
+# precision / recall 0.56 / 0.92; 0.67 at 0.5, where nearly every anchor is called new).
+NEW_BELOW = 0.1
 
 
 @dataclass(frozen=True)
@@ -123,7 +133,7 @@ def noisy_or(probabilities: list[float]) -> float:
 
 
 def fuse(hits: list[Hit], find: Callable[[str], str], model: FusionModel,
-         local: Callable[[str], int | None] | None, shortlist: int = 100, budget_s: float = 1.0, top_k: int = 5,
+         local: Callable[[str], int | None] | None, shortlist: int = SHORTLIST, budget_s: float = 1.0, top_k: int = 5,
          clock: Callable[[], float] = time.perf_counter) -> Fused:
     """Score comparable gallery images and their individuals for one anchor.
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from central.calibration import calibrate
 from central.evidence_store import EvidenceStore
-from central.fusion import FusionModel, fuse, propose_new
+from central.fusion import NEW_BELOW, SHORTLIST, FusionModel, fuse, propose_new
 from central.gallery import Gallery, Hit, NumpyGallery
 from central.graph import Individuals, build
 from central.ingest import Sighting
@@ -118,8 +118,8 @@ class Matcher:
     """
 
     def __init__(self, store: CentralStore, top_k: int = 5, min_pairs: int = 5,
-                 factory: GalleryFactory = numpy_gallery, local_matching: bool = True, shortlist: int = 100,
-                 time_budget_s: float = 1.0, new_individual_below: float = 0.5, separate_sides: bool = True):
+                 factory: GalleryFactory = numpy_gallery, local_matching: bool = True, shortlist: int = SHORTLIST,
+                 time_budget_s: float = 1.0, new_individual_below: float = NEW_BELOW, separate_sides: bool = True):
         self.store, self.top_k, self.min_pairs, self.factory = store, top_k, min_pairs, factory
         self.local_matching, self.shortlist, self.time_budget_s = local_matching, shortlist, time_budget_s
         self.new_individual_below, self.separate_sides = new_individual_below, separate_sides

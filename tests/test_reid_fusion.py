@@ -47,6 +47,17 @@ def test_local_evidence_can_reorder_against_the_cosine():
     assert fused.p_new == pytest.approx(1 / (1 + odds))
 
 
+def test_before_any_verdict_twice_the_inliers_outrank_the_nearest_cosine():
+    # an embedder that never saw the species orders its gallery by little more than chance: the prior lets
+    # local evidence decide (a cosine weight of 0.8 kept the nearest image first here, and lion train's rank-1
+    # at 0.19 instead of 0.29), while equal inliers still follow the cosine
+    hits = [Hit(name, cosine) for name, cosine in zip("abcdef", (0.9, 0.85, 0.8, 0.75, 0.7, 0.65))]
+    fused = fuse(hits, lambda i: i, PRIOR, {"a": 10, "f": 20}.get, shortlist=6, budget_s=10)
+    assert [s.individual for s in fused.individuals][:2] == ["f", "a"]
+    tied = fuse(hits, lambda i: i, PRIOR, {"a": 10, "f": 10}.get, shortlist=6, budget_s=10)
+    assert [s.individual for s in tied.individuals][:2] == ["a", "f"]
+
+
 def test_prior_is_used_without_verdicts_and_rises_with_the_evidence(leopard_store, leopard_sightings):
     assert calibrate([]) is PRIOR
     proposal = Matcher(leopard_store, time_budget_s=30).proposal(leopard_sightings[0])
