@@ -60,6 +60,14 @@ def train_no_crop_bundle(tmp_path):
         {"format": "csv", "path": "labels.csv", "event_column": "burst"}]))], "crop_bundle: "
 
 
+def train_broken_crop_bundle(tmp_path):
+    _species_csv(tmp_path / "photos", 200)
+    (tmp_path / "half-copied").mkdir()
+    (tmp_path / "half-copied" / "manifest.json").write_text("{}")
+    return ["train", "--config", str(_train_yaml(tmp_path, crop_bundle=str(tmp_path / "half-copied"), species=[
+        {"format": "csv", "path": "labels.csv", "event_column": "burst"}]))], "is not a valid manifest"
+
+
 def train_bad_key(tmp_path):
     path = _train_yaml(tmp_path, split_by="camera")
     return ["train", "--config", str(path), "--validate-config"], "split_by"
@@ -130,7 +138,7 @@ def inventory_nothing(tmp_path):
 
 
 CASES = [train_too_few_images, train_missing_dataset, train_two_stations, train_one_individual, train_no_crop_bundle,
-         train_bad_key, run_missing_bundle, run_watch_label_absent, run_unreadable_password_file,
+         train_broken_crop_bundle, train_bad_key, run_missing_bundle, run_watch_label_absent, run_unreadable_password_file,
          run_unreadable_password_file_at_start, central_missing_hash, central_not_a_hash, export_not_a_run,
          detect_no_folder, inventory_nothing]
 

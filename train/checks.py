@@ -128,6 +128,22 @@ def box_problems(config: TrainingConfig) -> list[str]:
     return problems
 
 
+def crop_bundle_problems(bundle: Path) -> list[str]:
+    """The bundle whose detector cuts the classifier's training crops (``crops: detector``) loads."""
+    from edge.runtime.bundle import BundleError, load_bundle
+
+    fix = ("`make export` builds bundles/default (or set crop_bundle: to another bundle, or crops: boxes to train on "
+           "whole frames)")
+    if not (bundle / "manifest.json").is_file():
+        return [f"crop_bundle: {bundle} is not a bundle, and crops: detector cuts the training crops with its "
+                f"detector: {fix}"]
+    try:
+        load_bundle(bundle)
+    except BundleError as exc:
+        return [f"crop_bundle: {exc}: {fix}"]
+    return []
+
+
 def training_checks(config: TrainingConfig, weights: Path = Path("models"),
                     steps: set[str] = frozenset({"species", "reid", "detector"})) -> tuple[list[str], list[str]]:
     """(problems, warnings): every problem ``trapedge train`` would meet, and what trains but will
@@ -138,10 +154,8 @@ def training_checks(config: TrainingConfig, weights: Path = Path("models"),
     if "species" in steps and config.species:
         species_problems, warnings = species_checks(config)
         problems += species_problems
-        if config.crops == "detector" and not (config.crop_bundle / "manifest.json").is_file():
-            problems.append(f"crop_bundle: {config.crop_bundle} is not a bundle, and crops: detector cuts the training "
-                            "crops with its detector: `make export` builds bundles/default (or set crop_bundle: to "
-                            "another bundle, or crops: boxes to train on whole frames)")
+        if config.crops == "detector":
+            problems += crop_bundle_problems(config.crop_bundle)
     if "reid" in steps and (config.reid_train or config.reid_eval):
         problems += reid_problems(config)
     if "detector" in steps:
