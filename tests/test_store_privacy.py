@@ -174,12 +174,15 @@ class NoBoxDetector(FixedDetector):
         return Detections.empty()
 
 
-@pytest.mark.parametrize(("frame", "label", "blurred"), [("person", "person", True), ("fox", "fox", False)])
-def test_a_frame_without_a_box_is_classified_whole(data, frame, label, blurred):
+@pytest.mark.parametrize(("frame", "score", "label", "blurred"), [
+    ("person", 0.95, "person", True), ("fox", 0.95, "fox", False),
+    # person + vehicle 0.67 is below the overrule's 0.7, but no detector "animal" box is overruled: a vehicle
+    ("vehicle", 0.5, "vehicle", True), ("fox", 0.5, "fox", False)])
+def test_a_frame_without_a_box_is_classified_whole(data, frame, score, label, blurred):
     """The whole-frame backup also catches a person the detector missed: the frame is a person frame,
     its box is blurred (not confidently an animal) and nothing is embedded."""
     labels = ["fox", "person", "vehicle", "other"]
-    analyzer = Analyzer(NoBoxDetector(), FixedClassifier(labels, frame, 0.95), CountingEmbedder(),
+    analyzer = Analyzer(NoBoxDetector(), FixedClassifier(labels, frame, score), CountingEmbedder(),
                         MotionGate(MotionGateConfig()), PreprocessConfig(), DetectionConfig(), PrivacyConfig(), 0.3)
     rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
     det = analyzer.analyse(Frame("sd", "k", T0, "exif", rgb=rgb)).detections

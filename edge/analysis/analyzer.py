@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -107,6 +107,8 @@ class Analyzer:
         self.frame_context = learnt_whole if detection.frame_context is None else detection.frame_context
         self.space = label_space(detector.labels, classifier.labels if classifier else None,
                                  getattr(getattr(classifier, "spec", None), "taxonomy", None), detection)
+        # a frame without a box has no detector class for the classifier to overrule (rule 8): its best class decides
+        self.whole_space = replace(self.space, overrule_min_score=None)
 
     @property
     def labels(self) -> list[str]:
@@ -198,7 +200,7 @@ class Analyzer:
         h, w = work.shape[:2]
         box = Detections(np.array([[0, top, w, top + h]], np.float32), np.array([score], np.float32),
                          np.array([self.space.detector.index(ANIMAL) if ANIMAL in self.space.detector else 0]))
-        box = combine_labels(box.with_data(species_probs=probs), self.space)
+        box = combine_labels(box.with_data(species_probs=probs), self.whole_space)
         return box.with_data(label_source=np.array([WHOLE_FRAME], dtype=object))
 
     def eligible_for_embedding(self, detections: Detections) -> np.ndarray:

@@ -29,7 +29,8 @@ class DetectionConfig(BaseModel):
                     "vehicle stays one. null: on when the bundle's classifier learnt whole frames (whole_frames)")
     whole_frame: bool = Field(True, title="When the detector finds no box, classify the whole (trimmed) frame: a "
                                           "confident animal class makes the frame non-empty (label_source whole_frame)")
-    whole_frame_min_score: float = Field(0.8, ge=0, le=1, title="Probability the whole frame's animal class needs")
+    whole_frame_min_score: float = Field(0.5, ge=0, le=1, title="Probability the whole frame's best class needs to make a "
+                                                                      "frame without a box non-empty")
     second_look: SecondLookConfig = Field(default_factory=SecondLookConfig,
                                           title="Tiles for small and far animals (edge/analysis/tiles.py)")
     sure_box: float | None = Field(

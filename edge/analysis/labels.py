@@ -12,7 +12,8 @@ output). The rules:
 4. A frame without any box is classified whole (``Analyzer``): a confident class that is not
    empty (an animal, or a person or vehicle the detector missed) gives the frame one frame-sized box
    with that label and ``label_source`` ``whole_frame`` (SpeciesNet's whole-image backup); it is
-   never embedded.
+   never embedded. No detector class is overruled there, so rule 8 does not apply: the best class is
+   the label.
 5. Frame context (SpeciesNet's ensemble of a whole-image classifier with the detector): with the
    whole frame's classification (``context``), an animal box's vote is the mean of its crop's and the
    frame's probabilities, ``label_source`` ``ensemble``; a crop the classifier itself calls a person
