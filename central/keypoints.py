@@ -1,8 +1,8 @@
 """The matched keypoints of two crops, for the review page to draw between them.
 
-The matcher's own local features (``central.local_features``: RootSIFT on the contrast-equalised
-grey crop scaled to ``LONG_SIDE``), Lowe's ratio test and RANSAC on a homography, as it counts its
-inliers; here the inlier pairs themselves are kept. Coordinates are fractions of each crop's width
+The matcher's own local features and matches (``central.local_features``: RootSIFT on the
+contrast-equalised grey crop scaled to ``LONG_SIDE``, Lowe's ratio test, RANSAC of a similarity), as
+it counts its inliers; here the inlier pairs themselves are kept. Coordinates are fractions of each crop's width
 and height, so the page can draw them at whatever size and zoom it shows the crops.
 """
 
@@ -28,7 +28,7 @@ _CACHE_LOCK = threading.Lock()
 @dataclass(frozen=True)
 class MatchedPairs:
     """Inlier pairs of two crops: (N, 4) rows ``(anchor x, anchor y, candidate x, candidate y)`` as
-    fractions of each crop's size; ``matches`` passed the ratio test, ``inliers`` fit the homography."""
+    fractions of each crop's size; ``matches`` passed the ratio test, ``inliers`` fit the similarity."""
 
     pairs: np.ndarray
     matches: int
@@ -62,17 +62,7 @@ def matched_pairs(anchor: Sighting, candidate: Sighting) -> MatchedPairs | None:
     if anchor.crop_jpeg is None or candidate.crop_jpeg is None:
         return None
     (a, a_size), (b, b_size) = _cached(anchor), _cached(candidate)
-    none = np.zeros((0, 4), np.float32)
-    if len(a) < local_features.MIN_MATCHES or len(b) < 2:
-        return MatchedPairs(none, 0, 0)
-    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.descriptors.astype(np.float32), b.descriptors.astype(np.float32), k=2)
-    good = [p[0] for p in knn if len(p) == 2 and p[0].distance < local_features.RATIO * p[1].distance]
-    if len(good) < local_features.MIN_MATCHES:
-        return MatchedPairs(none, len(good), 0)
-    source, target = a.points[[m.queryIdx for m in good]], b.points[[m.trainIdx for m in good]]
-    _, mask = cv2.findHomography(source, target, cv2.RANSAC, local_features.RANSAC_PIXELS, maxIters=500)
-    if mask is None:
-        return MatchedPairs(none, len(good), 0)
-    keep = mask.ravel().astype(bool)
-    pairs = np.hstack([source[keep] / a_size, target[keep] / b_size])
-    return MatchedPairs(pairs[:MAX_PAIRS].astype(np.float32), len(good), int(keep.sum()))
+    found = local_features.match(a, b)
+    keep = found.inlier
+    pairs = np.hstack([found.source[keep] / a_size, found.target[keep] / b_size]).reshape(-1, 4)
+    return MatchedPairs(pairs[:MAX_PAIRS].astype(np.float32), len(keep), found.inliers)

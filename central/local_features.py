@@ -8,8 +8,13 @@ quantised to bytes: one crop's features take about 40 kB, computed once per sigh
 (``central.feature_cache``).
 
 Two crops are compared by Lowe's ratio test on nearest descriptors and RANSAC on the putative
-matches (a homography: a flank or a face seen from nearby angles is close to a plane); the number
-of inliers is the local evidence that the same pattern is shown in both.
+matches with a similarity (rotation, uniform scale, shift: ``cv2.estimateAffinePartial2D``): the
+same flank or face seen at another distance and tilt. The number of inliers is the local evidence
+that the same pattern is shown in both. A similarity has 4 degrees of freedom where a homography has
+8, so chance matches of two different animals agree on one less often: chosen on ``reid/lion/train``
+with the default bundle (rank-1 0.291 with a homography, 0.323 with a similarity, 0.313 with a full
+affine; 0.327 / 0.320 with 4 / 10 px), which also leaves the review page's lines (``keypoints.py``)
+where they belong more often.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 LONG_SIDE = 320
 MAX_KEYPOINTS = 300
 RATIO = 0.8
-MIN_MATCHES = 8  # fewer putative matches cannot support a homography
+MIN_MATCHES = 8  # fewer putative matches are no evidence of a shared pattern
 RANSAC_PIXELS = 6.0
 _SIFT = cv2.SIFT_create(nfeatures=MAX_KEYPOINTS)
 _CLAHE = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
@@ -81,15 +86,40 @@ def root_sift(descriptors: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(d * 255), 0, 255).astype(np.uint8)
 
 
-def inliers(a: LocalFeatures, b: LocalFeatures) -> int:
-    """RANSAC homography inliers among the ratio-test matches of two crops' features (0 without support)."""
+@dataclass(frozen=True)
+class Matches:
+    """The ratio-test matches of two crops: ``source`` and ``target`` points (M, 2) and which of them
+    are RANSAC inliers of one similarity (``inlier`` (M,) bool)."""
+
+    source: np.ndarray
+    target: np.ndarray
+    inlier: np.ndarray
+
+    @property
+    def inliers(self) -> int:
+        return int(self.inlier.sum())
+
+
+NO_MATCHES = Matches(np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32), np.zeros(0, bool))
+
+
+def match(a: LocalFeatures, b: LocalFeatures) -> Matches:
+    """Lowe's ratio test on nearest RootSIFT descriptors, then RANSAC of a similarity on those matches
+    (none are inliers below ``MIN_MATCHES`` matches)."""
     if len(a) < MIN_MATCHES or len(b) < 2:
-        return 0
+        return NO_MATCHES
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.descriptors.astype(np.float32), b.descriptors.astype(np.float32), k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    source = a.points[[m.queryIdx for m in good]].reshape(-1, 2)
+    target = b.points[[m.trainIdx for m in good]].reshape(-1, 2)
     if len(good) < MIN_MATCHES:
-        return 0
-    source = a.points[[m.queryIdx for m in good]]
-    target = b.points[[m.trainIdx for m in good]]
-    _, mask = cv2.findHomography(source, target, cv2.RANSAC, RANSAC_PIXELS, maxIters=500)
-    return 0 if mask is None else int(mask.sum())
+        return Matches(source, target, np.zeros(len(good), bool))
+    _, mask = cv2.estimateAffinePartial2D(source, target, method=cv2.RANSAC, ransacReprojThreshold=RANSAC_PIXELS,
+                                          maxIters=500)
+    inlier = np.zeros(len(good), bool) if mask is None else mask.ravel().astype(bool)
+    return Matches(source, target, inlier)
+
+
+def inliers(a: LocalFeatures, b: LocalFeatures) -> int:
+    """RANSAC inliers of one similarity among the ratio-test matches of two crops (0 without support)."""
+    return match(a, b).inliers

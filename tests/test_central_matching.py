@@ -14,8 +14,8 @@ from central.enroll import link_known
 from central.fusion import PRIOR, noisy_or
 from central.gallery import Hit, NumpyGallery
 from central.graph import build
+from central.local_features import extract, inliers
 from central.matching import Matcher, rank_individuals
-from central.rerank import inlier_counts
 from central.review import decide
 from central.store import CentralStore, Decision
 
@@ -92,15 +92,16 @@ def test_matcher_proposes_distinct_individuals_and_skips_the_anchors_own(store, 
     assert individuals.find(anchor.id) not in {c.individual for c in again}
 
 
-def test_rerank_counts_more_inliers_for_the_same_leopard(leopard_sightings):
+def test_local_matching_counts_more_inliers_for_the_same_leopard(leopard_sightings):
     by_individual = {}
     for s in leopard_sightings:
         by_individual.setdefault(s.individual, []).append(s)
     anchor, same = by_individual["BRL17_Left"][:2]
     others = [group[0] for name, group in by_individual.items() if name != "BRL17_Left"]
-    counts = inlier_counts(anchor, [same, *others, None])
-    assert counts[0] > 3 * max(counts[1:-1]) and counts[0] >= 20
-    assert counts[-1] == 0
+    features = [extract(s.crop_jpeg) for s in (anchor, same, *others)]
+    counts = [inliers(features[0], f) for f in features[1:]]
+    assert counts[0] > 3 * max(counts[1:]) and counts[0] >= 20
+    assert inliers(features[0], extract(b"not a jpeg")) == 0
 
 
 def test_local_matching_moves_the_true_individual_up(store, leopard_sightings):

@@ -217,3 +217,33 @@ def test_enrolled_images_take_their_time_from_exif_or_the_file_name(tmp_path):
         id, name, device, frame_time, label, crop_jpeg, edge_jpeg = "x", "x.jpg", "enrolled", UNKNOWN_TIME, None, b"", None
 
     assert image_view(Enrolled(), {})["time"] is None  # the page says "date unknown", never 1970
+
+
+def test_the_same_flank_seen_nearer_and_tilted_keeps_its_inliers_and_the_review_page_draws_them(data):
+    """A similarity (scale, tilt, shift) of a real leopard crop keeps a pattern's inliers; another leopard
+    shares few; the review page's lines are the matcher's own inliers."""
+    import cv2
+
+    from central.keypoints import matched_pairs
+    from central.local_features import extract, inliers, match
+
+    crops = data / "reid" / "leopard_spotid" / "crops"
+    anchor_path, other_path = (next(iter(sorted((crops / name).glob("*.jpg")))) for name in ("BGL09_right", "BRL17_Left"))
+    anchor = cv2.imread(str(anchor_path))
+    h, w = anchor.shape[:2]
+    tilted = cv2.warpAffine(anchor, cv2.getRotationMatrix2D((w / 2, h / 2), 8, 0.85), (w, h), borderValue=(0, 0, 0))
+    encode = lambda image: cv2.imencode(".jpg", image)[1].tobytes()  # noqa: E731
+    a, b, c = extract(anchor_path.read_bytes()), extract(encode(tilted)), extract(other_path.read_bytes())
+    same, different = inliers(a, b), inliers(a, c)
+    assert same >= 30 and same > 3 * different
+    found = match(a, b)
+    assert found.inliers == same and len(found.source) == len(found.inlier) >= same
+    pair = matched_pairs(_with_crop("a", anchor_path.read_bytes()), _with_crop("b", encode(tilted)))
+    assert pair.inliers == same and len(pair.pairs) == min(same, 300)
+    assert ((pair.pairs >= 0) & (pair.pairs <= 1)).all()  # fractions of each crop's size
+
+
+def _with_crop(sid, jpeg):
+    from dataclasses import replace
+
+    return replace(sighting(sid, [1, 0]), crop_jpeg=jpeg)
