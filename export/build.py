@@ -125,6 +125,7 @@ class BundleBuilder:
         self.quantization: dict[str, dict[str, object]] = {}
         self.detector_input = detector_input(options.detector_size)
         self.files: dict[str, tuple[str, list[str]]] = {}  # task -> (file stem, outputs of that file)
+        self._checked: tuple | None = None  # the detectors' pass over the check frames (_check_frames)
 
     def graphs(self) -> list[tuple[str, torch.nn.Module, list[str]]]:
         """(file stem, module, outputs) of each ONNX file: one graph for classifier and embedder
@@ -151,6 +152,8 @@ class BundleBuilder:
 
     def quantize(self, stem: str, tasks: list[str], extra_fp32: list[str] | None = None) -> None:
         """(Re)write ``<stem>.int8.onnx`` from its fp32 graph."""
+        if stem == "detector":
+            self._checked = None  # a new detector graph is checked afresh
         batches = (_calibration(self.images.detector_calibration, self.detector_input, "calibrate detector")
                    if stem == "detector" else _calibration(self.images.crop_calibration, CROP_INPUT, f"calibrate {stem}"))
         done = quantize_int8(self.work / f"{stem}.fp32.onnx", self.work / f"{stem}.int8.onnx", stem, batches,
@@ -224,20 +227,7 @@ class BundleBuilder:
         cls = {p: Classifier(bundle, p) for p in ("fp32", "int8")}
         emb = {p: Embedder(bundle, p) for p in ("fp32", "int8")}
         threshold = self.options.detector_threshold
-        # reference boxes at the threshold, candidates within the score tolerance below it (a box
-        # at 0.26 in fp32 and 0.24 in INT8 is the same detection, not a miss); detectors run low
-        found: dict[str, list[Detections]] = {"fp32": [], "int8": [], "native": []}
-        native = NativeDetector(self.models.detector, bundle.spec("detector"), self.models.detector_native_size)
-        crops = [resize_whole(rgb, CROP_INPUT) for rgb in _frames(self.images.check_crops)]
-        check_frames, shapes, kept = self.images.check_frames, [], []
-        for rgb in progress(_frames(check_frames), total=len(check_frames), desc="check", unit="image"):
-            shapes.append(rgb.shape[:2])
-            for p in ("fp32", "int8"):
-                found[p].append(det[p].detect(rgb, threshold - gates.DETECTOR_SCORE_TOLERANCE))
-            found["native"].append(native.detect(rgb, threshold))
-            fp32 = found["fp32"][-1]
-            kept.append(fp32[fp32.confidence >= threshold])
-            crops += cls["fp32"].crops_of(rgb, kept[-1])
+        found, shapes, kept, crops = self._check_frames(bundle, det, cls["fp32"])
         recall, n_boxes = gates.recall_within_tolerance(found["fp32"], found["int8"], threshold)
         strict, _ = gates.recall_within_tolerance(found["fp32"], found["int8"], threshold, tolerance=0.0)
         box_iou = gates.mean_box_iou(found["fp32"], found["int8"], threshold)
@@ -277,6 +267,33 @@ class BundleBuilder:
             gates.Gate("classifier.int8_top1_agreement", agreement if n_confident else 0.0, gates.CLASSIFIER_AGREEMENT_MIN),
             gates.Gate("embedder.int8_mean_cosine", cosine, gates.EMBEDDER_COSINE_MIN),
         ]
+
+    def _check_frames(self, bundle, det, cls) -> tuple[dict[str, list[Detections]], list, list[Detections], list]:
+        """The detectors' boxes on the check frames (``found``: fp32, INT8, native), the frames' shapes,
+        the fp32 boxes at the threshold (``kept``) and the crops the crop graphs are checked on (the
+        check crops, then the crops of ``kept``). Measured once: a fall-back re-quantizes only the crop
+        graphs (never the detector), so a second ``measure`` reuses them instead of running the
+        detectors over every check frame again."""
+        if self._checked is not None:
+            print("check: the detector's figures of the first pass (its graphs did not change)")
+            return self._checked
+        threshold = self.options.detector_threshold
+        # reference boxes at the threshold, candidates within the score tolerance below it (a box
+        # at 0.26 in fp32 and 0.24 in INT8 is the same detection, not a miss); detectors run low
+        found: dict[str, list[Detections]] = {"fp32": [], "int8": [], "native": []}
+        native = NativeDetector(self.models.detector, bundle.spec("detector"), self.models.detector_native_size)
+        crops = [resize_whole(rgb, CROP_INPUT) for rgb in _frames(self.images.check_crops)]
+        check_frames, shapes, kept = self.images.check_frames, [], []
+        for rgb in progress(_frames(check_frames), total=len(check_frames), desc="check", unit="image"):
+            shapes.append(rgb.shape[:2])
+            for p in ("fp32", "int8"):
+                found[p].append(det[p].detect(rgb, threshold - gates.DETECTOR_SCORE_TOLERANCE))
+            found["native"].append(native.detect(rgb, threshold))
+            fp32 = found["fp32"][-1]
+            kept.append(fp32[fp32.confidence >= threshold])
+            crops += cls.crops_of(rgb, kept[-1])
+        self._checked = found, shapes, kept, crops
+        return self._checked
 
     def _latency(self, det, cls, emb, crops) -> None:
         frame = to_tensor([det["fp32"].preprocess(next(_frames(self.images.check_frames[:1])))[0]], self.detector_input)

@@ -1,6 +1,8 @@
 """Export side: weights load exactly, gates compute the right figures and stop bad bundles."""
 
 import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -163,6 +165,26 @@ def test_fall_back_requantizes_only_crop_graphs_that_missed_their_int8_gate():
     assert calls == [("crops", ["classifier", "embedder"], EFFICIENTNET_FRONT)]  # never the detector
     assert not builder.fall_back(missed)  # already in fp32 at the front: nothing more to try
     assert not builder.fall_back([gates.Gate("embedder.int8_mean_cosine", 0.99, 0.98)])
+
+
+def test_a_second_measure_reuses_the_detectors_pass_until_the_detector_is_quantized_again(monkeypatch, capsys):
+    """After a fall-back (crop graphs only) the check frames are not run through the detectors again."""
+    from export import build
+    from export.build import BundleBuilder
+
+    builder = BundleBuilder.__new__(BundleBuilder)
+    builder._checked = ({"fp32": [], "int8": [], "native": []}, [], [], ["crop"])
+    assert builder._check_frames(None, None, None) is builder._checked  # no detector, bundle or frames touched
+    assert "first pass" in capsys.readouterr().out
+    monkeypatch.setattr(build, "quantize_int8", lambda *args: {})
+    monkeypatch.setattr(build, "_calibration", lambda *args: iter(()))
+    builder.options = SimpleNamespace(calibration={"classifier": "percentile", "detector": "percentile"})
+    builder.images = SimpleNamespace(detector_calibration=[], crop_calibration=[])
+    builder.work, builder.detector_input, builder.quantization = Path("unused"), None, {}
+    builder.quantize("crops", ["classifier"])
+    assert builder._checked is not None
+    builder.quantize("detector", ["detector"])
+    assert builder._checked is None
 
 
 def test_quantization_keeps_onnxruntimes_chatter_off_the_terminal(tmp_path, capfd):
