@@ -31,7 +31,8 @@ def _row(name: str, figures: dict[str, Any]) -> str:
         str(boxes.get("people_labelled_animal", "–")) if boxes else "–",
         f"{confusion[2][2]}/{people}" if people else "–",
         _pct(classes.get("empty_kept_out")), _pct(classes.get("animal_found")),
-        f"{_pct(species.get('top1'))} / {_pct(species.get('macro_f1'))}" if species else "–",
+        f"{_pct(species.get('top1'))} / {_pct(species.get('macro_f1'))} ({_pct(species.get('macro_f1_reference'))})"
+        if species else "–",
     ]) + " |"
 
 
@@ -57,7 +58,9 @@ def camera_section(evaluation: dict[str, Any], bundle: str = "this bundle") -> l
     lines = ["## What the camera does on held-out images", "",
              f"Each source's test split (fixed by `trapedge train` before any tuning, never trained on), run "
              f"through {bundle}'s INT8 pipeline with info bars detected: `trapedge evaluate`. Box recall "
-             "at IoU ≥ 0.5 (boxes in brackets); sizes by area share: small < 1 % ≤ medium < 10 % ≤ large.", "",
+             "at IoU ≥ 0.5 (boxes in brackets); sizes by area share: small < 1 % ≤ medium < 10 % ≤ large. "
+             "Macro-F1 averages the classes of the reference and of the camera's labels; in brackets, the "
+             "reference's classes alone (a label only ever predicted is not a class of F1 0 again).", "",
              "| source | images | animal boxes found | small | medium | large | person boxes labelled person "
              "| people labelled animal | person frames called person | empties kept out "
              "| animal frames non-empty | species top-1 / macro-F1 |",

@@ -71,6 +71,21 @@ def test_classification_report(y_true, y_pred, labels, top1, macro_f1, per_class
 
 
 @pytest.mark.parametrize(
+    ("y_pred", "macro_f1", "reference"),
+    [
+        ([0, 0, 1, 1], 1.0, 1.0),
+        # a stray prediction of c, a class no frame holds: already a recall miss of b; the first
+        # average counts it again as a class of F1 0, the reference one does not
+        ([0, 0, 1, 2], (1.0 + 2 / 3 + 0.0) / 3, (1.0 + 2 / 3) / 2),
+    ],
+)
+def test_macro_f1_over_the_reference_classes_counts_a_stray_label_once(y_pred, macro_f1, reference):
+    report = classification_report([0, 0, 1, 1], y_pred, ["a", "b", "c"])
+    assert report["macro_f1"] == pytest.approx(macro_f1)
+    assert report["macro_f1_reference"] == pytest.approx(reference)
+
+
+@pytest.mark.parametrize(
     ("scores", "positives", "fpr", "tpr", "area", "raises"),
     [
         ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], [0, 0, 0.5, 0.5, 1], [0, 0.5, 0.5, 1, 1], 0.75, does_not_raise()),

@@ -383,7 +383,9 @@ def summary_line(figures: dict[str, Any]) -> str:
         parts.append(f"animal boxes found {animal['found']} of {animal['boxes']}")
         parts.append(f"people labelled animal {figures['boxes']['people_labelled_animal']}")
     if figures["species"]:
-        parts.append(f"species top-1 {figures['species']['top1']:.3f} macro-F1 {figures['species']['macro_f1']:.3f}")
+        species = figures["species"]
+        parts.append(f"species top-1 {species['top1']:.3f} macro-F1 {species['macro_f1']:.3f} "
+                     f"({species.get('macro_f1_reference', species['macro_f1']):.3f} over the reference's classes)")
     return ", ".join(parts)
 
 
@@ -423,7 +425,9 @@ def markdown(figures: dict[str, Any]) -> str:
     lines += ["## Images", "", f"Empty images kept out: {classes['empty_kept_out']}; images with an animal "
               f"called non-empty: {classes['animal_found']}", "", "![](image_classes.png)", ""]
     if figures["species"]:
-        lines += ["## Species", "", f"top-1 {figures['species']['top1']:.3f}, macro-F1 "
-                  f"{figures['species']['macro_f1']:.3f} over {figures['species']['n']} images", "",
+        species = figures["species"]
+        lines += ["## Species", "", f"top-1 {species['top1']:.3f}, macro-F1 {species['macro_f1']:.3f} over "
+                  f"{species['n']} images (the classes of the reference and of the camera's labels; "
+                  f"{species.get('macro_f1_reference', species['macro_f1']):.3f} over the reference's classes alone)", "",
                   "![](species.png)", ""]
     return "\n".join(lines)

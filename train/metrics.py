@@ -59,7 +59,10 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: 
     Macro-F1 averages the classes that occur among the true or the predicted labels: a class
     absent from both (e.g. a rare species missing from a small validation split) neither helps
     nor hurts. A class never predicted has precision 0. Empty inputs give ``n`` 0 and all-zero
-    scores.
+    scores. ``macro_f1_reference`` averages only the classes among the true labels (scikit-learn's
+    ``labels=`` the reference classes): a label that was only ever predicted (a stray ``Fox``, a
+    roll-up such as ``felidae``) counts once, in the recall of the class it took frames from, not
+    again as a class of F1 0 that no frame holds.
 
     Args:
         y_true: true class indices into ``labels``.
@@ -67,7 +70,8 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: 
         labels: class names; their count fixes the matrix size.
 
     Returns:
-        ``{"n", "top1", "macro_f1", "per_class": {label: {"precision", "recall", "f1", "support"}},
+        ``{"n", "top1", "macro_f1", "macro_f1_reference",
+        "per_class": {label: {"precision", "recall", "f1", "support"}},
         "confusion": k x k nested list}``.
 
     Raises:
@@ -83,6 +87,7 @@ def classification_report(y_true: Sequence[int], y_pred: Sequence[int], labels: 
         "n": int(true.size),
         "top1": float(metrics.accuracy_score(true, pred)) if true.size else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "macro_f1_reference": float(f1[support > 0].mean()) if (support > 0).any() else 0.0,
         "per_class": {
             label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                     "support": int(support[i])}
