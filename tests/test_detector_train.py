@@ -181,6 +181,8 @@ def test_dynamic_k_gives_each_point_to_one_box(cost, ious, chosen, owner):
         ("people", ["person", "animal"], 0, does_not_raise()),
         ("truck", ["animal", "person", "vehicle"], 2, does_not_raise()),
         ("empty", ["animal"], None, does_not_raise()),
+        ("Human", ["animal"], 0, does_not_raise()),  # a single-class detector boxes people as its one class
+        ("truck", ["animal"], 0, does_not_raise()),
         ("blank", ["animal"], None, does_not_raise()),
         ("car", ["animal", "person"], None, pytest.raises(ValueError, match="vehicle")),
         ("zebra", ["person"], None, pytest.raises(ValueError, match="animal")),
@@ -483,3 +485,29 @@ def test_detector_verdict(tuned, kept, ships, why):
             "frames_found": {"person": {"frames": 10, "found": 0}}}
     ok, reasons = detector_verdict(base, tuned, kept)
     assert ok is ships and (why in " ".join(reasons) if why else not reasons)
+
+
+@pytest.mark.parametrize(("boxed", "ships"), [(4, True), (3, False)])
+def test_a_single_class_detector_must_box_no_fewer_person_frames(boxed, ships):
+    from train.cli import detector_verdict
+
+    scores = {"ap50": {"animal": 0.6}, "recall_by_bucket": {"animal": 0.55}}
+    base = {**scores, "frames_found": {"person": {"frames": 10, "found": 4, "any_box": True}}}
+    tuned = {**scores, "frames_found": {"person": {"frames": 10, "found": boxed, "any_box": True}}}
+    ok, reasons = detector_verdict(base, tuned, 0.95)
+    assert ok is ships and (not reasons if ships else "person boxed in 3 of 10" in reasons[0])
+
+
+def test_person_frames_count_any_box_of_a_single_class_detector_and_only_person_boxes_of_three(data, checkpoint):
+    import csv
+
+    from train.cli import frames_found
+
+    labels = {row["file"]: row["label"] for row in csv.DictReader((data / "species/mlwic_ca01/labels.csv").open())}
+    people = [data / "species/mlwic_ca01" / f for f, label in sorted(labels.items()) if label == "Human"][:12]
+    single = expand_classes(load_yolox(checkpoint), ["animal"]).eval()
+    three = expand_classes(load_yolox(checkpoint), ["animal", "person", "vehicle"]).eval()
+    boxed = frames_found(single, {"person": people}, ["animal"], (288, 384))["person"]
+    named = frames_found(three, {"person": people}, ["animal", "person", "vehicle"], (288, 384))["person"]
+    assert boxed["any_box"] and boxed["frames"] == named["frames"] == 12
+    assert boxed["found"] > 0 and named["found"] == 0  # the new person class is untrained: it names no one yet

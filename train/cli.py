@@ -158,7 +158,8 @@ def detector_verdict(base: dict, tuned: dict, kept: float) -> tuple[bool, list[s
     On the val images: animals no worse (AP50 within ``ANIMAL_AP_TOLERANCE``, recall at the
     manifest threshold at least the pretrained's), each other class with val boxes better (AP50),
     each other class with val frames labelled so (``frames_found``: the species data's Human /
-    Vehicle frames, which need no box) found in more of them, no more val animal frames with a
+    Vehicle frames, which need no box) found in more of them (a single-class detector, which boxes
+    people and vehicles for the classifier to name: boxed in no fewer), no more val animal frames with a
     person or vehicle box than the pretrained detector (within ``FALSE_ALARM_TOLERANCE``), and at least
     ``KEEP_PRETRAINED_BOXES_MIN`` of the pretrained detector's own boxes on frames without people or
     vehicles still found.
@@ -175,9 +176,11 @@ def detector_verdict(base: dict, tuned: dict, kept: float) -> tuple[bool, list[s
         if name == "animal_as_person_or_vehicle":
             continue
         before = base.get("frames_found", {}).get(name, {"found": 0})
-        if found["frames"] and found["found"] <= before["found"]:
-            reasons.append(f"{name} found in {found['found']} of {found['frames']} {name} frames, "
-                           f"pretrained {before['found']}")
+        # a class of its own must find more of them; a single-class detector's box (any_box) no fewer
+        if found["frames"] and (found["found"] < before["found"] if found.get("any_box")
+                                else found["found"] <= before["found"]):
+            reasons.append(f"{name} {'boxed' if found.get('any_box') else 'found'} in {found['found']} of "
+                           f"{found['frames']} {name} frames, pretrained {before['found']}")
     base_ap, tuned_ap = base["ap50"], tuned["ap50"]
     if tuned_ap.get("animal", 0.0) < base_ap.get("animal", 0.0) - ANIMAL_AP_TOLERANCE:
         reasons.append(f"animal AP50 {tuned_ap.get('animal', 0):.3f} < pretrained {base_ap.get('animal', 0):.3f}")
@@ -266,18 +269,21 @@ def frames_found(model, frames: dict[str, list[Path]], classes: list[str], input
             pixels.append(trim_info_bars(rgb, *detect_info_bars(rgb)))
         return detect(model, pixels, input_size, MANIFEST_THRESHOLD)
 
+    single = list(classes) == ["animal"]  # boxes people and vehicles as its one class (detector_class)
     out = {}
     for category, paths in frames.items():
-        if category not in classes:
+        if single and category in ("person", "vehicle"):
+            wanted = [0]
+        elif category not in classes:
             continue
-        # an animal frame counts when it gets a person or vehicle box (a false alarm); others, a box of their class
-        wanted = [classes.index(c) for c in (("person", "vehicle") if category == "animal" else (category,))
-                  if c in classes]
+        else:  # an animal frame counts when it gets a person or vehicle box (a false alarm); others, a box of their class
+            wanted = [classes.index(c) for c in (("person", "vehicle") if category == "animal" else (category,))
+                      if c in classes]
         if not wanted:
             continue
         found = sum(bool(np.isin(d.class_id, wanted).any()) for d in boxes_of(paths))
         out["animal_as_person_or_vehicle" if category == "animal" else category] = {
-            "frames": len(paths), "found": int(found)}
+            "frames": len(paths), "found": int(found), **({"any_box": True} if single else {})}
     return out
 
 

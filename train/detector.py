@@ -1,7 +1,8 @@
 """Fine-tune the YOLOX-tiny camera-trap detector on boxed records, CPU-friendly.
 
 The pretrained detector has one class (``animal``); ``expand_classes`` grows its class outputs
-to the configured classes (default animal, person, vehicle) without changing the animal score.
+to the configured classes (e.g. animal, person, vehicle) without changing the animal score; with
+the one class ``animal`` (the training default) people and vehicles train as boxes of it.
 Data preparation lives in ``train.detector_data``, evaluation in ``train.detector_eval``.
 Images are prepared exactly as the edge prepares them (``decode_image``, then ``letterbox``
 with the bundle's ``detector_input``), and evaluation decodes the raw output with the edge's

@@ -45,7 +45,10 @@ def detector_class(label: str, classes: Sequence[str]) -> int | None:
     """The detector class index of a dataset label, or None for an empty image.
 
     ``person``/``human``/``people`` → person, ``vehicle``/``car``/``truck`` → vehicle,
-    ``empty``/``blank`` → None, any other label (a species) → animal.
+    ``empty``/``blank`` → None, any other label (a species) → animal. A single-class detector
+    (``classes`` ``["animal"]``, like the pretrained camera-trap detector) learns every boxed object
+    as its one class, people and vehicles too: it boxes them, the classifier names them (rule 8 of
+    ``edge.analysis.labels``) and privacy blurs them.
 
     Raises:
         ValueError: the class the label maps to is not among ``classes``.
@@ -53,6 +56,8 @@ def detector_class(label: str, classes: Sequence[str]) -> int | None:
     target = category_of(label)
     if target is None:
         return None
+    if list(classes) == ["animal"]:
+        return 0
     if target not in classes:
         raise ValueError(f"label {label!r} needs detector class {target!r}, which is not in {list(classes)}")
     return list(classes).index(target)
