@@ -177,8 +177,8 @@ def detector_verdict(base: dict, tuned: dict, kept: float) -> tuple[bool, list[s
             continue
         before = base.get("frames_found", {}).get(name, {"found": 0})
         # a class of its own must find more of them; a single-class detector's box (any_box) no fewer
-        if found["frames"] and (found["found"] < before["found"] if found.get("any_box")
-                                else found["found"] <= before["found"]):
+        short = found["found"] < before["found"] if found.get("any_box") else found["found"] <= before["found"]
+        if found["frames"] and short:
             reasons.append(f"{name} {'boxed' if found.get('any_box') else 'found'} in {found['found']} of "
                            f"{found['frames']} {name} frames, pretrained {before['found']}")
     base_ap, tuned_ap = base["ap50"], tuned["ap50"]
@@ -259,7 +259,7 @@ def frames_found(model, frames: dict[str, list[Path]], classes: list[str], input
     """Per category, how many of its frames get at least one box of that class at the manifest's threshold."""
     from edge.capture.decode import decode_image
     from edge.capture.frame_stats import detect_info_bars, trim_info_bars
-    from train.detector_data import MANIFEST_THRESHOLD, MAX_SIDE
+    from train.detector_data import MANIFEST_THRESHOLD, MAX_SIDE, boxes_every_object
     from train.detector_eval import detect
 
     def boxes_of(paths: list[Path]) -> list:  # as the edge sees them: info bars cut
@@ -269,7 +269,7 @@ def frames_found(model, frames: dict[str, list[Path]], classes: list[str], input
             pixels.append(trim_info_bars(rgb, *detect_info_bars(rgb)))
         return detect(model, pixels, input_size, MANIFEST_THRESHOLD)
 
-    single = list(classes) == ["animal"]  # boxes people and vehicles as its one class (detector_class)
+    single = boxes_every_object(classes)
     out = {}
     for category, paths in frames.items():
         if single and category in ("person", "vehicle"):

@@ -41,6 +41,12 @@ MIN_BOX_SIDE = 2.0  # input pixels; smaller boxes left after a crop are dropped
 # ---------------------------------------------------------------- classes
 
 
+def boxes_every_object(classes: Sequence[str]) -> bool:
+    """Whether ``classes`` is the single class ``animal``, which learns and finds people and vehicles as
+    boxes of it (``detector_class``) for the classifier to name."""
+    return list(classes) == ["animal"]
+
+
 def detector_class(label: str, classes: Sequence[str]) -> int | None:
     """The detector class index of a dataset label, or None for an empty image.
 
@@ -56,7 +62,7 @@ def detector_class(label: str, classes: Sequence[str]) -> int | None:
     target = category_of(label)
     if target is None:
         return None
-    if list(classes) == ["animal"]:
+    if boxes_every_object(classes):
         return 0
     if target not in classes:
         raise ValueError(f"label {label!r} needs detector class {target!r}, which is not in {list(classes)}")

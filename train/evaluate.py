@@ -385,7 +385,7 @@ def summary_line(figures: dict[str, Any]) -> str:
     if figures["species"]:
         species = figures["species"]
         parts.append(f"species top-1 {species['top1']:.3f} macro-F1 {species['macro_f1']:.3f} "
-                     f"({species.get('macro_f1_reference', species['macro_f1']):.3f} over the reference's classes)")
+                     f"({species['macro_f1_reference']:.3f} over the reference's classes)")
     return ", ".join(parts)
 
 
@@ -428,6 +428,6 @@ def markdown(figures: dict[str, Any]) -> str:
         species = figures["species"]
         lines += ["## Species", "", f"top-1 {species['top1']:.3f}, macro-F1 {species['macro_f1']:.3f} over "
                   f"{species['n']} images (the classes of the reference and of the camera's labels; "
-                  f"{species.get('macro_f1_reference', species['macro_f1']):.3f} over the reference's classes alone)", "",
+                  f"{species['macro_f1_reference']:.3f} over the reference's classes alone)", "",
                   "![](species.png)", ""]
     return "\n".join(lines)
