@@ -68,6 +68,18 @@ def train_broken_crop_bundle(tmp_path):
         {"format": "csv", "path": "labels.csv", "event_column": "burst"}]))], "is not a valid manifest"
 
 
+def train_box_label_without_class(tmp_path):
+    root = tmp_path / "photos" / "yard"
+    _images(root / "images" / "cam1", 2)
+    (root / "labels" / "cam1").mkdir(parents=True)
+    for i in range(2):
+        (root / "labels" / "cam1" / f"{i:04d}.txt").write_text("1 0.5 0.5 0.2 0.3\n")
+    (root / "classes.txt").write_text("fox\ntruck\n")
+    return ["train", "--config", str(_train_yaml(tmp_path, detector_classes=["animal", "person"], boxes=[
+        {"format": "yolo", "path": "yard", "name": "yard"}])), "--steps", "detector"], \
+        "boxes: yard: labels ['truck'] need a detector class missing from detector_classes"
+
+
 def train_bad_key(tmp_path):
     path = _train_yaml(tmp_path, split_by="camera")
     return ["train", "--config", str(path), "--validate-config"], "split_by"
@@ -138,7 +150,7 @@ def inventory_nothing(tmp_path):
 
 
 CASES = [train_too_few_images, train_missing_dataset, train_two_stations, train_one_individual, train_no_crop_bundle,
-         train_broken_crop_bundle, train_bad_key, run_missing_bundle, run_watch_label_absent, run_unreadable_password_file,
+         train_broken_crop_bundle, train_box_label_without_class, train_bad_key, run_missing_bundle, run_watch_label_absent, run_unreadable_password_file,
          run_unreadable_password_file_at_start, central_missing_hash, central_not_a_hash, export_not_a_run,
          detect_no_folder, inventory_nothing]
 

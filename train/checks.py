@@ -113,8 +113,9 @@ def reid_problems(config: TrainingConfig) -> list[str]:
 
 
 def box_problems(config: TrainingConfig) -> list[str]:
-    """Every box source readable, with boxes in it."""
+    """Every box source readable, with boxes in it, each of whose labels has a detector class."""
     from train.config import box_inventory
+    from train.detector_data import detector_class
 
     problems = []
     for source in config.boxes:
@@ -125,6 +126,16 @@ def box_problems(config: TrainingConfig) -> list[str]:
             continue
         if not any(r.bbox is not None for r in inventory.records):
             problems.append(f"boxes: {name}: no boxes read: check its format and path")
+        unmapped = set()
+        for label in {r.label or "|".join(r.labels) for r in inventory.records}:
+            try:
+                detector_class(label, config.detector_classes)
+            except ValueError:
+                unmapped.add(label)
+        if unmapped:
+            problems.append(f"boxes: {name}: labels {sorted(unmapped)} need a detector class missing from "
+                            f"detector_classes {config.detector_classes}: add it, or use [animal] (one class "
+                            "that boxes people and vehicles too)")
     return problems
 
 
