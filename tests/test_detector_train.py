@@ -25,8 +25,10 @@ from train.detector import (
     evaluate_detector,
     expand_classes,
     prepare,
+    set_trainable,
     split_detector_records,
     train_detector,
+    train_mode,
 )
 from train.detector_data import split_boxes
 from train.detector_eval import average_precisions
@@ -131,6 +133,27 @@ def test_gradients_reach_the_head_of_the_real_model(checkpoint, voc_elephants):
     for conv in (model.head.reg_preds[0], model.head.obj_preds[0], model.head.cls_preds[0]):
         assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
         assert torch.isfinite(conv.weight.grad).all()
+
+
+
+@pytest.mark.parametrize("freeze", ["none", "backbone"])
+def test_freeze_decides_what_a_step_trains_and_batchnorm_statistics_stay(checkpoint, voc_elephants, freeze):
+    config = DetectorConfig.quick(freeze=freeze)
+    image = prepare(box_images(voc_elephants, config.classes)[0], config.spec)
+    model = expand_classes(load_yolox(checkpoint), config.classes)
+    optimizer = torch.optim.AdamW(set_trainable(model, config.freeze), lr=1e-3)
+    train_mode(model, config)
+    stem, head, norm = (model.backbone.backbone.stem.conv.conv, model.head.cls_preds[0],
+                        model.backbone.backbone.dark2[0].bn)
+    before = [t.detach().clone() for t in (stem.weight, head.weight, norm.running_mean)]
+    x = torch.from_numpy(image.pixels.transpose(2, 0, 1)[None].astype(np.float32))
+    yolox_loss(model(x), [Targets.from_numpy(image.xyxy, image.class_id)],
+               AnchorGrid.for_size(config.input_size)).total.backward()
+    optimizer.step()
+    assert (not torch.equal(stem.weight, before[0])) == (freeze == "none")
+    assert not torch.equal(head.weight, before[1])
+    assert torch.equal(norm.running_mean, before[2])  # small batches would skew them (update_bn: false)
+    assert DetectorConfig().freeze == "none"
 
 
 # ---------------------------------------------------------------- SimOTA
