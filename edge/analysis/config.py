@@ -34,7 +34,7 @@ class DetectionConfig(BaseModel):
     second_look: SecondLookConfig = Field(default_factory=SecondLookConfig,
                                           title="Tiles for small and far animals (edge/analysis/tiles.py)")
     sure_box: float | None = Field(
-        0.5, ge=0, le=1, title="A detector box at least this confident is never labelled empty: an empty class from the "
+        0.3, ge=0, le=1, title="A detector box at least this confident is never labelled empty: an empty class from the "
                                "classifier rolls up to 'animal' (blurred, never embedded); null: the classifier decides")
     overrule_min_score: float | None = Field(
         0.7, ge=0, le=1, title="The probability the classifier's person and vehicle classes together need to relabel "
