@@ -67,10 +67,10 @@ class DetectorConfig(BaseModel):
                                "the share of training images holding its rarest class (None: each once)")
     weight_decay: float = Field(5e-4, ge=0, title="AdamW weight decay")
     # The whole network by default: on the shared data's val split the backbone trained too gave animal AP50 0.848
-    # and recall 0.825 where neck and head alone gave 0.756 / 0.762, for ~25 % more time an epoch (BatchNorm stays
+    # and recall 0.825 where neck and head alone gave 0.756 / 0.762, for ~1.5x the time an epoch (BatchNorm stays
     # frozen unless update_bn).
     freeze: Literal["backbone", "none"] = Field("none", title="'none': train the whole network; 'backbone': the "
-                                                              "neck and head only (~25 % less time an epoch)")
+                                                              "neck and head only (about a third less time an epoch)")
     update_bn: bool = Field(False, title="Update BatchNorm statistics of trained layers (small batches skew them)")
     hflip: bool = Field(True, title="Flip training images horizontally half the time")
     scale_jitter: float = Field(0.25, ge=0, lt=1, title="Rescale training images by 1 ± this, then crop or pad")
