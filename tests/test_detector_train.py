@@ -121,13 +121,18 @@ def voc_elephants(data) -> list[Record]:
     return [r for r in detector_records(data, sources=("voc",)) if r.path.name == "2014_000002.jpg"]
 
 
-def test_gradients_reach_the_head_of_the_real_model(checkpoint, voc_elephants):
-    config = DetectorConfig.quick()
-    image = prepare(box_images(voc_elephants, config.classes)[0], config.spec)
-    model = expand_classes(load_yolox(checkpoint), config.classes).eval()
+def elephant_loss(model, records: list[Record], config: DetectorConfig):
+    """The YOLOX loss parts of the model on the elephant photo, and the prepared image."""
+    image = prepare(box_images(records, config.classes)[0], config.spec)
     x = torch.from_numpy(image.pixels.transpose(2, 0, 1)[None].astype(np.float32))
     targets = [Targets.from_numpy(image.xyxy, image.class_id)]
-    parts = yolox_loss(model(x), targets, AnchorGrid.for_size(config.input_size))
+    return yolox_loss(model(x), targets, AnchorGrid.for_size(config.input_size)), image
+
+
+def test_gradients_reach_the_head_of_the_real_model(checkpoint, voc_elephants):
+    config = DetectorConfig.quick()
+    model = expand_classes(load_yolox(checkpoint), config.classes).eval()
+    parts, image = elephant_loss(model, voc_elephants, config)
     parts.total.backward()
     assert parts.num_foreground >= len(image.xyxy)
     for conv in (model.head.reg_preds[0], model.head.obj_preds[0], model.head.cls_preds[0]):
@@ -135,20 +140,16 @@ def test_gradients_reach_the_head_of_the_real_model(checkpoint, voc_elephants):
         assert torch.isfinite(conv.weight.grad).all()
 
 
-
 @pytest.mark.parametrize("freeze", ["none", "backbone"])
 def test_freeze_decides_what_a_step_trains_and_batchnorm_statistics_stay(checkpoint, voc_elephants, freeze):
     config = DetectorConfig.quick(freeze=freeze)
-    image = prepare(box_images(voc_elephants, config.classes)[0], config.spec)
     model = expand_classes(load_yolox(checkpoint), config.classes)
     optimizer = torch.optim.AdamW(set_trainable(model, config.freeze), lr=1e-3)
     train_mode(model, config)
     stem, head, norm = (model.backbone.backbone.stem.conv.conv, model.head.cls_preds[0],
                         model.backbone.backbone.dark2[0].bn)
     before = [t.detach().clone() for t in (stem.weight, head.weight, norm.running_mean)]
-    x = torch.from_numpy(image.pixels.transpose(2, 0, 1)[None].astype(np.float32))
-    yolox_loss(model(x), [Targets.from_numpy(image.xyxy, image.class_id)],
-               AnchorGrid.for_size(config.input_size)).total.backward()
+    elephant_loss(model, voc_elephants, config)[0].total.backward()
     optimizer.step()
     assert (not torch.equal(stem.weight, before[0])) == (freeze == "none")
     assert not torch.equal(head.weight, before[1])

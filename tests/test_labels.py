@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from edge.analysis.config import DetectionConfig
 from edge.analysis.labels import LabelSpace, combine_labels, frame_prediction, names_animal
 from edge.runtime.detections import Detections
 
@@ -166,8 +167,6 @@ def test_the_whole_frame_votes_with_each_animal_box(class_id, probs, context, ex
                                                      (0.27, ("Empty", "classifier"))])
 def test_a_box_the_detector_is_sure_of_is_never_empty(confidence, expected):
     """At the default ``detection.sure_box`` (0.3, chosen on val with the fine-tuned detectors)."""
-    from edge.analysis.config import DetectionConfig
-
     space = LabelSpace.of(("animal", "person", "vehicle"), ("Elk", "Empty"), {"Elk": ["cervidae"]}, 0.3,
                           sure_box=DetectionConfig().sure_box)
     det = combine_labels(_boxes([0], [confidence], [[0.2, 0.8]]), space)
