@@ -85,6 +85,11 @@ def train_bad_key(tmp_path):
     return ["train", "--config", str(path), "--validate-config"], "split_by"
 
 
+def train_bad_trainer_setting(tmp_path):
+    path = _train_yaml(tmp_path, detector={"freeze": "neck"})  # refused on load, before minutes of training
+    return ["train", "--config", str(path), "--steps", "detector"], "detector: Value error, freeze: Input should be 'backbone' or 'none'"
+
+
 def _edge_yaml(tmp_path, bundle, **overrides):
     (tmp_path / "in").mkdir(exist_ok=True)
     config = {"device_id": "cam", "sources": [{"type": "folder", "id": "sd", "path": str(tmp_path / "in")}],
@@ -150,7 +155,8 @@ def inventory_nothing(tmp_path):
 
 
 CASES = [train_too_few_images, train_missing_dataset, train_two_stations, train_one_individual, train_no_crop_bundle,
-         train_broken_crop_bundle, train_box_label_without_class, train_bad_key, run_missing_bundle, run_watch_label_absent, run_unreadable_password_file,
+         train_broken_crop_bundle, train_box_label_without_class, train_bad_key, train_bad_trainer_setting,
+         run_missing_bundle, run_watch_label_absent, run_unreadable_password_file,
          run_unreadable_password_file_at_start, central_missing_hash, central_not_a_hash, export_not_a_run,
          detect_no_folder, inventory_nothing]
 

@@ -35,6 +35,10 @@ def test_example_config_reads_the_shared_data(data):
         ("seed: 0\nbogus: 1\n", ["2: bogus: Extra inputs are not permitted"]),
         ("detector_classes: [person, animal]\n", ["1: detector_classes: Value error, the first detector class must be 'animal'"]),
         ("crops: everywhere\n", ["1: crops: Input should be 'boxes' or 'detector'"]),
+        # each trainer's overrides, checked against its own settings on load
+        ("seed: 1\ndetector: {freeze: neck}\n", ["2: detector: Value error, freeze: Input should be 'backbone' or 'none'"]),
+        ("embedder: {dims: 3}\n", ["1: embedder: Value error, unknown setting(s) dims; EmbedderConfig has: dim,"]),
+        ("classifier: {epochs: 0}\n", ["1: classifier: Value error, epochs: Input should be greater than or equal to 1"]),
     ],
 )
 def test_bad_configs_name_line_and_key(tmp_path, text, expected):
@@ -45,6 +49,12 @@ def test_bad_configs_name_line_and_key(tmp_path, text, expected):
     message = str(info.value)
     for part in expected:
         assert f"{path}:{part}" in message
+
+
+def test_trainer_overrides_are_kept_as_their_settings_read_them():
+    config = TrainingConfig(detector={"lr": "2e-4", "input_size": [320, 416]}, embedder={"dim": "128"}, classifier={})
+    assert config.detector == {"lr": 2e-4, "input_size": (320, 416)} and config.embedder == {"dim": 128}
+    assert config.classifier == {}
 
 
 def test_missing_dataset_is_named(tmp_path):

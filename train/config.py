@@ -9,11 +9,20 @@ Camera Traps, Kenyan VOC and MLWIC's checked person / vehicle boxes.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from train.datasets.inventory import Inventory
 from train.records import Record
@@ -130,6 +139,27 @@ class TrainingConfig(_Strict):
     classifier: dict[str, Any] = Field(default_factory=dict, title="train.classifier.TrainConfig overrides")
     embedder: dict[str, Any] = Field(default_factory=dict, title="train.embedder.EmbedderConfig overrides")
     detector: dict[str, Any] = Field(default_factory=dict, title="train.detector.DetectorConfig overrides")
+
+    @field_validator("classifier", "embedder", "detector")
+    @classmethod
+    def _trainer_overrides(cls, overrides: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Each trainer's overrides checked against its own settings class when the config loads, not when
+        its step starts after minutes of work; the values kept as that class reads them."""
+        if not overrides:
+            return overrides
+        from train.classifier import TrainConfig
+        from train.detector import DetectorConfig
+        from train.embedder import EmbedderConfig
+
+        settings = {"classifier": TrainConfig, "embedder": EmbedderConfig, "detector": DetectorConfig}[info.field_name]
+        known = [f.name for f in fields(settings)] if is_dataclass(settings) else list(settings.model_fields)
+        if unknown := sorted(set(overrides) - set(known)):
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; {settings.__name__} has: {', '.join(known)}")
+        try:
+            checked = TypeAdapter(settings).validate_python(overrides)
+        except ValidationError as exc:
+            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        return {key: getattr(checked, key) for key in overrides}
 
     @field_validator("detector_classes")
     @classmethod
