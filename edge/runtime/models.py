@@ -109,7 +109,7 @@ class Detector(_BundleModel):
 class _CropModel(_BundleModel):
     """A model that runs on detection crops (or whole images)."""
 
-    batch_size = 2  # crops per run: larger batches are barely faster per crop on a CPU and cost RSS
+    batch_size = 2  # crops per backend call; ONNX Runtime runs them one at a time (images_per_run), TensorRT together
 
     @property
     def output_dim(self) -> int:

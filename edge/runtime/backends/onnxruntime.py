@@ -27,7 +27,10 @@ class Config(BaseModel):
     type: Literal["onnxruntime"] = "onnxruntime"
     threads: int = Field(0, ge=0, title="Intra-op threads (0 = one per core)")
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], title="Execution providers")
-    memory_arena: bool = Field(False, title="Keep ORT's memory arena (faster large batches, far more RSS)")
+    memory_arena: bool = Field(True, title="One memory arena shared by every session of the process (off: each "
+                               "run's tensors come from malloc and go back to it)")
+    images_per_run: int = Field(1, ge=1, le=64, title="Images one session run gets: a batch is run in parts this size, "
+                                "so the arena holds one image's tensors, not a batch's")
     spin: bool = Field(False, title="Let idle worker threads spin (steals the cores from the other models' sessions)")
 
 
@@ -39,16 +42,42 @@ class Backend:
         options.intra_op_num_threads = config.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # without the arena a session returns its activations after each run: measured 128 MB
-        # instead of 160-950 MB for the three models, at the same speed for batches of 1-4
+        # Peak RSS of the INT8 service (trapedge bench, shared / many-animal frames, 2 x86 cores): ORT's
+        # tensors from malloc with batches of 2 crops 183-207 / 193-215 MB (glibc keeps the freed
+        # pages); an arena per session 162-180 MB; one arena every session shares, one image a run,
+        # 151-154 / 143-145 MB at the same frames/s. The sessions run one after another, so the
+        # shared arena is the size of the largest single run, not the sum of them.
         options.enable_cpu_mem_arena = config.memory_arena
-        options.enable_mem_pattern = config.memory_arena
+        options.enable_mem_pattern = False  # a plan per input shape, kept beside the arena
+        if config.memory_arena:
+            _share_one_arena()
+            options.add_session_config_entry("session.use_env_allocators", "1")
         # three sessions share two cores: spinning pools starve each other (detector 74 -> 35 ms)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
         self.session = ort.InferenceSession(str(path), options, providers=config.providers)
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = outputs
+        self.images_per_run = config.images_per_run
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run one float32 NCHW batch."""
-        return self.session.run(self.outputs, {self.input_name: batch})
+        """Run one float32 NCHW batch (in parts of ``images_per_run`` images)."""
+        step = self.images_per_run
+        if len(batch) <= step:
+            return self.session.run(self.outputs, {self.input_name: batch})
+        parts = [self.session.run(self.outputs, {self.input_name: batch[i : i + step]}) for i in range(0, len(batch), step)]
+        return [np.concatenate([part[k] for part in parts]) for k in range(len(self.outputs))]
+
+
+_shared_arena = False
+
+
+def _share_one_arena() -> None:
+    """Register one CPU arena with ONNX Runtime's environment (once a process) for the sessions to share."""
+    global _shared_arena
+    if _shared_arena:
+        return
+    cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    # the arena grows by powers of two (strategy 0): fewer, larger chunks measured 5 MB less than
+    # growing by what each request needs (strategy 1)
+    ort.create_and_register_allocator(cpu, ort.OrtArenaCfg({"arena_extend_strategy": 0}))
+    _shared_arena = True
