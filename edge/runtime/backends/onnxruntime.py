@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
 
 KEY = "onnxruntime"
 PRECISIONS = {"fp32": "fp32", "int8": "int8"}  # runs each ONNX file of the bundle as it is
@@ -68,16 +72,22 @@ class Backend:
         return [np.concatenate([part[k] for part in parts]) for k in range(len(self.outputs))]
 
 
+_arena_lock = threading.Lock()
 _shared_arena = False
 
 
 def _share_one_arena() -> None:
-    """Register one CPU arena with ONNX Runtime's environment (once a process) for the sessions to share."""
+    """Register one CPU arena with ONNX Runtime's environment (once a process) for the sessions to share;
+    where ORT refuses (one is registered already), the sessions use that one."""
     global _shared_arena
-    if _shared_arena:
-        return
-    cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-    # the arena grows by powers of two (strategy 0): fewer, larger chunks measured 5 MB less than
-    # growing by what each request needs (strategy 1)
-    ort.create_and_register_allocator(cpu, ort.OrtArenaCfg({"arena_extend_strategy": 0}))
-    _shared_arena = True
+    with _arena_lock:
+        if _shared_arena:
+            return
+        cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        # the arena grows by powers of two (strategy 0): fewer, larger chunks measured 5 MB less than
+        # growing by what each request needs (strategy 1)
+        try:
+            ort.create_and_register_allocator(cpu, ort.OrtArenaCfg({"arena_extend_strategy": 0}))
+        except Exception as exc:  # ORT raises its own Fail / RuntimeError types
+            log.debug("onnxruntime kept its registered CPU allocator: %s", exc)
+        _shared_arena = True
