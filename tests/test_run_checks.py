@@ -27,6 +27,17 @@ def test_a_watch_label_the_bundle_cannot_give_is_refused(tmp_path, bundle_dir, c
     assert line.startswith("rules: 'kiwi' is not a label of bundle") and "can never alert" in line and "bear" in line
 
 
+def test_an_embed_label_the_bundle_cannot_give_is_refused(tmp_path, bundle_dir, capsys):
+    """A typo in detection.embed_labels would embed nothing, silently: one line names it and the labels."""
+    detection = {"embed_labels": ["leopad", "bear"]}
+    assert main(["run", "--config", str(_config(tmp_path, bundle_dir, detection=detection)), "--validate-config"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("detection.embed_labels: 'leopad' is not a label of bundle")
+    assert "no box is ever embedded for it" in line and "bear" in line
+    ok = _config(tmp_path, bundle_dir, detection={"embed_labels": ["bear"]})
+    assert main(["run", "--config", str(ok), "--validate-config"]) == 0
+
+
 def test_a_missing_bundle_and_folder_are_one_line_each(tmp_path, bundle_dir, capsys):
     path = _config(tmp_path, tmp_path / "no-bundle",
                    sources=[{"type": "folder", "id": "sd", "path": str(tmp_path / "card")}])

@@ -144,6 +144,23 @@ def test_only_confident_animals_are_embedded(data, label, score, embedded, share
     assert bool(np.any(vectors[0])) is embedded
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["two-graphs", "one-graph"])
+@pytest.mark.parametrize(("embed_labels", "embedded"), [(None, True), (["fox"], True), (["bear"], False), ([], False)])
+def test_embed_labels_choose_the_animals_that_are_embedded(data, embed_labels, embedded, shared):
+    """A leopard survey embeds leopards alone: the embedder does not run for other animals (a separate
+    graph) and no vector of theirs is kept (the shared graph computed it anyway)."""
+    embedder = CountingEmbedder(shared)
+    analyzer = Analyzer(FixedDetector(), FixedClassifier(["fox", "bear", "person"], "fox", 0.9), embedder,
+                        MotionGate(MotionGateConfig()), PreprocessConfig(),
+                        DetectionConfig(rollup_min_score=None, embed_labels=embed_labels), PrivacyConfig(), 0.3)
+    rgb = decode_image(data / "frames/ena24_small/8831.jpg", max_side=640).rgb
+    det = analyzer.analyse(Frame("sd", "k", T0, "exif", rgb=rgb)).detections
+    assert det.labels() == ["fox"] and bool(det.data["confident_animal"][0])
+    assert bool(det.data["embedded"][0]) is embedded
+    assert embedder.calls == int(embedded and not shared)
+    assert bool(np.any(det.data.get("embedding", np.zeros((1, 4)))[0])) is embedded
+
+
 @pytest.mark.parametrize(("crop", "crop_score", "frame", "label", "embedded"), [
     ("person", 0.6, "fox", "person", False),  # the frame never talks a person crop into an animal
     ("vehicle", 0.6, "fox", "vehicle", False),

@@ -204,9 +204,12 @@ class Analyzer:
         return box.with_data(label_source=np.array([WHOLE_FRAME], dtype=object))
 
     def eligible_for_embedding(self, detections: Detections) -> np.ndarray:
-        """Boxes the detector is sure of that are confidently an animal and not of a never-embed label."""
+        """Boxes the detector is sure of that are confidently an animal, not of a never-embed label and, where
+        ``detection.embed_labels`` is set, of one of those labels."""
         never = set(self.privacy.never_embed_labels)
-        allowed = np.array([label not in never for label in detections.labels()], bool).reshape(-1)
+        wanted = None if self.detection.embed_labels is None else set(self.detection.embed_labels)
+        allowed = np.array([label not in never and (wanted is None or label in wanted) for label in detections.labels()],
+                           bool).reshape(-1)
         crop = detections.data["label_source"] != WHOLE_FRAME
         return (detections.confidence >= self.min_crop_confidence) & allowed & detections.data["confident_animal"] & crop
 

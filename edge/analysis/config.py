@@ -23,6 +23,10 @@ class DetectionConfig(BaseModel):
     confidence: float | None = Field(None, ge=0, le=1, title="Detector threshold (default: the bundle manifest's)")
     classify: bool = Field(True, title="Run the species classifier on crops")
     embed: bool = Field(True, title="Run the embedder on eligible crops")
+    embed_labels: list[str] | None = Field(
+        None, max_length=500, title="Only boxes with one of these labels are embedded, e.g. [leopard] on a leopard "
+                                    "survey: the embedder runs and the embeddings are sent for those alone (less CPU "
+                                    "and traffic); null: every box that is confidently an animal")
     frame_context: bool | None = Field(
         None, title="Classify the whole (trimmed) frame with the boxes' crops and average it into each animal box's "
                     "vote (SpeciesNet-style ensemble; label_source ensemble); a crop the classifier calls a person or "

@@ -2,7 +2,8 @@
 
 ``trapedge run --validate-config`` prints each problem as one line that says what to do (exit 2);
 the service logs the same at start. Checked: the bundle loads with the device's trusted keys, every
-watch-listed label is a label that bundle can give (else it can never alert), the store's folder
+watch-listed label is a label that bundle can give (else it can never alert), and so is every label
+of ``detection.embed_labels`` (else nothing is embedded for it), the store's folder
 is writable, the broker's password and TLS files are readable, the bundle carries a compact
 projection when ``mqtt.encoding`` sends a kind compact, and the drop folders exist.
 """
@@ -32,12 +33,14 @@ def bundle_labels(config: EdgeConfig) -> tuple[str, list[str]]:
     return f"{bundle.manifest.name} {bundle.manifest.version}", space.labels
 
 
-def watch_problems(config: EdgeConfig, name: str, labels: list[str]) -> list[str]:
-    """A line for each watch-listed label the bundle cannot give."""
-    known = set(labels)
-    return [f"rules: {label!r} is not a label of bundle {name}, so it can never alert: use one of "
-            f"{', '.join(sorted(known, key=str.casefold))}"
-            for label in thresholds_for(config.rules, config.site) if label not in known]
+def label_problems(config: EdgeConfig, name: str, labels: list[str]) -> list[str]:
+    """A line for each watch-listed label, and each of ``detection.embed_labels``, the bundle cannot give."""
+    known = ", ".join(sorted(labels, key=str.casefold))
+    asked = [("rules", label, "it can never alert") for label in thresholds_for(config.rules, config.site)]
+    asked += [("detection.embed_labels", label, "no box is ever embedded for it")
+              for label in config.detection.embed_labels or []]
+    return [f"{key}: {label!r} is not a label of bundle {name}, so {consequence}: use one of {known}"
+            for key, label, consequence in asked if label not in labels]
 
 
 def compact_problems(config: EdgeConfig) -> list[str]:
@@ -72,7 +75,7 @@ def run_problems(config: EdgeConfig) -> list[str]:
     problems = []
     try:
         name, labels = bundle_labels(config)
-        problems += watch_problems(config, name, labels)
+        problems += label_problems(config, name, labels)
         problems += compact_problems(config)
     except BundleError as exc:
         problems.append(f"bundle.path: {exc}")

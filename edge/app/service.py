@@ -24,7 +24,7 @@ from common.logs import setup_logging
 from edge.analysis.analyzer import Analyzer, FrameAnalysis, FrameFailure
 from edge.app import systemd
 from edge.app.bundle_install import self_rollback, smoke_check, smoke_images, store_frames
-from edge.app.checks import watch_problems
+from edge.app.checks import label_problems
 from edge.app.config import EdgeConfig
 from edge.app.factory import build_analyzer, build_recorder
 from edge.app.health import THERMAL_ROOT, DiskGuard, temperature_c
@@ -114,7 +114,7 @@ class Service:
             log.warning("bundle.allow_unsigned is true: this device loads UNSIGNED model bundles (development only; "
                         "set it false and list your signing key in bundle.trusted_keys on a deployed camera)")
         self._load_models()
-        for problem in watch_problems(self.config, f"{self.bundle.manifest.name} {self.bundle.manifest.version}",
+        for problem in label_problems(self.config, f"{self.bundle.manifest.name} {self.bundle.manifest.version}",
                                       self.analyzer.labels):
             log.warning("%s", problem)
         self.recorder: Recorder = build_recorder(self.config, self.store, self.analyzer, self.bundle)
