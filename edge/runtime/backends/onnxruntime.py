@@ -34,7 +34,7 @@ class Config(BaseModel):
     memory_arena: bool = Field(True, title="One memory arena shared by every session of the process (off: each "
                                "run's tensors come from malloc and go back to it)")
     images_per_run: int = Field(1, ge=1, le=64, title="Images one session run gets: a batch is run in parts this size, "
-                                "so the arena holds one image's tensors, not a batch's")
+                                "so the arena holds one image's tensors, not a batch's (a GPU provider may want more)")
     spin: bool = Field(False, title="Let idle worker threads spin (steals the cores from the other models' sessions)")
 
 
