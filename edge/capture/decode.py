@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 MAX_PIXELS = 80_000_000  # a JPEG above this is decoded at 1/8 scale or less (draft mode); never in full
 # Formats without draft mode decode in full: the pixels as read, as RGB and as the numpy copy, ~7 bytes
 # a pixel at the peak (a 1-bit PNG of 80 MP reached 825 MB). 20 MP keeps that under 150 MB, beside the
-# models' ~220 MB, inside the unit's MemoryMax=512M; no camera trap writes larger PNG/TIFF/BMP/WebP.
+# service's ~150 MB peak (trapedge bench), inside the unit's MemoryMax=512M; no camera trap writes larger PNG/TIFF/BMP/WebP.
 MAX_FULL_DECODE_PIXELS = 20_000_000
 # frames are decoded with the longer side >= this: enough for the 640 letterbox and for crops,
 # and JPEG draft mode then decodes 2-5 MP frames at 1/2 scale (measured 8.5 ms instead of 32 ms
