@@ -36,6 +36,11 @@ def test_an_embed_label_the_bundle_cannot_give_is_refused(tmp_path, bundle_dir, 
     assert "no box is ever embedded for it" in line and "bear" in line
     ok = _config(tmp_path, bundle_dir, detection={"embed_labels": ["bear"]})
     assert main(["run", "--config", str(ok), "--validate-config"]) == 0
+    capsys.readouterr()
+    private = _config(tmp_path, bundle_dir, detection={"embed_labels": ["bear", "person"]})
+    assert main(["run", "--config", str(private), "--validate-config"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("detection.embed_labels: 'person' is never embedded") and line.endswith("remove it")
 
 
 def test_a_missing_bundle_and_folder_are_one_line_each(tmp_path, bundle_dir, capsys):

@@ -34,13 +34,18 @@ def bundle_labels(config: EdgeConfig) -> tuple[str, list[str]]:
 
 
 def label_problems(config: EdgeConfig, name: str, labels: list[str]) -> list[str]:
-    """A line for each watch-listed label, and each of ``detection.embed_labels``, the bundle cannot give."""
+    """A line for each watch-listed label, and each of ``detection.embed_labels``, the bundle cannot give, and
+    for each of ``detection.embed_labels`` that privacy never lets be embedded."""
     known = ", ".join(sorted(labels, key=str.casefold))
     asked = [("rules", label, "it can never alert") for label in thresholds_for(config.rules, config.site)]
     asked += [("detection.embed_labels", label, "no box is ever embedded for it")
               for label in config.detection.embed_labels or []]
-    return [f"{key}: {label!r} is not a label of bundle {name}, so {consequence}: use one of {known}"
-            for key, label, consequence in asked if label not in labels]
+    problems = [f"{key}: {label!r} is not a label of bundle {name}, so {consequence}: use one of {known}"
+                for key, label, consequence in asked if label not in labels]
+    private = set(config.privacy.never_embed_labels) | set(config.privacy.not_animal_labels)
+    return problems + [f"detection.embed_labels: {label!r} is never embedded (privacy.never_embed_labels or "
+                       f"privacy.not_animal_labels: it may be a person): remove it"
+                       for label in config.detection.embed_labels or [] if label in private]
 
 
 def compact_problems(config: EdgeConfig) -> list[str]:
