@@ -135,6 +135,7 @@ def test_a_batch_runs_one_image_at_a_time_with_the_batch_results(bundle_dir, dat
 
 
 _MEMORY_PROBE = """
+import os
 import sys
 from pathlib import Path
 
@@ -145,7 +146,7 @@ from edge.runtime.bundle import load_bundle
 from edge.runtime.models import Classifier, Detector
 
 def resident_mb():
-    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 one_malloc_arena()
 bundle_dir, folder, setting = sys.argv[1:]

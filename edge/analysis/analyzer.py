@@ -103,6 +103,8 @@ class Analyzer:
         self.detector, self.classifier, self.embedder = detector, classifier, embedder
         self.gate, self.preprocess, self.detection, self.privacy = gate, preprocess, detection, privacy
         self.min_crop_confidence = min_crop_confidence
+        self.never_embed = set(privacy.never_embed_labels)
+        self.embed_only = None if detection.embed_labels is None else set(detection.embed_labels)
         learnt_whole = bool(getattr(getattr(classifier, "spec", None), "whole_frames", False))
         self.frame_context = learnt_whole if detection.frame_context is None else detection.frame_context
         self.space = label_space(detector.labels, classifier.labels if classifier else None,
@@ -206,8 +208,7 @@ class Analyzer:
     def eligible_for_embedding(self, detections: Detections) -> np.ndarray:
         """Boxes the detector is sure of that are confidently an animal, not of a never-embed label and, where
         ``detection.embed_labels`` is set, of one of those labels."""
-        never = set(self.privacy.never_embed_labels)
-        wanted = None if self.detection.embed_labels is None else set(self.detection.embed_labels)
+        never, wanted = self.never_embed, self.embed_only
         allowed = np.array([label not in never and (wanted is None or label in wanted) for label in detections.labels()],
                            bool).reshape(-1)
         crop = detections.data["label_source"] != WHOLE_FRAME
