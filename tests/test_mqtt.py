@@ -75,6 +75,13 @@ class Subscriber:
         self.client.loop_stop()
 
 
+def announced(pub: Publisher, watcher: Subscriber) -> bool:
+    """The publisher is connected and its ``online`` status has arrived and been acknowledged. Connected
+    alone is not enough: the worker sends ``online`` a moment later, and a stop before then sends only
+    ``offline``."""
+    return pub.connected and pub.inflight == 0 and any(p["state"] == "online" for p in watcher.payloads("status"))
+
+
 def retained_status(broker, auth=None) -> dict:
     """The retained status as a newly connecting consumer sees it."""
     subscriber = Subscriber(broker, auth=auth)
@@ -150,7 +157,7 @@ def test_rows_leave_the_outbox_only_after_their_puback(mosquitto, store, clients
     publisher, subscriber = clients
     watcher = subscriber(mosquitto)
     pub = publisher(mosquitto, max_inflight=20)
-    assert wait_until(lambda: pub.connected and pub.inflight == 0, 5)
+    assert wait_until(lambda: announced(pub, watcher), 5)
 
     mosquitto.pause()  # the socket stays open; nothing is acknowledged
     try:
@@ -214,7 +221,7 @@ def test_messages_in_flight_at_a_broker_crash_are_resent_once_in_order(mosquitto
     publisher, subscriber = clients
     watcher = subscriber(broker, client_id="crash-watcher", clean_session=False)
     pub = publisher(broker, max_inflight=20)
-    assert wait_until(lambda: pub.connected and pub.inflight == 0, 5)
+    assert wait_until(lambda: announced(pub, watcher), 5)
 
     broker.pause()
     expected = queue_events(store.outbox, 30)
@@ -263,7 +270,7 @@ def test_clean_stop_publishes_offline_once(mosquitto, store, clients, caplog):
     publisher, subscriber = clients
     watcher = subscriber(mosquitto)
     pub = publisher(mosquitto)
-    assert wait_until(lambda: pub.connected and pub.inflight == 0, 5)
+    assert wait_until(lambda: announced(pub, watcher), 5)
     with caplog.at_level(logging.DEBUG):
         pub.stop(timeout=3)
         time.sleep(0.2)
