@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -207,5 +208,37 @@ def test_real_full_disk_pauses_intake_outbox_drains_then_resumes(tmp_path, data,
         keys = [k for (k,) in service.store.conn.execute("SELECT key FROM frames")]
         assert len(keys) == len(set(keys)) == 6
         assert service.health()["disk_full"] is False
+    finally:
+        service.stop()
+
+
+def test_a_full_disk_with_frames_in_flight_offers_them_all_again(tmp_path, data, bundle_dir, monkeypatch):
+    """Two frames at once: the first frame's write fails for want of space while the second is analysed. Both
+    go back to the folder with no attempt counted against them, and each is recorded once when space is back."""
+    service = _service(_config(tmp_path, bundle_dir, tmp_path / "state", bundle={
+        "path": str(bundle_dir), "frames_at_once": 2, "backend": {"type": "onnxruntime", "threads": 1}}))
+    service.disk.usage = FakeDisk(5000)
+    record, failed = service.recorder.record, []
+
+    def full_once(analysis):
+        if not failed:
+            failed.append(analysis.frame.key)
+            raise sqlite3.OperationalError("database or disk is full")
+        return record(analysis)
+
+    monkeypatch.setattr(service.recorder, "record", full_once)
+    try:
+        assert service.pipeline.depth == 2
+        dropped = _drop(data, tmp_path / "incoming", FRAMES[:4], "f")
+        service.poll_once()
+        assert failed and _count(service, "frames") == 0 and not service.disk.accepting
+        assert len(service.pipeline) == 0  # the frame in flight went back too
+        counted = service.store.conn.execute("SELECT COALESCE(SUM(count), 0) FROM attempts").fetchone()[0]
+        assert counted == 0
+        service.disk.write_failed_until = 0.0
+        _poll_until(service, 4)
+        assert _poll_for(service, 0.5) == 0  # each frame exactly once
+        paths = sorted(p for (p,) in service.store.conn.execute("SELECT path FROM frames"))
+        assert paths == sorted(str(p) for p in dropped)
     finally:
         service.stop()

@@ -33,6 +33,7 @@ from common.config_loader import ConfigError
 from common.progress import progress
 from edge.analysis.analyzer import Analyzer, FrameFailure
 from edge.analysis.labels import BLANK, WHOLE_FRAME, frame_prediction
+from edge.analysis.pipeline import Pipeline
 from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, read_ahead
 from edge.cli.options import add_model_arguments, command_config, fail
@@ -106,13 +107,13 @@ def annotated(records: Iterable[Record]) -> list[Annotated]:
 
 # --- the camera -----------------------------------------------------------------------------------
 def run_camera(analyzer: Analyzer, paths: Sequence[Path]) -> tuple[dict[Path, Annotated], dict[Path, str]]:
-    """Each image through the analyzer (decoded one ahead): what it saw, and the images that failed."""
+    """Each image through the analyzer (decoded one ahead, as the service runs): what it saw, and the images that
+    failed."""
     found, failed = {}, {}
     jobs = ((path, "evaluate", str(path)) for path in paths)
-    with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool, Pipeline(analyzer) as pipeline:
         frames = read_ahead(pool, jobs, DEFAULT_MAX_SIDE)
-        for frame in progress(frames, total=len(paths), desc="evaluate", unit="image"):
-            result = analyzer.process(frame)
+        for frame, result in progress(pipeline.results(frames), total=len(paths), desc="evaluate", unit="image"):
             path = Path(frame.key)
             if isinstance(result, FrameFailure):
                 failed[path] = result.reason

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -29,21 +29,27 @@ log = logging.getLogger(__name__)
 
 
 class Stopwatch:
-    """Seconds per stage of one frame: wall clock, and CPU (user + system time of the whole process,
-    every model thread included: the energy a stage costs)."""
+    """Seconds per stage of one frame: wall clock, and CPU (the energy a stage costs).
 
-    def __init__(self) -> None:
+    CPU is the whole process's user + system time (every model thread included) when frames are
+    analysed one at a time; with several frames at once it is the frame's own thread (the other
+    frames' work is not this frame's), which holds every model thread too when the sessions run on
+    one thread a frame, as ``bundle.frames_at_once: 0`` sets them on up to 3 cores.
+    """
+
+    def __init__(self, cpu_clock: Callable[[], float] = time.process_time) -> None:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.cpu_clock = cpu_clock
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = time.perf_counter(), self.cpu_clock()
         try:
             yield
         finally:
             self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+            self.cpu[name] = self.cpu.get(name, 0.0) + self.cpu_clock() - cpu
 
 
 def label_space(detector: Sequence[str], classifier: Sequence[str] | None,
@@ -94,13 +100,30 @@ class FrameFailure:
     reason: str
 
 
+@dataclass(frozen=True)
+class GatedFrame:
+    """A frame past the steps that follow the frame order (trim, night, motion gate), ready for the
+    models, which may run on another thread (``Analyzer.begin``, then ``Analyzer.finish``)."""
+
+    frame: Frame
+    work: np.ndarray  # the trimmed frame
+    top: int  # rows trimmed off the top
+    night: bool
+    brightness: float
+    passes: bool
+    motion: float
+    clock: Stopwatch
+
+
 class Analyzer:
     """Runs the models on frames, as configured."""
 
     def __init__(self, detector: Detector, classifier: Classifier | None, embedder: Embedder | None,
                  gate: MotionGate, preprocess: PreprocessConfig, detection: DetectionConfig, privacy: PrivacyConfig,
-                 min_crop_confidence: float):
+                 min_crop_confidence: float, frames_at_once: int = 1):
         self.detector, self.classifier, self.embedder = detector, classifier, embedder
+        self.frames_at_once = frames_at_once  # how many frames ``edge.analysis.pipeline`` keeps in flight
+        self.cpu_clock = time.thread_time if frames_at_once > 1 else time.process_time
         self.gate, self.preprocess, self.detection, self.privacy = gate, preprocess, detection, privacy
         self.min_crop_confidence = min_crop_confidence
         self.never_embed = set(privacy.never_embed_labels)
@@ -125,23 +148,46 @@ class Analyzer:
     def process(self, frame: Frame) -> FrameAnalysis | FrameFailure:
         """What every command does with a frame: its analysis, or a failure record saying why there is
         none (it did not decode, or a model raised on it); one bad frame never stops a batch."""
+        begun = self.begin(frame)
+        return begun if isinstance(begun, FrameFailure) else self.finish(begun)
+
+    def begin(self, frame: Frame) -> GatedFrame | FrameFailure:
+        """The steps that follow the frame order (the motion gate compares a frame with the one before
+        it): run in order, one frame at a time, before ``finish``."""
         if not frame.ok:
             return FrameFailure(frame, f"image unreadable: {frame.failure}")
         try:
-            return self.analyse(frame)
-        except Exception as exc:  # noqa: BLE001 - any model error on one frame is that frame's failure
-            log.exception("analysing %s/%s failed", frame.source_id, frame.key)
-            return FrameFailure(frame, f"analysis failed: {type(exc).__name__}: {str(exc)[:300]}")
+            return self._gate(frame)
+        except Exception as exc:  # noqa: BLE001 - any error on one frame is that frame's failure
+            return self._failed(frame, exc)
 
-    def analyse(self, frame: Frame) -> FrameAnalysis:
-        """Analyse one decoded frame."""
-        rgb = frame.pixels
-        clock = Stopwatch()
+    def _gate(self, frame: Frame) -> GatedFrame:
+        rgb, clock = frame.pixels, Stopwatch(self.cpu_clock)
         with clock.stage("gate"):
             top, bottom = self._trim(rgb)
             work = trim_info_bars(rgb, top, bottom)
             night, brightness = is_night(work), mean_brightness(work)
             passes, motion = self.gate.passes(frame.source_id, work)
+        return GatedFrame(frame, work, top, night, brightness, passes, motion, clock)
+
+    def finish(self, begun: GatedFrame) -> FrameAnalysis | FrameFailure:
+        """The models on a gated frame: safe to call for several frames at once from different threads."""
+        try:
+            return self._analyse(begun)
+        except Exception as exc:  # noqa: BLE001 - any model error on one frame is that frame's failure
+            return self._failed(begun.frame, exc)
+
+    @staticmethod
+    def _failed(frame: Frame, exc: Exception) -> FrameFailure:
+        log.exception("analysing %s/%s failed", frame.source_id, frame.key)
+        return FrameFailure(frame, f"analysis failed: {type(exc).__name__}: {str(exc)[:300]}")
+
+    def analyse(self, frame: Frame) -> FrameAnalysis:
+        """Analyse one decoded frame (errors raised, not recorded)."""
+        return self._analyse(self._gate(frame))
+
+    def _analyse(self, begun: GatedFrame) -> FrameAnalysis:
+        rgb, work, top, passes, clock = begun.frame.pixels, begun.work, begun.top, begun.passes, begun.clock
         detections = self._detect(work, top, clock) if passes else Detections.empty()
         detections, context = self._classify(rgb, work, detections, clock)
         detections = combine_labels(detections, self.space, context)
@@ -151,7 +197,8 @@ class Analyzer:
         detections = detections.with_data(confident_animal=confident_animals(
             detections, frozenset(privacy.not_animal_labels), privacy.animal_min_score))
         detections = self._embed(rgb, detections, clock)
-        return FrameAnalysis(frame, detections, night, brightness, motion, not passes, clock.wall, clock.cpu)
+        return FrameAnalysis(begun.frame, detections, begun.night, begun.brightness, begun.motion, not passes,
+                             clock.wall, clock.cpu)
 
     def _detect(self, work: np.ndarray, top: int, clock: Stopwatch) -> Detections:
         with clock.stage("detect"):

@@ -14,6 +14,7 @@ from edge.analysis.gate import MotionGate
 from edge.app.config import EdgeConfig
 from edge.runtime.backends import InferenceBackend
 from edge.runtime.bundle import Bundle, load_bundle
+from edge.runtime.config import cores
 from edge.runtime.models import Classifier, Detector, Embedder
 from edge.storage.recorder import Identity, Recorder
 from edge.storage.store import Store
@@ -35,6 +36,9 @@ def build_analyzer(config: EdgeConfig, bundle: Bundle | None = None,
     """
     bundle = bundle if bundle is not None else load_bundle(config.bundle.path)
     detection, precision, backend = config.detection, config.bundle.precision, config.bundle.backend
+    frames = config.bundle.frames_in_flight()
+    if frames > 1 and getattr(backend, "threads", None) == 0:  # the cores shared out among the frames in flight
+        backend = backend.model_copy(update={"threads": max(1, cores() // frames)})
     detector = Detector(bundle, precision, backend)
     classifier = Classifier(bundle, precision, backend) if detection.classify else None
     embedder = Embedder(bundle, precision, backend) if detection.embed else None
@@ -42,7 +46,7 @@ def build_analyzer(config: EdgeConfig, bundle: Bundle | None = None,
         if model is not None and backends and model.task in backends:
             model.backend = backends[model.task]
     return Analyzer(detector, classifier, embedder, MotionGate(config.gate), config.preprocess, detection,
-                    config.privacy, config.bursts.min_crop_confidence)
+                    config.privacy, config.bursts.min_crop_confidence, frames_at_once=frames)
 
 
 def build_recorder(config: EdgeConfig, store: Store, analyzer: Analyzer, bundle: Bundle) -> Recorder:

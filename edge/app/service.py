@@ -22,6 +22,7 @@ import numpy as np
 
 from common.logs import setup_logging
 from edge.analysis.analyzer import Analyzer, FrameAnalysis, FrameFailure
+from edge.analysis.pipeline import Pipeline
 from edge.app import systemd
 from edge.app.bundle_install import self_rollback, smoke_check, smoke_images, store_frames
 from edge.app.checks import label_problems
@@ -31,7 +32,7 @@ from edge.app.health import THERMAL_ROOT, DiskGuard, temperature_c
 from edge.app.memory import one_malloc_arena
 from edge.capture.frame import Frame
 from edge.capture.sources import create_source
-from edge.capture.sources.base import WakingSource
+from edge.capture.sources.base import FrameSource, WakingSource
 from edge.publish.mqtt import Publisher
 from edge.runtime.bundle import Bundle, BundleError, BundleTrust, load_bundle
 from edge.storage.recorder import Recorder
@@ -120,8 +121,9 @@ class Service:
         self.recorder: Recorder = build_recorder(self.config, self.store, self.analyzer, self.bundle)
         self.sources = [create_source(cfg, self.store.is_done) for cfg in self.config.sources]
         self.publisher = self._build_publisher()
-        log.info("trapedge %s: bundle %s, %d source(s), broker %s", self.config.device_id,
-                 self.bundle.manifest.version, len(self.sources), "on" if self.publisher else "off (outbox only)")
+        log.info("trapedge %s: bundle %s, %d frame(s) at once, %d source(s), broker %s", self.config.device_id,
+                 self.bundle.manifest.version, self.pipeline.depth, len(self.sources),
+                 "on" if self.publisher else "off (outbox only)")
 
     def _load_models(self) -> None:
         """Load the bundle and build the models; if that fails and ``bundle.path`` is a
@@ -154,6 +156,9 @@ class Service:
         if self.bundle.warning:
             log.warning("%s", self.bundle.warning)
         self.analyzer: Analyzer = build_analyzer(self.config, self.bundle)
+        if hasattr(self, "pipeline"):
+            self.pipeline.close()
+        self.pipeline: Pipeline = Pipeline(self.analyzer)
         images = smoke_images(store_frames(self.config.store.path), count=1)
         h, w = self.analyzer.detector.spec.input.size
         smoke_check(self.analyzer, images or [np.full((h, w, 3), 114, np.uint8)])
@@ -184,9 +189,15 @@ class Service:
                 "bundle_rollback": self.bundle_rollback, **self.recorder.suppression_status()}
 
     def process(self, frame: Frame) -> None:
-        """One frame, start to finish: its analysis (or failure) recorded and its messages sent. A frame
-        whose analysis never finished ``MAX_ATTEMPTS`` times (the service died on it: out of memory) is
-        recorded as a failure instead of being tried again at every restart."""
+        """One frame, start to finish: its analysis (or failure) recorded and its messages sent."""
+        self._begin(frame)
+        self._record(*self.pipeline.take())
+
+    def _begin(self, frame: Frame) -> None:
+        """Put one frame into the pipeline. A frame whose analysis never finished ``MAX_ATTEMPTS`` times
+        (the service died on it: out of memory) goes in as a failure instead of being tried again at every
+        restart; one that was in flight when the service died is analysed alone, so that a frame in flight
+        beside the one that kills the service is not blamed for it."""
         if frame.ok and frame.time_source == "mtime" and frame.source_id not in self.file_time_sources:
             self.file_time_sources.add(frame.source_id)
             log.warning("%s: %s has no EXIF capture time: its file time is used (said once per source); bursts "
@@ -194,10 +205,13 @@ class Service:
                         frame.source_id, frame.name)
         attempt = self.store.begin_attempt(frame.source_id, frame.key)
         if attempt > MAX_ATTEMPTS:
-            result: FrameAnalysis | FrameFailure = FrameFailure(
-                frame, f"its analysis stopped the service {attempt - 1} times (out of memory?): skipped")
+            self.pipeline.put(frame, FrameFailure(
+                frame, f"its analysis stopped the service {attempt - 1} times (out of memory?): skipped"))
         else:
-            result = self.analyzer.process(frame)
+            self.pipeline.put(frame, alone=attempt > 1)
+
+    def _record(self, frame: Frame, result: FrameAnalysis | FrameFailure) -> None:
+        """A frame's analysis (or failure) recorded and its messages sent."""
         if isinstance(result, FrameFailure):
             self.recorder.record_failure(result)
             self.counters.failures += 1
@@ -216,8 +230,8 @@ class Service:
             self.publisher.kick()
 
     def poll_once(self) -> int:
-        """Process every frame the sources have now; returns how many. Takes none while the
-        store's disk is full (the sources keep them for later)."""
+        """Process every frame the sources have now, ``bundle.frames_at_once`` in flight; returns how many.
+        Takes none while the store's disk is full (the sources keep them for later)."""
         if self.disk.check() and self.publisher:
             self.publisher.publish_status()
         if not self.disk.accepting:
@@ -228,20 +242,37 @@ class Service:
                 if self.stop_requested.is_set() or not self.disk.accepting:
                     source.retry_later(frame.key)  # taken but not recorded: offered again later (a file)
                     break  # the source offers the rest of its batch again too
-                try:
-                    self.process(frame)
-                except (sqlite3.Error, OSError) as exc:
-                    if not self._storage_failed(f"recording {frame.source_id}/{frame.key}", exc):
-                        raise
-                    self.store.undo_attempt(frame.source_id, frame.key)  # the disk failed, not the analysis
-                    source.retry_later(frame.key)
-                except Exception as exc:  # one bad frame must not stop the appliance
-                    self.counters.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("processing %s/%s failed", frame.source_id, frame.key)
                 count += 1
+                self._guarded(source, frame)
+                while self.pipeline.full:
+                    self._guarded(source, *self.pipeline.take())
+            while len(self.pipeline):
+                if self.stop_requested.is_set() or not self.disk.accepting:
+                    for frame in self.pipeline.abandon():  # analysed, never recorded: offered again later
+                        self._offer_again(source, frame)
+                    break
+                self._guarded(source, *self.pipeline.take())
             if self.stop_requested.is_set():
                 break
         return count
+
+    def _guarded(self, source: FrameSource, frame: Frame, result: FrameAnalysis | FrameFailure | None = None) -> None:
+        """Put one frame into the pipeline (no ``result`` yet) or record its ``result``. A full disk gives the
+        frame back to its source; any other error is logged, never the end of the appliance."""
+        try:
+            self._begin(frame) if result is None else self._record(frame, result)
+        except (sqlite3.Error, OSError) as exc:
+            if not self._storage_failed(f"recording {frame.source_id}/{frame.key}", exc):
+                raise
+            self._offer_again(source, frame)  # the disk failed, not the analysis
+        except Exception as exc:  # one bad frame must not stop the appliance
+            self.counters.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("processing %s/%s failed", frame.source_id, frame.key)
+
+    def _offer_again(self, source: FrameSource, frame: Frame) -> None:
+        """A frame taken but not recorded: its attempt undone, offered again later."""
+        self.store.undo_attempt(frame.source_id, frame.key)
+        source.retry_later(frame.key)
 
     def _storage_failed(self, what: str, exc: BaseException) -> bool:
         """A database write that failed: for want of space, the disk is full (frames wait, the outbox
@@ -327,6 +358,8 @@ class Service:
         systemd.stopping()
         for source in getattr(self, "sources", []):
             source.close()
+        if hasattr(self, "pipeline"):
+            self.pipeline.close()
         if self.publisher:
             self.publisher.stop(timeout=drain_seconds)
         if hasattr(self, "store"):

@@ -24,6 +24,7 @@ import numpy as np
 
 from common.config_loader import ConfigError
 from edge.analysis.analyzer import Analyzer, FrameAnalysis, FrameFailure
+from edge.analysis.pipeline import Pipeline
 from edge.app.factory import build_analyzer, build_recorder
 from edge.app.memory import one_malloc_arena
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead, read_frame
@@ -200,9 +201,9 @@ def run_worker(args: argparse.Namespace, backends: Mapping[str, InferenceBackend
         times["decode"] = decode_times(paths)  # in the run itself decoding overlaps the models
         jobs = ((paths[i % len(paths)], f"bench{i // len(paths)}", f"{i}") for i in range(args.frames))
         start, cpu_start = time.perf_counter(), time.process_time()
-        with ThreadPoolExecutor(1) as pool:
-            for frame in read_ahead(pool, jobs, DEFAULT_MAX_SIDE):  # decoding overlaps, as in the service
-                analysis = analyzer.process(frame)
+        with ThreadPoolExecutor(1) as pool, Pipeline(analyzer) as pipeline:
+            # decoding overlaps and frames_at_once frames are in flight, as in the service
+            for _, analysis in pipeline.results(read_ahead(pool, jobs, DEFAULT_MAX_SIDE)):
                 if isinstance(analysis, FrameFailure):
                     continue
                 for stage, seconds in analysis.timings.items():
@@ -224,6 +225,7 @@ def run_worker(args: argparse.Namespace, backends: Mapping[str, InferenceBackend
             result["bursts_cpu_ms_per_frame"] = burst_costs(paths, analyzer, recorder)
         store.close()
     result["torch_imported"] = "torch" in sys.modules
+    result["frames_at_once"] = analyzer.frames_at_once
     return result
 
 

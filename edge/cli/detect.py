@@ -19,6 +19,7 @@ from typing import Any
 from common.config_loader import ConfigError
 from common.progress import progress
 from edge.analysis.analyzer import Analyzer, FrameFailure
+from edge.analysis.pipeline import Pipeline
 from edge.app.config import EdgeConfig
 from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead
@@ -40,13 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def analyse_folder(analyzer: Analyzer, root: Path, paths: list[Path]) -> list[ImageResult]:
-    """Each image under ``root`` through the analyzer, decoded one ahead, its progress shown (count, rate, ETA)."""
+    """Each image under ``root`` through the analyzer (decoded one ahead, ``frames_at_once`` in flight), its progress
+    shown (count, rate, ETA)."""
     results = []
     jobs = ((path, "images", path.relative_to(root).as_posix()) for path in paths)
-    with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool, Pipeline(analyzer) as pipeline:
         frames = read_ahead(pool, jobs, DEFAULT_MAX_SIDE)
-        for frame in progress(frames, total=len(paths), desc="detect", unit="image"):
-            result = analyzer.process(frame)
+        for frame, result in progress(pipeline.results(frames), total=len(paths), desc="detect", unit="image"):
             if isinstance(result, FrameFailure):
                 results.append(ImageResult(frame.key, failure=result.reason))
             else:

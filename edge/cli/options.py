@@ -17,14 +17,17 @@ DEFAULT_BUNDLE = Path("bundles/default")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--config``, ``--bundle``, ``--precision``, ``--backend`` and ``--threads``."""
+    """``--config``, ``--bundle``, ``--precision``, ``--backend``, ``--threads`` and ``--frames-at-once``."""
     parser.add_argument("--config", type=Path, default=None,
                         help="a device's edge.yaml: run with its bundle, preprocessing, detection and privacy "
                              "settings (the options below override its bundle settings)")
     parser.add_argument("--bundle", type=Path, default=None, help="model bundle directory (default bundles/default)")
     parser.add_argument("--precision", choices=["int8", "fp16", "fp32"], default=None, help="default int8")
     parser.add_argument("--backend", default=None, help="inference backend (onnxruntime, tensorrt)")
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (0 = all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="onnxruntime intra-op threads (0 = the cores shared out among the frames in flight)")
+    parser.add_argument("--frames-at-once", type=int, default=None, metavar="N",
+                        help="frames whose models run at the same time (0 = auto: 2 on 2+ cores and 1 GB+, else 1)")
 
 
 def _bundle_settings(args: argparse.Namespace, bundle: dict[str, Any]) -> dict[str, Any]:
@@ -40,6 +43,8 @@ def _bundle_settings(args: argparse.Namespace, bundle: dict[str, Any]) -> dict[s
         backend = {"type": args.backend}
     if args.threads is not None:
         backend["threads"] = args.threads
+    if getattr(args, "frames_at_once", None) is not None:
+        bundle["frames_at_once"] = args.frames_at_once
     return {**bundle, "backend": backend}
 
 

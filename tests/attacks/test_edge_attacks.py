@@ -32,7 +32,7 @@ def _config(tmp_path: Path, bundle_dir: Path) -> EdgeConfig:
     return EdgeConfig.model_validate({
         "device_id": "cam-attack", "sources": [{"type": "folder", "id": "sd", "path": str(tmp_path / "incoming"),
                                                 "settle_seconds": 0, "poll_seconds": 0.01}],
-        "bundle": {"path": str(bundle_dir), "backend": {"type": "onnxruntime", "threads": 1}},
+        "bundle": {"path": str(bundle_dir), "frames_at_once": 2, "backend": {"type": "onnxruntime", "threads": 1}},
         "store": {"path": str(tmp_path / "state" / "trapedge.db")}, "bursts": {"gap_seconds": 3600},
         "disk": {"min_free_mb": 1}})
 
@@ -166,33 +166,40 @@ def test_a_read_only_database_is_one_line_at_start(tmp_path, data, bundle_dir, m
 
 
 KILLER = """
-import os, sys
+import os, sys, time
 from edge.analysis.analyzer import Analyzer
 from edge.app.config import EdgeConfig
 from edge.app.service import main
 
-real = Analyzer.process
-def dies_on_poison(self, frame):  # as the kernel's OOM killer ends a service that decodes a bomb
-    if frame.key.startswith("poison"):
+real = Analyzer.finish
+def dies_on_poison(self, begun):  # as the kernel's OOM killer ends a service that decodes a bomb
+    if begun.frame.key.startswith("poison"):
+        time.sleep(1.0)  # the next frame is in flight by now
         os._exit(137)
-    return real(self, frame)
-Analyzer.process = dies_on_poison
+    return real(self, begun)
+Analyzer.finish = dies_on_poison
 sys.exit(main(EdgeConfig.model_validate_json(sys.argv[1]), once=True))
 """
 
 
 def test_a_frame_that_kills_the_service_is_not_retried_forever(tmp_path, data, bundle_dir, tally):
+    """Two frames at once: the frame in flight beside the one that kills the service is tried again alone
+    and recorded; the killer is a failure record at the third start."""
     config = _config(tmp_path, bundle_dir)
-    for rel in FRAMES[:2]:
-        _drop(data, tmp_path, rel)
-    shutil.copy(data / "frames" / FRAMES[2], tmp_path / "incoming" / "poison.jpg")
+    assert config.bundle.frames_in_flight() == 2
+    incoming, now = tmp_path / "incoming", time.time()
+    for i, (rel, name) in enumerate([(FRAMES[0], "a.jpg"), (FRAMES[2], "poison.jpg"), (FRAMES[1], "z.jpg")]):
+        shutil.copy(data / "frames" / rel, incoming / name)
+        os.utime(incoming / name, (now - 60 + i, now - 60 + i))  # taken in this order
     codes = [subprocess.run([sys.executable, "-c", KILLER, config.model_dump_json()], capture_output=True,
                             timeout=300).returncode for _ in range(3)]
     assert codes == [137, 137, 0], "the third start records the frame as a failure and goes on"
     db = config.store.path
     (reason,) = _rows(db, "SELECT reason FROM failures WHERE key LIKE 'poison%'")[0]
     assert "stopped the service 2 times" in reason
-    assert len(_rows(db, "SELECT key FROM frames")) == 2 and _rows(db, "SELECT * FROM attempts") == []
+    assert _rows(db, "SELECT COUNT(*) FROM failures") == [(1,)]
+    assert sorted(k.split(":")[0] for (k,) in _rows(db, "SELECT key FROM frames")) == ["a.jpg", "z.jpg"]
+    assert _rows(db, "SELECT * FROM attempts") == []
     tally.record("edge: a frame that kills the service (OOM)", attempts=3, rejected=1, crashes=0, failed_restarts=0)
 
 

@@ -2,7 +2,8 @@
 
 Every module in this package is a plugin when it defines ``KEY``, ``Config`` (a pydantic model whose
 ``type`` field is ``Literal[KEY]``), ``Backend``, ``PRECISIONS`` (each precision it runs, mapped to
-the bundle's ONNX file it is built from) and ``UNAVAILABLE_REASON``. The registry, the config union
+the bundle's ONNX file it is built from), ``CONCURRENT_FRAMES`` (whether frames analysed at once
+gain from running together on it) and ``UNAVAILABLE_REASON``. The registry, the config union
 that edge.yaml's ``bundle.backend`` is validated against and the list of keys are all derived from
 those modules, as Frigate derives its detector types. A backend whose vendor package does not import
 is reported as unavailable with the reason; it never breaks the appliance.

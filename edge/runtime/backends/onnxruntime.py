@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 KEY = "onnxruntime"
 PRECISIONS = {"fp32": "fp32", "int8": "int8"}  # runs each ONNX file of the bundle as it is
+CONCURRENT_FRAMES = True  # a session runs calls from several threads at once
 
 try:
     import onnxruntime as ort

@@ -11,6 +11,7 @@ the key and cache logic around it is tested.
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,9 @@ from common.hashing import sha256_file
 KEY = "tensorrt"
 # engines of either precision are built from the bundle's fp32 ONNX (``trapedge export-tensorrt``)
 PRECISIONS = {"fp16": "fp32", "int8": "fp32"}
+# one execution context and its device buffers a model: frames take turns (run holds a lock), so
+# ``bundle.frames_at_once: 0`` means one frame at a time here
+CONCURRENT_FRAMES = False
 
 try:
     import tensorrt as trt
@@ -83,6 +87,7 @@ class Backend:
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(engine_file.read_bytes())
         self.context = self.engine.create_execution_context()
+        self._lock = threading.Lock()
         self.outputs = outputs
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
@@ -103,6 +108,10 @@ class Backend:
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         """Copy the batch in, execute, copy the outputs out (in manifest order)."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        with self._lock:
+            return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
         self.context.set_input_shape(self.input_name, batch.shape)
         src = self._device_buffer(self.input_name, batch.nbytes)
         kind = cudart.cudaMemcpyKind
