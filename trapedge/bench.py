@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli.bench import STAGES
+from edge.runtime.config import AUTO_MIN_MEMORY_MB, BundleConfig
 
 MANY_ANIMALS = Path("../shared/data/boxes/wbia_voc/JPEGImages")
+ONE_FRAME = "int8 1 frame"  # INT8 with frames_at_once 1, run beside the default when that is more
 TORCH_FRAMES = 30
 
 
@@ -67,16 +69,19 @@ def run(args: argparse.Namespace) -> int:
     sets = {"shared frames": args.folder}
     if args.many is not None and str(args.many) != "none" and args.many.is_dir():
         sets["many animals"] = args.many
-    configs = {"int8": (args.bundle, "int8"), "fp32": (args.bundle, "fp32")}
+    configs: dict[str, tuple[Path, str, list[str]]] = {"int8": (args.bundle, "int8", []),
+                                                         "fp32": (args.bundle, "fp32", [])}
+    if BundleConfig().frames_in_flight() > 1:  # what a device with less memory (a 512 MB Pi Zero 2 W) runs
+        configs[ONE_FRAME] = (args.bundle, "int8", ["--frames-at-once", "1"])
     if args.baseline is not None:
-        configs["baseline int8"] = (args.baseline, "int8")
+        configs["baseline int8"] = (args.baseline, "int8", [])
     results: dict[str, Any] = {"machine": machine(), "frames_per_configuration": args.frames, "sets": {}}
     try:
         for name, folder in sets.items():
             common = [str(folder), "--frames", str(args.frames), "--threads", str(args.threads)]
             runs = {config: _child([sys.executable, "-m", "edge.cli.bench", *common, "--bundle", str(bundle),
-                                    "--precision", precision])
-                    for config, (bundle, precision) in configs.items()}
+                                    "--precision", precision, *extra])
+                    for config, (bundle, precision, extra) in configs.items()}
             if not args.no_torch and _torch_available():  # eager torch is slow: fewer frames, enough for its rate
                 torch_common = [str(folder), "--frames", str(min(args.frames, TORCH_FRAMES)), "--threads", str(args.threads)]
                 runs["torch"] = _child([sys.executable, "-m", "export.torch_reference", *torch_common, "--bundle",
@@ -132,7 +137,7 @@ def report(results: dict[str, Any]) -> None:
             print(f"{config:<14}{r['fps']:>7.2f}{r['cpu_s_per_frame']:>13.3f}{r['peak_rss_mb']:>8.1f}  {cells}")
         print("(stage cells: wall p50/p95; CPU is user + system time of the process, every thread)")
         int8 = runs["int8"]
-        for other in ("fp32", "baseline int8", "torch"):
+        for other in ("fp32", ONE_FRAME, "baseline int8", "torch"):
             if other in runs:
                 print(f"INT8 / {other}: {int8['fps'] / runs[other]['fps']:.2f}x frames/s, "
                       f"{int8['cpu_s_per_frame'] / runs[other]['cpu_s_per_frame']:.2f}x CPU per frame, "
@@ -156,12 +161,19 @@ def _targets(results: dict[str, Any]) -> None:
     """The figures the appliance is held to, from this run."""
     sets = results["sets"]
     int8 = {name: one["configurations"]["int8"] for name, one in sets.items()}
-    print("\nsummary (this run)")
+    at_once = {r.get("frames_at_once", 1) for r in int8.values()}
+    print(f"\nsummary (this run; frames at once: {' / '.join(str(n) for n in sorted(at_once))})")
     fps = " / ".join(f"{r['fps']:.1f}" for r in int8.values())
     print(f"  INT8 frames/s ({' / '.join(sets)}): {fps}")
     cpu = " / ".join(f"{r['cpu_s_per_frame']:.3f}" for r in int8.values())
     print(f"  INT8 CPU s per frame: {cpu}")
     print(f"  peak RSS, INT8 pipeline: {max(r['peak_rss_mb'] for r in int8.values()):.0f} MB")
+    one = [one["configurations"][ONE_FRAME] for one in sets.values() if ONE_FRAME in one["configurations"]]
+    if one:
+        rates = " / ".join(f"{r['fps']:.1f}" for r in one)
+        costs = " / ".join(f"{r['cpu_s_per_frame']:.3f}" for r in one)
+        print(f"  INT8, one frame at a time (a device under {AUTO_MIN_MEMORY_MB} MB): frames/s {rates}, CPU s per "
+              f"frame {costs}, peak RSS {max(r['peak_rss_mb'] for r in one):.0f} MB")
     ratios = " / ".join(f"{one['configurations']['int8']['fps'] / one['configurations']['fp32']['fps']:.2f}x"
                         for one in sets.values())
     print(f"  INT8 vs fp32 frames/s: {ratios}")
