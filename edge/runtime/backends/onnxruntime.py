@@ -30,7 +30,8 @@ class Config(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["onnxruntime"] = "onnxruntime"
-    threads: int = Field(0, ge=0, title="Intra-op threads (0 = one per core)")
+    threads: int = Field(0, ge=0, title="Intra-op threads (0 = the cores shared out among the frames at once: one a core "
+                         "with one frame, one each with two frames on two cores)")
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], title="Execution providers")
     memory_arena: bool = Field(True, title="One memory arena shared by every session of the process (off: each "
                                "run's tensors come from malloc and go back to it)")
