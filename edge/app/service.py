@@ -260,7 +260,10 @@ class Service:
         """Put one frame into the pipeline (no ``result`` yet) or record its ``result``. A full disk gives the
         frame back to its source; any other error is logged, never the end of the appliance."""
         try:
-            self._begin(frame) if result is None else self._record(frame, result)
+            if result is None:
+                self._begin(frame)
+            else:
+                self._record(frame, result)
         except (sqlite3.Error, OSError) as exc:
             if not self._storage_failed(f"recording {frame.source_id}/{frame.key}", exc):
                 raise
