@@ -14,11 +14,11 @@ from edge.runtime.backends.onnxruntime import Config as OnnxRuntimeConfig
 from edge.runtime.bundle import BundleTrust
 
 DEFAULT_PATH = Path("/var/lib/trapedge/bundles/current")
-# frames_at_once: 0. On 2 x86 cores (INT8, `trapedge bench`) two frames at once with one thread each ran
-# 30.9 / 28.3 frames/s (shared / many-animal frames) against 23.0 / 20.4 for one frame on two threads,
-# at 12 / 9 % less CPU a frame: ONNX Runtime's INT8 kernels keep ~1.4 of 2 cores busy, and a frame's
-# small steps one. A third frame gained 4 % more; each frame in flight holds ~22 MB of its own
-# (tensors, input, pixels), hence the memory floor (a Pi Zero 2 W has 512 MB in all).
+# frames_at_once: 0. On 2 x86 cores (INT8, `trapedge bench`, two runs) two frames at once with one thread
+# each ran 29.9-30.9 / 27.6-28.3 frames/s (shared / many-animal frames) against 22.2-23.0 / 19.3-20.4 for
+# one frame on two threads, at 9-12 % less CPU a frame: ONNX Runtime's INT8 kernels keep ~1.4 of 2 cores
+# busy, and a frame's small steps one. A third frame gained 4 % more; each frame in flight holds 20-30 MB
+# of its own (tensors, input, pixels), hence the memory floor (a Pi Zero 2 W has 512 MB in all).
 AUTO_FRAMES = 2
 AUTO_MIN_MEMORY_MB = 1024
 
