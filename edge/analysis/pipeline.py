@@ -40,18 +40,20 @@ class Pipeline:
         the models (a frame skipped), in its place in the order. ``alone``: wait for the frames in flight,
         then analyse this one in the caller's thread with nothing beside it (a frame that was in flight
         when the service died, so that only the frame that kills it is blamed)."""
-        done: Future[Result] = Future()
         if result is None and alone:
             for _, running in self._pending:
                 running.exception()  # waits; a frame's error is in its result, never raised here
             result = self.analyzer.process(frame)
-        if result is None:
+        elif result is None:
             begun = self.analyzer.begin(frame)
-            if isinstance(begun, FrameFailure) or self._pool is None:
-                result = begun if isinstance(begun, FrameFailure) else self.analyzer.finish(begun)
+            if isinstance(begun, FrameFailure):
+                result = begun
+            elif self._pool is None:
+                result = self.analyzer.finish(begun)
             else:
                 self._pending.append((frame, self._pool.submit(self.analyzer.finish, begun)))
                 return
+        done: Future[Result] = Future()
         done.set_result(result)
         self._pending.append((frame, done))
 

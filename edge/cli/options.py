@@ -43,7 +43,7 @@ def _bundle_settings(args: argparse.Namespace, bundle: dict[str, Any]) -> dict[s
         backend = {"type": args.backend}
     if args.threads is not None:
         backend["threads"] = args.threads
-    if getattr(args, "frames_at_once", None) is not None:
+    if args.frames_at_once is not None:
         bundle["frames_at_once"] = args.frames_at_once
     return {**bundle, "backend": backend}
 

@@ -47,8 +47,8 @@ class BundleConfig(BaseModel):
         0, ge=0, le=8,
         title="Frames whose models run at the same time, each on its own thread, results kept in order (0 = "
               f"auto: {AUTO_FRAMES} with {AUTO_FRAMES} or more cores and {AUTO_MIN_MEMORY_MB} MB or more of memory on "
-              "a backend that gains from it, else 1). Each frame in flight holds its own tensors (~15 MB); with "
-              "onnxruntime's threads at 0 a frame gets cores / frames_at_once threads")
+              "a backend that gains from it, else 1). Each frame in flight holds its own tensors, input and pixels "
+              "(20-30 MB); with onnxruntime's threads at 0 a frame gets cores / frames_at_once threads")
 
     @model_validator(mode="before")
     @classmethod
