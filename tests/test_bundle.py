@@ -64,6 +64,40 @@ def test_not_a_bundle(tmp_path):
 
 
 # --- signatures and paths ---------------------------------------------------------------------
+def test_a_signature_made_at_export_is_checked_as_the_edge_checks_it():
+    """The companion signs with cryptography (PEM keys); the edge checks with PyNaCl: both are Ed25519, and
+    only the manifest signed, by the key named, passes."""
+    import base64
+
+    from common import signing
+
+    private = signing.generate_private_key()
+    public = signing.public_key_of(private)
+    trusted = {signing.key_id(public): public}
+    document = {"schema_version": 1, "models": {"detector": {"labels": ["animal", "person", "vehicle"]}}}
+    text = signing.sign(document, private)
+    assert signing.verify(document, text, trusted) == signing.key_id(public)
+    with pytest.raises(signing.SignatureError, match="altered after signing"):
+        signing.verify({**document, "schema_version": 2}, text, trusted)
+    other = signing.public_key_of(signing.generate_private_key())  # the right key id, another key
+    with pytest.raises(signing.SignatureError, match="altered after signing"):
+        signing.verify(document, text, {signing.key_id(public): other})
+    fields = json.loads(text)
+    short = json.dumps({**fields, "signature": base64.b64encode(base64.b64decode(fields["signature"])[:63]).decode()})
+    with pytest.raises(signing.SignatureError, match="malformed .a 63-byte signature"):
+        signing.verify(document, short, trusted)
+
+
+def test_without_pynacl_the_edge_says_what_to_install(monkeypatch, bundle_dir):
+    import sys
+
+    from edge.runtime.config import BundleConfig
+
+    monkeypatch.setitem(sys.modules, "nacl.signing", None)  # import nacl.signing raises ImportError
+    with pytest.raises(BundleError, match=r"needs PyNaCl: pip install 'pynacl>=1.5'"):
+        load_bundle(bundle_dir, BundleConfig().trust)
+
+
 def test_the_default_bundle_is_signed_with_a_key_the_default_config_trusts(bundle_dir):
     from edge.runtime.config import BundleConfig
 

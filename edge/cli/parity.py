@@ -205,7 +205,7 @@ def failed_tolerances(result: Parity, names: tuple[str, str] = ("x86_64", "aarch
     return lines
 
 
-EDGE_DISTRIBUTIONS = ("onnxruntime", "numpy", "opencv-python-headless", "pillow", "pydantic", "cryptography", "paho-mqtt")
+EDGE_DISTRIBUTIONS = ("onnxruntime", "numpy", "opencv-python-headless", "pillow", "pydantic", "pynacl", "paho-mqtt")
 IMPORT_PROBE = ("import sys, time; t = time.perf_counter(); import edge.app.factory, edge.runtime.backends.onnxruntime; "
                 "print(time.perf_counter() - t, len(sys.modules))")
 
