@@ -14,6 +14,8 @@ import pytest
 
 from edge.app.config import EdgeConfig
 from edge.app.service import Service, install_signal_handlers
+from edge.cli import latency
+from edge.runtime.config import BundleConfig
 from trapedge.cli import main as trapedge
 
 BIRD = "frames/ena24_small/7951.jpg"
@@ -91,10 +93,18 @@ def test_bench_latency_refuses_in_one_line(bundle, frames, broker, expected, tmp
 
 def test_bench_latency_times_alerts_end_to_end(tmp_path, data, bundle_dir, capsys):
     out = tmp_path / "latency.json"
-    assert trapedge(["bench", "--latency", "--alerts", "5", "--bundle", str(bundle_dir), str(data / "frames"),
-                     "--json", str(out)]) == 0
-    assert "its alert arrived (PUBACK path)" in capsys.readouterr().out
+    assert trapedge(["bench", "--latency", "--alerts", "5", "--frames", "6", "--bundle", str(bundle_dir),
+                     str(data / "frames"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "its alert arrived (PUBACK path)" in printed
     result = json.loads(out.read_text())
+    # the service itself at full rate: as the device chooses, and one frame at a time where it chooses more
+    runs = result["service_full_rate"]
+    assert [r["frames_at_once"] for r in runs] == sorted({BundleConfig().frames_in_flight(), 1}, reverse=True)
+    for r in runs:
+        assert r["frames"] == 6 and r["fps"] > 0
+        assert 60 < r["peak_rss_mb"] < 1000, "the service's own peak RSS: it holds numpy, onnxruntime and the models"
+        assert f"{r['frames_at_once']} frame(s) at once: {r['fps']:.1f} frames/s" in printed
     assert result["alerts"] == 5 and result["machine"]["cpus"] == os.cpu_count()
     assert [s["file"] for s in result["samples"]] == [f"bird-{i:04d}.jpg" for i in range(1, 6)]
     tick = 0.002  # the service's log and store keep milliseconds, cut down
@@ -102,3 +112,39 @@ def test_bench_latency_times_alerts_end_to_end(tmp_path, data, bundle_dir, capsy
         steps = [s["closed"], s["taken"], s["recorded"], s["received"]]
         assert all(before < after + tick for before, after in zip(steps, steps[1:])), s
     assert set(result["latency_ms"]) == {"taken", "recorded", "received"}
+
+
+def test_peak_rss_is_the_process_own_high_water_mark():
+    import resource
+
+    mine = latency.peak_rss_mb(os.getpid())
+    assert mine == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, abs=2)
+    assert latency.peak_rss_mb(2**22 + 1) is None  # no such process: no figure, no error
+
+
+def test_the_full_rate_run_stops_with_the_reason_when_a_frame_fails(tmp_path, monkeypatch):
+    """A frame the service records as a failure ends the run with its reason, not a wait until the timeout."""
+    import sqlite3
+
+    from edge.storage.store import Store
+
+    (tmp_path / "incoming").mkdir()
+    (tmp_path / "state").mkdir()
+    Store(tmp_path / "state" / "trapedge.db").close()
+    conn = sqlite3.connect(tmp_path / "state" / "trapedge.db")
+    conn.execute("INSERT INTO failures (source_id, key, path, reason, at) VALUES ('drop', 'k', ?, ?, '2026-01-01')",
+                 (str(tmp_path / "incoming" / f"{latency.FULL_RATE_PREFIX}0000.jpg"), "image unreadable: truncated"))
+    conn.commit()
+    conn.close()
+
+    class Running:
+        pid, returncode = os.getpid(), None
+
+        def poll(self):
+            return None
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"not a picture")
+    with pytest.raises(latency.LatencyError, match="failed on a frame of the full-rate run: full-rate-0000.jpg: image "
+                                                   "unreadable: truncated"):
+        latency.full_rate(Running(), tmp_path, tmp_path / "log", [image], 2, 1)

@@ -35,12 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--many", type=Path, default=MANY_ANIMALS,
                         help=f"a second set: frames with many animals (default {MANY_ANIMALS}; 'none' to skip)")
     parser.add_argument("--baseline", type=Path, help="an older bundle, run as INT8 beside this one")
-    parser.add_argument("--frames", type=int, default=120, help="frames per configuration (the folder repeats)")
+    parser.add_argument("--frames", type=int, default=120,
+                        help="frames per configuration and for the service's full-rate runs (the folder repeats)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch eager reference")
     parser.add_argument("--latency", action="store_true",
-                        help="only time file closed → alert received (local Mosquitto, edge/cli/latency.py)")
+                        help="only the service itself (local Mosquitto, edge/cli/latency.py): file closed → "
+                        "alert received, then its peak RSS and frames/s on --frames files written at once")
     parser.add_argument("--no-latency", action="store_true", help="skip the alert latency part of the full run")
     parser.add_argument("--alerts", type=int, default=100, help="alerts timed by --latency")
 
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         from edge.cli import latency
 
         try:
-            results["latency"] = latency.bench(args.bundle, args.folder, args.alerts)
+            results["latency"] = latency.bench(args.bundle, args.folder, args.alerts, args.frames)
         except (latency.LatencyError, latency.BrokerMissing) as exc:
             results["latency"] = {"skipped": str(exc)}
     report(results)
@@ -168,6 +170,11 @@ def _targets(results: dict[str, Any]) -> None:
     cpu = " / ".join(f"{r['cpu_s_per_frame']:.3f}" for r in int8.values())
     print(f"  INT8 CPU s per frame: {cpu}")
     print(f"  peak RSS, INT8 pipeline: {max(r['peak_rss_mb'] for r in int8.values()):.0f} MB")
+    for run in (results.get("latency") or {}).get("service_full_rate", []):
+        if run["peak_rss_mb"] is not None:
+            print(f"  the service itself (trapedge run, {run['frames_at_once']} frame(s) at once, {run['frames']} shared "
+                  f"frames written at once): peak RSS {run['peak_rss_mb']:.0f} MB (start-up included), "
+                  f"{run['fps']:.1f} frames/s")
     one = [one["configurations"][ONE_FRAME] for one in sets.values() if ONE_FRAME in one["configurations"]]
     if one:
         rates = " / ".join(f"{r['fps']:.1f}" for r in one)

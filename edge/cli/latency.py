@@ -10,6 +10,12 @@ frame's analysis was recorded (``frames.processed_at``).
 
 Bursts are cut at 10 ms (``bursts.gap_seconds``), so that every frame is an event of its own and
 alerts: an event alerts once, on the first frame that meets the rule, which is what is timed here.
+
+Then the same service gets the real frames folder at full rate (``--frames`` files written at once) and
+its own peak resident memory is read (``VmHWM``, Linux): start-up, the signature check, the publisher,
+the folder watch and the store included, which the pipeline figures of ``trapedge bench`` leave out. A
+second service does the same one frame at a time (``bundle.frames_at_once: 1``), as a device with
+less memory runs.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,12 +46,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from common.local_broker import BrokerMissing, Mosquitto
 from common.wire import topic
+from edge.capture.decode import list_images
+from edge.runtime.config import BundleConfig
 
 DEVICE, PREFIX, LABEL = "bench-latency", "trapedge", "bird"
 FRAMES = ["ena24_small/7951.jpg", "ena24_small/5840.jpg", "ena24_small/49.jpg", "ena24_small/8200.jpg"]  # crows, a chicken
 WARMUP = 1  # alerts not counted: the first inference after start-up
 PAUSE_S = (0.1, 0.6)  # random wait between alerts, so that a file lands at any point of the service's loop
 START_TIMEOUT_S, ALERT_TIMEOUT_S = 180.0, 30.0
+FULL_RATE_TIMEOUT_S = 10.0  # a frame of the full-rate run, at the most
+FULL_RATE_PREFIX = "full-rate-"
 TAKING = re.compile(r"^(\S+ \S+) DEBUG edge\.capture\.sources\.folder: \S+: taking (.+):\d+:\d+$")
 
 
@@ -98,9 +110,21 @@ class AlertWatcher:
         self.client.disconnect()
 
 
-def write_config(workdir: Path, bundle: Path, broker: Mosquitto) -> Path:
-    """The service's edge.yaml: defaults everywhere but the folder, broker, watch rule and burst gap."""
-    config = {
+@dataclass
+class FullRate:
+    """The service itself on a folder's frames written all at once."""
+
+    frames_at_once: int
+    frames: int
+    fps: float
+    peak_rss_mb: float | None
+
+
+def write_config(workdir: Path, bundle: Path, broker: Mosquitto, frames_at_once: int = 0,
+                 log_level: str = "DEBUG") -> Path:
+    """The service's edge.yaml: defaults everywhere but the folder, broker, watch rule, burst gap and log
+    level (DEBUG logs when the folder source takes each file), and ``frames_at_once`` where it is not 0."""
+    config: dict[str, Any] = {
         "device_id": DEVICE,
         "sources": [{"type": "folder", "id": "drop", "path": str(workdir / "incoming"), "notify": True}],
         "bundle": {"path": str(bundle.resolve())},
@@ -108,8 +132,10 @@ def write_config(workdir: Path, bundle: Path, broker: Mosquitto) -> Path:
         "bursts": {"gap_seconds": 0.01},
         "store": {"path": str(workdir / "state" / "trapedge.db")},
         "mqtt": {"host": broker.host, "port": broker.port, "prefix": PREFIX},
-        "log_level": "DEBUG",
+        "log_level": log_level,
     }
+    if frames_at_once:
+        config["bundle"]["frames_at_once"] = frames_at_once
     (workdir / "incoming").mkdir()
     path = workdir / "edge.yaml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
@@ -179,14 +205,64 @@ def taken_times(log: Path) -> dict[str, float]:
     return times
 
 
-def recorded_times(db: Path) -> dict[str, float]:
-    """When each frame's analysis was recorded (``frames.processed_at``), by file name."""
-    conn = sqlite3.connect(db)
+def recorded_times(db: Path, prefix: str = "") -> dict[str, float]:
+    """When each frame's analysis was recorded (``frames.processed_at``), by file name (those starting with
+    ``prefix``); read while the service runs too (nothing yet: empty)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         rows = conn.execute("SELECT path, processed_at FROM frames").fetchall()
+    except sqlite3.OperationalError:  # the service has not created its store yet
+        return {}
     finally:
         conn.close()
-    return {Path(path).name: datetime.fromisoformat(at).timestamp() for path, at in rows}
+    return {Path(path).name: datetime.fromisoformat(at).timestamp() for path, at in rows
+            if path and Path(path).name.startswith(prefix)}
+
+
+def failed_files(db: Path, prefix: str) -> list[str]:
+    """Files starting with ``prefix`` the service recorded as failures, with their reason."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = conn.execute("SELECT path, reason FROM failures").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+    return [f"{Path(path).name}: {reason}" for path, reason in rows if path and Path(path).name.startswith(prefix)]
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """A running process's peak resident memory so far (MB, ``VmHWM``); None without Linux's /proc."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    kib = next((int(line.split()[1]) for line in lines if line.startswith("VmHWM:")), None)
+    return None if kib is None else round(kib / 1024, 1)
+
+
+def full_rate(service: subprocess.Popen, workdir: Path, log: Path, images: list[Path], frames: int,
+              frames_at_once: int) -> FullRate:
+    """Write ``frames`` files (``images`` in turn) into the watched folder at once, wait until the service
+    has recorded them all, and read its frames/s (first file closed → last one recorded) and peak RSS."""
+    folder, db = workdir / "incoming", workdir / "state" / "trapedge.db"
+    first_closed = time.time()
+    for i in range(frames):
+        image = images[i % len(images)]
+        drop(image.read_bytes(), folder, f"{FULL_RATE_PREFIX}{i:04d}{image.suffix.lower()}")
+    deadline = time.monotonic() + FULL_RATE_TIMEOUT_S * frames
+    while len(recorded := recorded_times(db, FULL_RATE_PREFIX)) < frames:
+        if service.poll() is not None:
+            raise LatencyError(f"trapedge run exited with {service.returncode}: {last_line(log)}")
+        failed = failed_files(db, FULL_RATE_PREFIX)
+        if failed:
+            raise LatencyError(f"the service failed on a frame of the full-rate run: {failed[0]}")
+        if time.monotonic() > deadline:
+            raise LatencyError(f"the service recorded {len(recorded)} of {frames} frames written at once in "
+                               f"{FULL_RATE_TIMEOUT_S * frames:.0f} s")
+        time.sleep(0.1)
+    seconds = max(recorded.values()) - first_closed
+    return FullRate(frames_at_once, frames, round(frames / seconds, 2), peak_rss_mb(service.pid))
 
 
 def percentiles_ms(values: list[float]) -> dict[str, float]:
@@ -196,8 +272,8 @@ def percentiles_ms(values: list[float]) -> dict[str, float]:
             "max": round(float(ms.max()), 1)}
 
 
-def summarise(samples: list[Sample], broker: Mosquitto) -> dict[str, Any]:
-    """The figures: per step, p50/p95/max of the time since the file closed."""
+def summarise(samples: list[Sample], broker: Mosquitto, full_rate: list[FullRate] | None = None) -> dict[str, Any]:
+    """The figures: per step, p50/p95/max of the time since the file closed; the full-rate runs."""
     steps = {"taken": [s.taken - s.closed for s in samples if s.taken is not None],
              "recorded": [s.recorded - s.closed for s in samples if s.recorded is not None],
              "received": [s.received - s.closed for s in samples]}
@@ -207,6 +283,7 @@ def summarise(samples: list[Sample], broker: Mosquitto) -> dict[str, Any]:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "latency_ms": {step: percentiles_ms(values) for step, values in steps.items() if values},
         "samples": [asdict(s) for s in samples],
+        "service_full_rate": [asdict(run) for run in full_rate or []],
     }
 
 
@@ -220,12 +297,16 @@ def report(result: dict[str, Any]) -> None:
              "received": "its alert arrived (PUBACK path)"}
     for step, figures in result["latency_ms"].items():
         print(f"{names[step]:<34}" + "".join(f"{figures[q]:>7.0f}ms" for q in ("p50", "p95", "max")))
+    for run in result.get("service_full_rate", []):
+        rss = "-" if run["peak_rss_mb"] is None else f"{run['peak_rss_mb']:.0f} MB"
+        print(f"the service (trapedge run), {run['frames']} frames written at once, {run['frames_at_once']} frame(s) "
+              f"at once: {run['fps']:.1f} frames/s, peak RSS {rss} (start-up included)")
 
 
 def run(args: argparse.Namespace) -> int:
     """``trapedge bench --latency``: one-line errors, exit status 2, when it cannot run."""
     try:
-        result = bench(args.bundle, args.folder, args.alerts)
+        result = bench(args.bundle, args.folder, args.alerts, args.frames)
     except (LatencyError, BrokerMissing) as exc:
         print(f"trapedge bench --latency: {exc}", file=sys.stderr)
         return 2
@@ -235,14 +316,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench(bundle: Path, data: Path, alerts: int) -> dict[str, Any]:
-    """Broker, subscriber and service started, ``alerts`` alerts timed, everything stopped again."""
+def bench(bundle: Path, data: Path, alerts: int, frames: int = 0) -> dict[str, Any]:
+    """Broker, subscriber and service started, ``alerts`` alerts timed, everything stopped again; then,
+    with ``frames``, the service on that many of ``data``'s frames at full rate (frames at once as the
+    device chooses, and one at a time where it chooses more)."""
     if not (bundle / "manifest.json").is_file():
         raise LatencyError(f"no model bundle at {bundle}: build it with `make export` (or pass --bundle)")
     missing = [rel for rel in FRAMES if not (data / rel).is_file()]
     if missing:
         raise LatencyError(f"{data / missing[0]} not found: pass the real frames folder (../shared/data/frames)")
-    frames = [(data / rel).read_bytes() for rel in FRAMES]
+    raw = [(data / rel).read_bytes() for rel in FRAMES]
+    auto = BundleConfig().frames_in_flight()
     with tempfile.TemporaryDirectory(prefix="trapedge-latency-") as tmp:
         broker = Mosquitto(Path(tmp) / "mosquitto")
         try:
@@ -250,30 +334,52 @@ def bench(bundle: Path, data: Path, alerts: int) -> dict[str, Any]:
         except RuntimeError as exc:
             raise LatencyError(str(exc).splitlines()[0]) from None
         try:
-            samples = time_alerts(Path(tmp), bundle, broker, frames, alerts)
+            samples = time_alerts(Path(tmp), bundle, broker, raw, alerts)
+            runs = [service_at_full_rate(Path(tmp) / f"full-rate-{n}", bundle, broker, list_images(data), frames, n)
+                    for n in sorted({auto, 1}, reverse=True)] if frames else []
         finally:
             broker.stop(timeout=5)
-    return summarise(samples, broker)
+    return summarise(samples, broker, runs)
 
 
 def time_alerts(workdir: Path, bundle: Path, broker: Mosquitto, frames: list[bytes], alerts: int) -> list[Sample]:
     """The subscriber and the service up, ``alerts`` alerts timed, both stopped; then each sample's
     steps read from the service's log and store."""
-    watcher = AlertWatcher(broker)
     log = workdir / "service.log"
-    try:
-        service = start_service(write_config(workdir, bundle, broker), log, watcher)
+    with running_service(write_config(workdir, bundle, broker), log, broker) as (service, watcher):
         try:
             samples = measure(workdir / "incoming", frames, alerts, watcher)
         except LatencyError:
             if service.poll() is not None:
                 raise LatencyError(f"trapedge run exited with {service.returncode}: {last_line(log)}") from None
             raise
-        finally:
-            stop_service(service)
-    finally:
-        watcher.close()
     taken, recorded = taken_times(log), recorded_times(workdir / "state" / "trapedge.db")
     for sample in samples:
         sample.taken, sample.recorded = taken.get(sample.file), recorded.get(sample.file)
     return samples
+
+
+def service_at_full_rate(workdir: Path, bundle: Path, broker: Mosquitto, images: list[Path], frames: int,
+                         frames_at_once: int) -> FullRate:
+    """A service with ``frames_at_once`` at its default log level on ``frames`` files written at once."""
+    if not images:
+        raise LatencyError("no images in the frames folder for the full-rate run")
+    workdir.mkdir()
+    log = workdir / "service.log"
+    config = write_config(workdir, bundle, broker, frames_at_once, log_level="INFO")
+    with running_service(config, log, broker) as (service, _):
+        return full_rate(service, workdir, log, images, frames, frames_at_once)
+
+
+@contextmanager
+def running_service(config: Path, log: Path, broker: Mosquitto) -> Iterator[tuple[subprocess.Popen, AlertWatcher]]:
+    """A subscriber and ``trapedge run --config`` (online), both stopped on the way out."""
+    watcher = AlertWatcher(broker)
+    try:
+        service = start_service(config, log, watcher)
+        try:
+            yield service, watcher
+        finally:
+            stop_service(service)
+    finally:
+        watcher.close()
