@@ -205,30 +205,32 @@ def taken_times(log: Path) -> dict[str, float]:
     return times
 
 
-def recorded_times(db: Path, prefix: str = "") -> dict[str, float]:
-    """When each frame's analysis was recorded (``frames.processed_at``), by file name (those starting with
-    ``prefix``); read while the service runs too (nothing yet: empty)."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of the service's store, read while it runs too; none while the store is not there yet."""
     try:
-        rows = conn.execute("SELECT path, processed_at FROM frames").fetchall()
-    except sqlite3.OperationalError:  # the service has not created its store yet
-        return {}
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError:
+        return []
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:  # its tables are not created yet
+        return []
     finally:
         conn.close()
-    return {Path(path).name: datetime.fromisoformat(at).timestamp() for path, at in rows
+
+
+def recorded_times(db: Path, prefix: str = "") -> dict[str, float]:
+    """When each frame's analysis was recorded (``frames.processed_at``), by file name (those starting with
+    ``prefix``)."""
+    return {Path(path).name: datetime.fromisoformat(at).timestamp()
+            for path, at in _rows(db, "SELECT path, processed_at FROM frames")
             if path and Path(path).name.startswith(prefix)}
 
 
 def failed_files(db: Path, prefix: str) -> list[str]:
     """Files starting with ``prefix`` the service recorded as failures, with their reason."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = conn.execute("SELECT path, reason FROM failures").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        conn.close()
-    return [f"{Path(path).name}: {reason}" for path, reason in rows if path and Path(path).name.startswith(prefix)]
+    return [f"{Path(path).name}: {reason}" for path, reason in _rows(db, "SELECT path, reason FROM failures")
+            if path and Path(path).name.startswith(prefix)]
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -244,7 +246,7 @@ def peak_rss_mb(pid: int) -> float | None:
 def full_rate(service: subprocess.Popen, workdir: Path, log: Path, images: list[Path], frames: int,
               frames_at_once: int) -> FullRate:
     """Write ``frames`` files (``images`` in turn) into the watched folder at once, wait until the service
-    has recorded them all, and read its frames/s (first file closed → last one recorded) and peak RSS."""
+    has recorded them all, and read its frames/s (first file written → last one recorded) and peak RSS."""
     folder, db = workdir / "incoming", workdir / "state" / "trapedge.db"
     first_closed = time.time()
     for i in range(frames):
