@@ -5,7 +5,8 @@
 # versions of this checkout's venv, so that only the architecture differs), runs
 # `python -m edge.cli.parity dump` with one thread here and on each emulated CPU (a Raspberry Pi 4's
 # Cortex-A72, without the dot-product instructions; a Pi 5's Cortex-A76, with them) and compares boxes,
-# labels and embeddings (`compare`, exit 1 when a tolerance fails). Emulated timings mean nothing: it
+# labels and embeddings (`compare`, exit 1 when a tolerance fails); each machine first checks the bundle's
+# signature against $TRUSTED_KEY with its own Ed25519 code. Emulated timings mean nothing: it
 # reports parity and install facts only. Needs root (binfmt_misc, debootstrap, chroot, bind mounts) and
 # the network.
 set -euo pipefail
@@ -15,6 +16,7 @@ DATA=${DATA:-../shared/data}
 BUNDLE=${BUNDLE:-bundles/default}
 OUT=${OUT:-results/arm64-check}
 PYTHON=${PYTHON:-.venv/bin/python}
+TRUSTED_KEY=${TRUSTED_KEY:-.cache/signing/dev-bundle.pub}  # the public key the bundle was signed with
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 CPUS=${ARM64_CPUS:-cortex-a72 cortex-a76}  # qemu CPU models: a Pi 4's and a Pi 5's cores
 HOST_CA=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}  # pip inside the root trusts what the host's pip trusts
@@ -36,6 +38,7 @@ need_host() {
     [ "$(id -u)" = 0 ] || die "needs root (binfmt_misc, debootstrap, chroot): sudo make arm64-check"
     [ -x "$PYTHON" ] || die "$PYTHON not found: make setup first"
     [ -f "$BUNDLE/manifest.json" ] || die "no bundle at $BUNDLE: make export first"
+    [ -f "$TRUSTED_KEY" ] || die "no public key at $TRUSTED_KEY: set TRUSTED_KEY= to the .pub the bundle was signed with"
     [ -d "$DATA" ] || die "no data at $DATA: set DATA="
     local missing=()
     for package in qemu-user-static binfmt-support debootstrap; do
@@ -70,7 +73,7 @@ dump_emulated() {
     mount --bind "$OUT/cpuinfo-$1" "$ROOT/proc/cpuinfo"
     MOUNTED+=("$ROOT/proc/cpuinfo")
     in_root QEMU_CPU="$1" "$VENV/bin/python" -m edge.cli.parity dump /data --bundle /bundle --threads 1 \
-        --emulated "$1" --out "/out/aarch64-$1.json"
+        --trusted-key "$(cat "$TRUSTED_KEY")" --emulated "$1" --out "/out/aarch64-$1.json"
     umount "$ROOT/proc/cpuinfo"
     unset 'MOUNTED[${#MOUNTED[@]}-1]'
 }
@@ -196,7 +199,8 @@ main() {
     copy_sources
     install_edge
     say "x86_64: the bundle on the fixed frames"
-    "$PYTHON" -m edge.cli.parity dump "$DATA" --bundle "$BUNDLE" --threads 1 --out "$OUT/x86_64.json"
+    "$PYTHON" -m edge.cli.parity dump "$DATA" --bundle "$BUNDLE" --threads 1 --trusted-key "$(cat "$TRUSTED_KEY")" \
+        --out "$OUT/x86_64.json"
     local cpu status=0
     for cpu in $CPUS; do
         say "aarch64, qemu emulating a $cpu: the bundle on the same frames"

@@ -131,10 +131,10 @@ def test_runs_of_different_frames_are_refused():
         parity.parity(SAME, [frame([A, B], file="other.jpg")])
 
 
-def dump_document(machine, boxes):
+def dump_document(machine, boxes, signed_by="399ba27e44e8bbdc"):
     facts = {"machine": machine, "python": "3.11", "emulated": "cortex-a72" if machine == "aarch64" else None, "versions": {"onnxruntime": "1"},
              "import_seconds": 0.5, "modules_imported": 400, "torch_installed": False, "bundle_version": "v1",
-             "precision": "int8", "threads": 1}
+             "precision": "int8", "threads": 1, "signed_by": signed_by}
     return {"facts": facts, "frames": [{"file": "f.jpg", "pixels_sha256": "ab", "boxes": boxes}]}
 
 
@@ -150,3 +150,26 @@ def test_compare_prints_the_table_and_exits_1_on_a_failed_tolerance(tmp_path, ca
     assert "(emulated: the time means nothing)" in out
     assert out.strip().splitlines()[-1] == "FAILED: label agreement on matched boxes: 0.5000 < 0.98"
     assert json.loads((tmp_path / "s.json").read_text())["label_agreement"] == 0.5
+
+
+def test_compare_fails_when_the_machines_checked_different_signatures(tmp_path, capsys):
+    box = {"xyxy": A, "class": "animal", "score": 0.8, "label": "fox", "embedded": True, "embedding": E1}
+    (tmp_path / "x86.json").write_text(json.dumps(dump_document("x86_64", [box])))
+    (tmp_path / "arm.json").write_text(json.dumps(dump_document("aarch64", [box], signed_by=None)))
+    assert parity.main(["compare", str(tmp_path / "x86.json"), str(tmp_path / "arm.json")]) == 1
+    out = capsys.readouterr().out
+    assert "signature         checked on x86_64 (key 399ba27e44e8bbdc) and on aarch64 (cortex-a72 under qemu) " \
+           "(key none: unsigned)" in out
+    assert out.strip().splitlines()[-1] == ("FAILED: the bundle's signature checked with different keys: "
+                                            "399ba27e44e8bbdc on x86_64, none on aarch64 (cortex-a72 under qemu)")
+
+
+def test_dump_checks_the_bundle_signature_against_the_key_given(tmp_path, data, bundle_dir, capsys):
+    """As the appliance loads a bundle: a key that did not sign it is refused in one line."""
+    from common.signing import encode_public, generate_private_key, public_key_of
+
+    stranger = encode_public(public_key_of(generate_private_key()))
+    code = parity.main(["dump", str(data), "--bundle", str(bundle_dir), "--trusted-key", stranger,
+                        "--out", str(tmp_path / "x.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "not in bundle.trusted_keys" in err

@@ -32,7 +32,7 @@ from edge.capture.decode import DEFAULT_MAX_SIDE, read_frame
 from edge.capture.frame import Frame
 from edge.cli.options import add_model_arguments, command_config, fail
 from edge.runtime.backends import BackendUnavailable
-from edge.runtime.bundle import BundleError, load_bundle
+from edge.runtime.bundle import BundleError, BundleTrust, load_bundle
 
 MATCH_IOU = 0.5  # a box of one machine is the other's when they overlap this much
 MIN_BOX_RECALL = 0.98  # share of either machine's boxes the other finds
@@ -267,14 +267,18 @@ def dump(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads is None:
         args.threads = 1  # one intra-op thread: the same reduction order on every machine
     config = command_config(args, args.data, gate={"enabled": False})
-    bundle = load_bundle(config.bundle.path)
+    # as the appliance loads it: its signature checked (each machine's own Ed25519 code), here against the
+    # --trusted-key given, else the config's bundle.trusted_keys
+    trust = BundleTrust(tuple(args.trusted_key)) if args.trusted_key else config.bundle.trust
+    bundle = load_bundle(config.bundle.path, trust)
     analyzer = build_analyzer(config, bundle)
     if analyzer.embedder is None:
         raise ConfigError(args.config or "command options",
                           [ConfigProblem(None, "detection.embed", "parity compares embeddings: leave it on")])
     frames = [frame_record(analyzer, read_frame(args.data / rel, "parity", rel, DEFAULT_MAX_SIDE)) for rel in FRAMES]
     return {"facts": {**install_facts(args.emulated), "bundle_version": bundle.manifest.version,
-                      "precision": config.bundle.precision, "threads": args.threads}, "frames": frames}
+                      "signed_by": bundle.signer, "precision": config.bundle.precision, "threads": args.threads},
+            "frames": frames}
 
 
 def machine_name(facts: dict[str, Any]) -> str:
@@ -302,6 +306,8 @@ def report(result: Parity, reference: dict[str, Any], candidate: dict[str, Any])
     ious = f"min {result.ious.min():.3f}, mean {result.ious.mean():.3f}" if len(result.ious) else "none"
     rows = [
         ("bundle", f"{ref['bundle_version']} {ref['precision']}, threads {ref['threads']} / {cand['threads']}"),
+        ("signature", f"checked on {ref_name} (key {ref.get('signed_by') or 'none: unsigned'}) and on {cand_name} "
+                      f"(key {cand.get('signed_by') or 'none: unsigned'})"),
         ("frames", f"{result.frames} ({len(result.one_sided_failures)} analysed on one machine only; "
                    f"decoded pixels identical on {same})"),
         ("boxes", f"{ref_name} {result.reference_boxes}, {cand_name} {result.candidate_boxes}, "
@@ -328,6 +334,10 @@ def compare(args: argparse.Namespace) -> int:
     result = parity(*frames)
     names = (machine_name(documents[0]["facts"]), machine_name(documents[1]["facts"]))
     failed = failed_tolerances(result, names)
+    signers = [doc["facts"].get("signed_by") for doc in documents]
+    if signers[0] != signers[1]:
+        failed.append(f"the bundle's signature checked with different keys: {signers[0] or 'none'} on {names[0]}, "
+                      f"{signers[1] or 'none'} on {names[1]}")
     print("\n".join(report(result, *documents)))
     for line in failed:
         print(f"FAILED: {line}")
@@ -348,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     dumping.add_argument("data", type=Path, help="the data root (../shared/data) that FRAMES are relative to")
     dumping.add_argument("--out", type=Path, required=True, help="JSON file to write")
     dumping.add_argument("--emulated", metavar="CPU", default=None, help="the CPU qemu emulates, when it does")
+    dumping.add_argument("--trusted-key", action="append", default=[], metavar="KEY",
+                         help="check the bundle's signature against this key (base64 or a .pub file; repeatable) "
+                              "instead of bundle.trusted_keys")
     add_model_arguments(dumping)
     comparing = commands.add_parser("compare", help="compare two dumps against the tolerances")
     comparing.add_argument("reference", type=Path, help="the x86 dump")
