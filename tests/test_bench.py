@@ -44,3 +44,18 @@ def test_the_report_prints_every_set_ratio_and_summary(int8_figures, capsys):
     assert "empty frame rejected by the motion gate" in out and "by burst length" in out
     assert "alert latency not measured: mosquitto not installed" in out
     assert "INT8 vs fp32 frames/s: 2.00x / 2.00x" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--frames", "0"], "argument --frames: must be at least 1, got 0"),
+    (["bench", "--latency", "--alerts", "-3"], "argument --alerts: must be at least 1, got -3"),
+    (["bench", "--alerts", "ten"], "argument --alerts: not a whole number: 'ten'"),
+])
+def test_counts_that_cannot_be_measured_are_refused_before_anything_runs(argv, message, capsys):
+    """0 frames divided by zero in a worker, 0 alerts failed on empty percentiles: now argparse's one line."""
+    from trapedge.cli import main as trapedge
+
+    with pytest.raises(SystemExit) as exit_:
+        trapedge(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"trapedge bench: error: {message}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.cli.bench import STAGES
+from edge.cli.options import at_least
 from edge.runtime.config import AUTO_MIN_MEMORY_MB, BundleConfig
 
 MANY_ANIMALS = Path("../shared/data/boxes/wbia_voc/JPEGImages")
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--many", type=Path, default=MANY_ANIMALS,
                         help=f"a second set: frames with many animals (default {MANY_ANIMALS}; 'none' to skip)")
     parser.add_argument("--baseline", type=Path, help="an older bundle, run as INT8 beside this one")
-    parser.add_argument("--frames", type=int, default=120,
+    parser.add_argument("--frames", type=at_least(1), default=120,
                         help="frames per configuration and for the service's full-rate runs (the folder repeats)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -44,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only the service itself (local Mosquitto, edge/cli/latency.py): file closed → "
                         "alert received, then its peak RSS and frames/s on --frames files written at once")
     parser.add_argument("--no-latency", action="store_true", help="skip the alert latency part of the full run")
-    parser.add_argument("--alerts", type=int, default=100, help="alerts timed by --latency")
+    parser.add_argument("--alerts", type=at_least(1), default=100, help="alerts timed by --latency")
 
 
 class ConfigurationFailed(RuntimeError):

@@ -28,7 +28,7 @@ from edge.analysis.pipeline import Pipeline
 from edge.app.factory import build_analyzer, build_recorder
 from edge.app.memory import one_malloc_arena
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead, read_frame
-from edge.cli.options import add_model_arguments, command_config, fail
+from edge.cli.options import add_model_arguments, at_least, command_config, fail
 from edge.runtime.backends import BackendUnavailable, InferenceBackend
 from edge.runtime.bundle import BundleError, load_bundle
 from edge.runtime.preprocess import crop
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of one configuration (``trapedge bench`` passes them through)."""
     parser.add_argument("folder", type=Path, nargs="?", default=Path("../shared/data/frames"),
                         help="real frames to run on (default ../shared/data/frames)")
-    parser.add_argument("--frames", type=int, default=120, help="frames per configuration (the folder repeats)")
+    parser.add_argument("--frames", type=at_least(1), default=120, help="frames per configuration (the folder repeats)")
     parser.add_argument("--no-costs", action="store_true", help="throughput only: skip the CPU cost passes")
     add_model_arguments(parser)
 
