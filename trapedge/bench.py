@@ -44,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latency", action="store_true",
                         help="only the service itself (local Mosquitto, edge/cli/latency.py): file closed → "
                         "alert received, then its peak RSS and frames/s on --frames files written at once")
-    parser.add_argument("--no-latency", action="store_true", help="skip the alert latency part of the full run")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="skip the service's own part (alert latency, its peak RSS and frames/s)")
     parser.add_argument("--alerts", type=at_least(1), default=100, help="alerts timed by --latency")
 
 
