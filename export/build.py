@@ -24,6 +24,7 @@ from common.signing import encode_public, public_key_of
 from edge.analysis.analyzer import label_space
 from edge.analysis.config import DetectionConfig
 from edge.capture.decode import DEFAULT_MAX_SIDE, decode_image
+from edge.runtime.backends import input_dtype
 from edge.runtime.bundle import BundleTrust, load_bundle
 from edge.runtime.detections import Detections
 from edge.runtime.manifest import MANIFEST_NAME, FileEntry, InputSpec, Manifest, ModelSpec
@@ -106,6 +107,8 @@ def _versions() -> dict[str, str]:
 
 
 def _latency_ms(model, inputs: np.ndarray, repeats: int = 10) -> float:
+    """Median ms of one backend run on ``inputs`` (float pixels, given as the backend takes them)."""
+    inputs = inputs.astype(input_dtype(model.backend), copy=False)  # an INT8 detector takes uint8 pixels
     model.backend.run(inputs)
     times = []
     for _ in range(repeats):

@@ -24,6 +24,8 @@ from train.models.classifier import SharedCropModel
 class TorchBackend:
     """Runs a torch module where the edge expects an inference backend."""
 
+    input_dtype = np.float32
+
     def __init__(self, module: torch.nn.Module):
         self.module = module.eval()
 

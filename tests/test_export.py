@@ -200,3 +200,77 @@ def test_quantization_keeps_onnxruntimes_chatter_off_the_terminal(tmp_path, capf
     quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", batches, method="percentile")
     assert (tmp_path / "m.int8.onnx").stat().st_size > 0
     assert "Percentile" not in capfd.readouterr().out
+
+
+def _raw_pixel_model(path, focus: bool = True):
+    """A small detector-like graph on 0-255 pixels: a space-to-depth (as YOLOX's stem), then convs."""
+    import torch
+
+    class Stem(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(12 if focus else 3, 4, 3, padding=1)
+            self.head = torch.nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            if focus:  # exported as Reshape, Transpose, Reshape: ops that only move the pixels
+                x = torch.nn.functional.pixel_unshuffle(x, 2)
+            return self.head(torch.sigmoid(self.conv(x)))  # YOLOX takes 0-255 as they are
+
+    torch.manual_seed(0)
+    torch.onnx.export(Stem().eval(), torch.zeros(1, 3, 16, 16), path, input_names=["images"], output_names=["out"],
+                      opset_version=17, dynamo=False, dynamic_axes={"images": {0: "batch"}})
+
+
+def _pixel_batches(count: int = 4):
+    rng = np.random.default_rng(1)
+    for _ in range(count):
+        batch = rng.integers(0, 256, (1, 3, 16, 16)).astype(np.float32)
+        batch[0, 0, 0, :2] = 0, 255  # the full pixel range: minmax calibrates the input to scale 1
+        yield batch
+
+
+@pytest.mark.parametrize("focus", [True, False])
+def test_a_graph_on_raw_pixels_takes_uint8_after_quantization_with_the_same_outputs(tmp_path, monkeypatch, focus):
+    import shutil
+
+    import onnxruntime as ort
+
+    from export import quantize
+
+    _raw_pixel_model(tmp_path / "m.onnx", focus)
+    assert quantize.quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", _pixel_batches())["input"] \
+        == "uint8"
+    with monkeypatch.context() as patch:  # the same quantized graph with its float input left in place
+        patch.setattr(quantize, "take_pixels", lambda path: False)
+        assert quantize.quantize_int8(tmp_path / "m.onnx", tmp_path / "float.onnx", "embedder",
+                                      _pixel_batches())["input"] == "float32"
+    shutil.copy(tmp_path / "float.onnx", tmp_path / "rewritten.onnx")
+    assert quantize.take_pixels(tmp_path / "rewritten.onnx")
+    assert not quantize.take_pixels(tmp_path / "rewritten.onnx")  # its input is uint8 already
+    floats, pixels_in = (ort.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+                         for name in ("float.onnx", "rewritten.onnx"))
+    assert (floats.get_inputs()[0].type, pixels_in.get_inputs()[0].type) == ("tensor(float)", "tensor(uint8)")
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 3, 16, 16)).astype(np.uint8)
+    np.testing.assert_array_equal(pixels_in.run(None, {"images": pixels})[0],
+                                  floats.run(None, {"images": pixels.astype(np.float32)})[0])
+    from edge.runtime.backends.onnxruntime import Backend, Config
+
+    # the edge's backend says which each file takes, so a bundle of either kind runs
+    assert Backend(tmp_path / "rewritten.onnx", ["out"], Config()).input_dtype is np.uint8
+    assert Backend(tmp_path / "float.onnx", ["out"], Config()).input_dtype is np.float32
+
+
+def test_a_graph_whose_input_is_not_quantized_to_the_pixels_themselves_keeps_its_float_input(tmp_path):
+    import torch
+
+    from export.quantize import quantize_int8
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    torch.onnx.export(model, torch.zeros(1, 3, 16, 16), tmp_path / "m.onnx", input_names=["images"],
+                      output_names=["out"], opset_version=17, dynamo=False)
+    normalised = (np.random.default_rng(i).random((1, 3, 16, 16), dtype=np.float32) * 2 - 1 for i in range(4))
+    assert quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", normalised)["input"] == "float32"
+    pixels_short_of_255 = (np.full((1, 3, 16, 16), 200, np.float32) for _ in range(2))  # scale 200/255, not 1
+    assert quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", pixels_short_of_255)["input"] \
+        == "float32"

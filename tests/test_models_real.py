@@ -85,6 +85,18 @@ def test_int8_and_fp32_agree_on_a_real_frame(models, data):
     assert matched_recall([det32], [det8])[0] == 1.0
 
 
+def test_the_int8_detector_takes_the_letterboxed_pixels_as_uint8(models, bundle_dir):
+    """Export gives the INT8 detector a uint8 input (its input quantization maps each pixel to itself); the
+    fp32 one and the crop graphs keep float32, and the manifest says which."""
+    from edge.runtime.backends import input_dtype
+
+    manifest = load_bundle(bundle_dir).manifest
+    assert manifest.models["detector"].quantization["input"] == "uint8"
+    assert input_dtype(models["int8"][0].backend) is np.uint8
+    assert input_dtype(models["fp32"][0].backend) is np.float32
+    assert input_dtype(models["int8"][1].backend) is np.float32
+
+
 def test_classifier_and_embedder_of_one_graph_share_a_session_and_one_run(bundle_dir, data):
     """The pretrained bundle exports them as one graph: one session, one run per crop batch."""
     from datetime import datetime

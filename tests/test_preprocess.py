@@ -57,3 +57,14 @@ def test_to_tensor_normalises_per_channel():
     tensor = to_tensor([image], spec)
     assert tensor.shape == (1, 3, 2, 2) and tensor.dtype == np.float32
     np.testing.assert_allclose(tensor[0, :, 0, 0], [1.0, -2.0, -0.6], rtol=1e-6)
+
+
+def test_to_tensor_gives_a_graph_on_raw_pixels_the_pixels_themselves():
+    raw = InputSpec(size=(2, 3), scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox")
+    image = np.arange(18, dtype=np.uint8).reshape(2, 3, 3) * 14
+    tensor = to_tensor([image], raw, np.uint8)
+    assert tensor.dtype == np.uint8 and tensor.flags.c_contiguous
+    np.testing.assert_array_equal(tensor, to_tensor([image], raw).astype(np.uint8))
+    normalised = InputSpec(size=(2, 3), scale=1 / 255, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resize="crop")
+    with pytest.raises(ValueError, match="needs raw pixels"):
+        to_tensor([image], normalised, np.uint8)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from edge.runtime.backends import InferenceBackend, create_backend, plugin
+from edge.runtime.backends import InferenceBackend, create_backend, input_dtype, plugin
 from edge.runtime.backends.onnxruntime import Config as OnnxRuntimeConfig
 from edge.runtime.bundle import Bundle, BundleError
 from edge.runtime.detections import Detections
@@ -83,7 +83,7 @@ class Detector(_BundleModel):
     def raw_batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
         """Undecoded head output (B, A, 5 + C) and each image's letterbox."""
         boxed = [self.preprocess(image) for image in images]
-        (raw,) = self.backend.run(to_tensor([canvas for canvas, _ in boxed], self.spec.input))
+        (raw,) = self.backend.run(to_tensor([canvas for canvas, _ in boxed], self.spec.input, input_dtype(self.backend)))
         return raw, [box for _, box in boxed]
 
     def detect_batch(self, images: list[np.ndarray], confidence: float | None = None) -> list[Detections]:
@@ -118,7 +118,8 @@ class _CropModel(_BundleModel):
 
     def run_all(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         """Every output of the model file for already-cut (h, w, 3) crops, in chunks of ``batch_size``."""
-        chunks = [self.backend.run(to_tensor(crops[i : i + self.batch_size], self.spec.input))
+        dtype = input_dtype(self.backend)
+        chunks = [self.backend.run(to_tensor(crops[i : i + self.batch_size], self.spec.input, dtype))
                   for i in range(0, len(crops), self.batch_size)]
         if not chunks:
             return [np.zeros((0, self.output_dim), np.float32) for _ in self.spec.outputs]

@@ -121,9 +121,19 @@ def model_input(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     return to_tensor([canvas], spec)
 
 
-def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Stack (h, w, 3) uint8 RGB images into a normalised float32 NCHW batch."""
+def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec, dtype: type = np.float32) -> np.ndarray:
+    """Stack (h, w, 3) uint8 RGB images into a normalised float32 NCHW batch, or with ``dtype`` uint8 the
+    pixels as they are (a quantized graph that takes raw pixels; ``spec`` must then ask for none).
+
+    Raises:
+        ValueError: uint8 asked for a spec that scales or normalises.
+    """
     batch = images if isinstance(images, np.ndarray) and images.ndim == 4 else np.stack(list(images))
+    if np.dtype(dtype) == np.uint8:
+        if not takes_pixels(spec):
+            raise ValueError(f"a uint8 input needs raw pixels; this input scales by {spec.scale} with mean "
+                             f"{spec.mean} and std {spec.std}")
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.uint8)
     tensor = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
     scale = np.float32(spec.scale) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
     shift = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
@@ -131,3 +141,8 @@ def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndar
         tensor *= scale
         tensor -= shift
     return tensor
+
+
+def takes_pixels(spec: InputSpec) -> bool:
+    """Whether ``spec`` feeds the model its 0-255 pixels unchanged (no scale, mean or std)."""
+    return spec.scale == 1 and all(m == 0 for m in spec.mean) and all(d == 1 for d in spec.std)

@@ -26,9 +26,17 @@ class BackendUnavailable(RuntimeError):
 
 
 class InferenceBackend(Protocol):
-    """What every backend offers: run a float32 NCHW batch, get the outputs in manifest order."""
+    """What every backend offers: run an NCHW batch, get the outputs in manifest order. ``input_dtype``
+    is what ``run`` takes: float32, or uint8 for a quantized graph that takes raw pixels."""
+
+    input_dtype: type
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]: ...
+
+
+def input_dtype(backend: object) -> type:
+    """The dtype ``backend.run`` takes (float32 for a backend that does not say, such as a test's stand-in)."""
+    return getattr(backend, "input_dtype", np.float32)
 
 
 PLUGINS: dict[str, ModuleType] = discover(__name__, __path__)

@@ -62,6 +62,8 @@ class Backend:
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
         self.session = ort.InferenceSession(str(path), options, providers=config.providers)
         self.input_name = self.session.get_inputs()[0].name
+        # a quantized detector takes its pixels as uint8 (export/quantize.py's take_pixels); older bundles float32
+        self.input_dtype = np.uint8 if self.session.get_inputs()[0].type == "tensor(uint8)" else np.float32
         self.outputs = outputs
         self.images_per_run = config.images_per_run
 

@@ -73,6 +73,8 @@ def _check(err: object) -> None:
 class Backend:
     """One cached TensorRT engine with device buffers sized for the largest batch seen."""
 
+    input_dtype = np.float32  # engines are built from the fp32 ONNX, whose input is float
+
     def __init__(self, path: Path, outputs: list[str], config: Config, precision: str = "fp16"):
         if precision not in PRECISIONS:
             raise ValueError(f"TensorRT engines are {' or '.join(PRECISIONS)}, not {precision}")
