@@ -29,7 +29,7 @@ from edge.runtime.bundle import BundleTrust, load_bundle
 from edge.runtime.detections import Detections
 from edge.runtime.manifest import MANIFEST_NAME, FileEntry, InputSpec, Manifest, ModelSpec
 from edge.runtime.models import Classifier, Detector, Embedder
-from edge.runtime.preprocess import letterbox, resize_whole, to_tensor
+from edge.runtime.preprocess import letterbox, resize_whole, takes_pixels, to_tensor
 from edge.runtime.yolox import make_grid, postprocess
 from export import gates
 from export.calibration import ExportImages, calibration_samples, default_images
@@ -107,8 +107,7 @@ def _versions() -> dict[str, str]:
 
 
 def _latency_ms(model, inputs: np.ndarray, repeats: int = 10) -> float:
-    """Median ms of one backend run on ``inputs`` (float pixels, given as the backend takes them)."""
-    inputs = inputs.astype(input_dtype(model.backend), copy=False)  # an INT8 detector takes uint8 pixels
+    """Median ms of one backend run on ``inputs``."""
     model.backend.run(inputs)
     times = []
     for _ in range(repeats):
@@ -157,10 +156,11 @@ class BundleBuilder:
         """(Re)write ``<stem>.int8.onnx`` from its fp32 graph."""
         if stem == "detector":
             self._checked = None  # a new detector graph is checked afresh
-        batches = (_calibration(self.images.detector_calibration, self.detector_input, "calibrate detector")
-                   if stem == "detector" else _calibration(self.images.crop_calibration, CROP_INPUT, f"calibrate {stem}"))
+        spec = self.detector_input if stem == "detector" else CROP_INPUT
+        batches = _calibration(self.images.detector_calibration if stem == "detector" else self.images.crop_calibration,
+                               spec, f"calibrate {stem}")
         done = quantize_int8(self.work / f"{stem}.fp32.onnx", self.work / f"{stem}.int8.onnx", stem, batches,
-                             self.options.calibration[tasks[0]], extra_fp32)
+                             self.options.calibration[tasks[0]], extra_fp32, pixels=takes_pixels(spec))
         for task in tasks:
             self.quantization[task] = {**done, "graph": stem}
 
@@ -299,10 +299,12 @@ class BundleBuilder:
         return self._checked
 
     def _latency(self, det, cls, emb, crops) -> None:
-        frame = to_tensor([det["fp32"].preprocess(next(_frames(self.images.check_frames[:1])))[0]], self.detector_input)
-        one_crop = to_tensor(crops[:1], CROP_INPUT)
-        for task, models, inputs in (("detector", det, frame), ("classifier", cls, one_crop), ("embedder", emb, one_crop)):
-            for p, model in models.items():
+        canvas = det["fp32"].preprocess(next(_frames(self.images.check_frames[:1])))[0]
+        runs = (("detector", det, [canvas], self.detector_input), ("classifier", cls, crops[:1], CROP_INPUT),
+                ("embedder", emb, crops[:1], CROP_INPUT))
+        for task, models, images, spec in runs:
+            for p, model in models.items():  # each input as its backend takes it (the INT8 detector: uint8 pixels)
+                inputs = to_tensor(images, spec, input_dtype(model.backend))
                 self.parity[task][f"{p}_ms"] = _latency_ms(model, inputs)
 
 

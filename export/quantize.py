@@ -57,10 +57,12 @@ def fp32_nodes(model_path: Path, task: str, extra: list[str] | None = None) -> l
 
 
 def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarray],
-                  method: str = "minmax", extra_fp32: list[str] | None = None) -> dict[str, object]:
+                  method: str = "minmax", extra_fp32: list[str] | None = None, pixels: bool = False) -> dict[str, object]:
     """Write the INT8 QDQ model calibrated on ``batches``; returns what was done, for the manifest.
 
     ``extra_fp32``: more node-name patterns to keep in fp32 (e.g. ``EFFICIENTNET_FRONT``).
+    ``pixels``: the graph takes raw 0-255 pixels (no scale, mean or std): give it a uint8 input where
+    its calibration allows (``take_pixels``).
     """
     prepared = int8.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
@@ -68,14 +70,14 @@ def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarra
     with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints its histogram settings per tensor
         _quantize_static(prepared, int8, batches, method, excluded)
     prepared.unlink()
-    pixels = take_pixels(int8)
+    pixels = pixels and take_pixels(int8)
     return {"format": "QDQ", "activations": "uint8", "weights": "int8 per-channel",
             "calibration": method, "fp32_nodes": len(excluded), "fp32_extra": list(extra_fp32 or []),
             "input": "uint8" if pixels else "float32"}
 
 
 # ops that only move values: a uint8 tensor goes through them unchanged (ONNX types them for all tensors)
-_LAYOUT_OPS = {"SpaceToDepth", "DepthToSpace", "Gather", "Transpose", "Reshape", "Slice", "Concat", "Identity"}
+_LAYOUT_OPS = {"SpaceToDepth", "DepthToSpace", "Gather", "Transpose", "Reshape", "Slice", "Identity"}
 
 
 def take_pixels(model_path: Path) -> bool:
@@ -86,6 +88,8 @@ def take_pixels(model_path: Path) -> bool:
     graph = model.graph
     if len(graph.input) != 1 or graph.input[0].type.tensor_type.elem_type != TensorProto.FLOAT:
         return False
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        return False  # a subgraph's readers of the input would not be seen below
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -102,6 +106,8 @@ def take_pixels(model_path: Path) -> bool:
     if len(nodes) != 1 or nodes[0].op_type != "QuantizeLinear" or len(nodes[0].input) != 3:
         return False
     quantize = nodes[0]
+    if {graph.input[0].name, *moved, quantize.output[0]} & {o.name for o in graph.output}:
+        return False  # an output of the graph would change type
     scale, zero = (constants.get(name) for name in quantize.input[1:])
     if scale is None or zero is None or zero.dtype != np.uint8 or scale.size != 1 or zero.size != 1 \
             or float(scale.reshape(-1)[0]) != 1.0 or int(zero.reshape(-1)[0]) != 0:
@@ -113,7 +119,7 @@ def take_pixels(model_path: Path) -> bool:
     kept = [info for info in graph.value_info if info.name not in moved]  # their float types no longer hold
     del graph.value_info[:]
     graph.value_info.extend(kept)
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)  # types inferred through the whole graph again
     onnx.save(model, str(model_path))
     return True
 

@@ -176,11 +176,11 @@ def test_a_second_measure_reuses_the_detectors_pass_until_the_detector_is_quanti
     builder._checked = ({"fp32": [], "int8": [], "native": []}, [], [], ["crop"])
     assert builder._check_frames(None, None, None) is builder._checked  # no detector, bundle or frames touched
     assert "first pass" in capsys.readouterr().out
-    monkeypatch.setattr(build, "quantize_int8", lambda *args: {})
+    monkeypatch.setattr(build, "quantize_int8", lambda *args, **kwargs: {})
     monkeypatch.setattr(build, "_calibration", lambda *args: iter(()))
     builder.options = SimpleNamespace(calibration={"classifier": "percentile", "detector": "percentile"})
     builder.images = SimpleNamespace(detector_calibration=[], crop_calibration=[])
-    builder.work, builder.detector_input, builder.quantization = Path("unused"), None, {}
+    builder.work, builder.detector_input, builder.quantization = Path("unused"), build.detector_input((480, 640)), {}
     builder.quantize("crops", ["classifier"])
     assert builder._checked is not None
     builder.quantize("detector", ["detector"])
@@ -239,12 +239,14 @@ def test_a_graph_on_raw_pixels_takes_uint8_after_quantization_with_the_same_outp
     from export import quantize
 
     _raw_pixel_model(tmp_path / "m.onnx", focus)
-    assert quantize.quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", _pixel_batches())["input"] \
-        == "uint8"
+    assert quantize.quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", _pixel_batches(),
+                                  pixels=True)["input"] == "uint8"
+    assert quantize.quantize_int8(tmp_path / "m.onnx", tmp_path / "other.onnx", "embedder", _pixel_batches())["input"] \
+        == "float32"  # a graph not said to take pixels is left alone
     with monkeypatch.context() as patch:  # the same quantized graph with its float input left in place
         patch.setattr(quantize, "take_pixels", lambda path: False)
         assert quantize.quantize_int8(tmp_path / "m.onnx", tmp_path / "float.onnx", "embedder",
-                                      _pixel_batches())["input"] == "float32"
+                                      _pixel_batches(), pixels=True)["input"] == "float32"
     shutil.copy(tmp_path / "float.onnx", tmp_path / "rewritten.onnx")
     assert quantize.take_pixels(tmp_path / "rewritten.onnx")
     assert not quantize.take_pixels(tmp_path / "rewritten.onnx")  # its input is uint8 already
@@ -270,7 +272,79 @@ def test_a_graph_whose_input_is_not_quantized_to_the_pixels_themselves_keeps_its
     torch.onnx.export(model, torch.zeros(1, 3, 16, 16), tmp_path / "m.onnx", input_names=["images"],
                       output_names=["out"], opset_version=17, dynamo=False)
     normalised = (np.random.default_rng(i).random((1, 3, 16, 16), dtype=np.float32) * 2 - 1 for i in range(4))
-    assert quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", normalised)["input"] == "float32"
-    pixels_short_of_255 = (np.full((1, 3, 16, 16), 200, np.float32) for _ in range(2))  # scale 200/255, not 1
-    assert quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", pixels_short_of_255)["input"] \
+    assert quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", normalised, pixels=True)["input"] \
         == "float32"
+    pixels_short_of_255 = (np.full((1, 3, 16, 16), 200, np.float32) for _ in range(2))  # scale 200/255, not 1
+    assert quantize_int8(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", "embedder", pixels_short_of_255,
+                         pixels=True)["input"] == "float32"
+
+
+def _quantized_input_graph(path, before=(), extra_outputs=(), readers: int = 1):
+    """x (float) → ``before`` nodes → QuantizeLinear(scale 1, zero 0) → ``readers`` DequantizeLinear → summed."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    nodes, inits, tensor = list(before), [], "x"
+    if nodes:
+        tensor = nodes[-1].output[0]
+    inits += [helper.make_tensor("s", TensorProto.FLOAT, [], [1.0]), helper.make_tensor("z", TensorProto.UINT8, [], [0])]
+    nodes.append(helper.make_node("QuantizeLinear", [tensor, "s", "z"], ["q"]))
+    nodes += [helper.make_node("DequantizeLinear", ["q", "s", "z"], [f"d{i}"]) for i in range(readers)]
+    nodes.append(helper.make_node("Sum", [f"d{i}" for i in range(readers)], ["y"]))
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 3, 4, 4]) for name in ("y", *extra_outputs)]
+    graph = helper.make_graph(nodes, "g", [x], outputs, inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_take_pixels_rewires_every_reader_of_the_quantized_input(tmp_path):
+    import onnxruntime as ort
+    from onnx import helper
+
+    from export.quantize import take_pixels
+
+    _quantized_input_graph(tmp_path / "m.onnx", [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2])],
+                           readers=2)
+    before = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    pixels = np.random.default_rng(3).integers(0, 256, (1, 3, 4, 4)).astype(np.uint8)
+    expected = before.run(None, {"x": pixels.astype(np.float32)})[0]
+    assert take_pixels(tmp_path / "m.onnx")
+    after = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(after.run(None, {"x": pixels})[0], expected)
+
+
+@pytest.mark.parametrize("case", ["input is an output", "moved tensor is an output", "concat of a constant"])
+def test_take_pixels_leaves_a_graph_it_cannot_rewrite_exactly(tmp_path, case):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.quantize import take_pixels
+
+    transpose = helper.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2])
+    if case == "input is an output":
+        _quantized_input_graph(tmp_path / "m.onnx", extra_outputs=["x"])
+    elif case == "moved tensor is an output":
+        _quantized_input_graph(tmp_path / "m.onnx", [transpose], extra_outputs=["t"])
+    else:
+        _quantized_input_graph(tmp_path / "m.onnx", [helper.make_node("Concat", ["x", "c"], ["t"], axis=1)])
+        model = onnx.load(str(tmp_path / "m.onnx"))
+        model.graph.initializer.append(helper.make_tensor("c", TensorProto.FLOAT, [1, 1, 4, 4], [0.0] * 16))
+        onnx.save(model, str(tmp_path / "m.onnx"))
+    original = (tmp_path / "m.onnx").read_bytes()
+    assert not take_pixels(tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == original
+
+
+def test_the_edge_refuses_a_model_input_it_does_not_feed_in_one_line(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edge.runtime.backends.onnxruntime import Backend, Config
+    from edge.runtime.bundle import BundleError
+
+    half = helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 3, 4, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [half],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [1, 3, 4, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "half.onnx"))
+    with pytest.raises(BundleError, match=r"half.onnx takes tensor\(float16\); the edge feeds tensor\(float\) or"):
+        Backend(tmp_path / "half.onnx", ["y"], Config())

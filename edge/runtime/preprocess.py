@@ -137,7 +137,7 @@ def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec, dtype: typ
     tensor = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
     scale = np.float32(spec.scale) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
     shift = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
-    if not (np.all(scale == 1) and np.all(shift == 0)):  # the detector takes raw pixels: nothing to do
+    if not takes_pixels(spec):  # the detector takes raw pixels: nothing to do
         tensor *= scale
         tensor -= shift
     return tensor

@@ -10,11 +10,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge.runtime.bundle import BundleError
+
 log = logging.getLogger(__name__)
 
 KEY = "onnxruntime"
 PRECISIONS = {"fp32": "fp32", "int8": "int8"}  # runs each ONNX file of the bundle as it is
 CONCURRENT_FRAMES = True  # a session runs calls from several threads at once
+INPUT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}  # what a model may take, as numpy dtypes
 
 try:
     import onnxruntime as ort
@@ -61,14 +64,17 @@ class Backend:
         # three sessions share two cores: spinning pools starve each other (detector 74 -> 35 ms)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
         self.session = ort.InferenceSession(str(path), options, providers=config.providers)
-        self.input_name = self.session.get_inputs()[0].name
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
         # a quantized detector takes its pixels as uint8 (export/quantize.py's take_pixels); older bundles float32
-        self.input_dtype = np.uint8 if self.session.get_inputs()[0].type == "tensor(uint8)" else np.float32
+        if model_input.type not in INPUT_TYPES:
+            raise BundleError(f"{path.name} takes {model_input.type}; the edge feeds {' or '.join(INPUT_TYPES)}")
+        self.input_dtype = INPUT_TYPES[model_input.type]
         self.outputs = outputs
         self.images_per_run = config.images_per_run
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run one float32 NCHW batch (in parts of ``images_per_run`` images)."""
+        """Run one NCHW batch of ``input_dtype`` (in parts of ``images_per_run`` images)."""
         step = self.images_per_run
         if len(batch) <= step:
             return self.session.run(self.outputs, {self.input_name: batch})
