@@ -25,11 +25,13 @@ def _row(name: str, figures: dict[str, Any]) -> str:
 
     confusion = classes["confusion"]
     people = sum(confusion[2]) if len(confusion) > 2 else 0
+    animals = sum(confusion[1]) if len(confusion) > 2 else 0
     return " | ".join([
         f"| {name}", str(figures["images"]), cell(animal, "all"), cell(animal, "small"), cell(animal, "medium"),
         cell(animal, "large"), cell(person, "all", "right_category"),
         str(boxes.get("people_labelled_animal", "–")) if boxes else "–",
         f"{confusion[2][2]}/{people}" if people else "–",
+        f"{confusion[1][2]}/{animals}" if animals else "–",  # blurred, never embedded, no animal alert
         _pct(classes.get("empty_kept_out")), _pct(classes.get("animal_found")),
         f"{_pct(species.get('top1'))} / {_pct(species.get('macro_f1'))} ({_pct(species.get('macro_f1_reference'))})"
         if species else "–",
@@ -60,11 +62,12 @@ def camera_section(evaluation: dict[str, Any], bundle: str = "this bundle") -> l
              f"through {bundle}'s INT8 pipeline with info bars detected: `trapedge evaluate`. Box recall "
              "at IoU ≥ 0.5 (boxes in brackets); sizes by area share: small < 1 % ≤ medium < 10 % ≤ large. "
              "Macro-F1 averages the classes of the reference and of the camera's labels; in brackets, the "
-             "reference's classes alone (a label only ever predicted is not a class of F1 0 again).", "",
+             "reference's classes alone (a label only ever predicted is not a class of F1 0 again). An animal "
+             "frame called person is blurred, never embedded and raises no animal alert.", "",
              "| source | images | animal boxes found | small | medium | large | person boxes labelled person "
-             "| people labelled animal | person frames called person | empties kept out "
-             "| animal frames non-empty | species top-1 / macro-F1 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| people labelled animal | person frames called person | animal frames called person "
+             "| empties kept out | animal frames non-empty | species top-1 / macro-F1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     return lines + [_row(name, figures) for name, figures in evaluation.items() if isinstance(figures, dict)]
 
 

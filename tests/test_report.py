@@ -34,3 +34,16 @@ def test_the_training_report_leads_with_the_camera_and_a_new_export_replaces_it(
     assert text.startswith("# trapedge training report\n\n<!-- camera")
     assert text.count("## What the camera does") == 1 and "`bundles/b`" in text and "0.750 / 0.500" in text
     assert text.index("## What the camera does") < text.index("intro") < text.index("## Species classifier alone")
+
+
+def test_the_camera_table_counts_people_labelled_animal_and_animals_called_person():
+    from export.model_card import camera_section
+
+    figures = {"images": 126, "boxes": {"recall": {}, "people_labelled_animal": 0},
+               "image_classes": {"confusion": [[0, 0, 0, 0], [13, 96, 17, 0], [0, 1, 6, 0], [0, 0, 0, 0]],
+                                 "empty_kept_out": None, "animal_found": 0.897}}
+    header, _, row = camera_section({"boxes:x": figures})[-3:]
+    cells = dict(zip([c.strip() for c in header.split("|")[1:-1]], [c.strip() for c in row.split("|")[1:-1]]))
+    assert cells["person frames called person"] == "6/7"
+    assert cells["animal frames called person"] == "17/126"
+    assert cells["people labelled animal"] == "0" and cells["animal frames non-empty"] == "0.897"
