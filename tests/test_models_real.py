@@ -97,6 +97,21 @@ def test_the_int8_detector_takes_the_letterboxed_pixels_as_uint8(models, bundle_
     assert input_dtype(models["int8"][1].backend) is np.float32
 
 
+def test_a_uint8_detector_whose_manifest_normalises_its_input_is_refused_at_load(bundle_dir):
+    import dataclasses
+
+    from edge.runtime.bundle import BundleError
+
+    bundle = load_bundle(bundle_dir)
+    spec = bundle.manifest.models["detector"]
+    normalising = spec.model_copy(update={"input": spec.input.model_copy(
+        update={"scale": 1 / 255, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})})
+    manifest = bundle.manifest.model_copy(update={"models": {**bundle.manifest.models, "detector": normalising}})
+    with pytest.raises(BundleError, match="detector.int8.onnx takes uint8 pixels but the manifest's detector input"):
+        Detector(dataclasses.replace(bundle, manifest=manifest))
+    Detector(dataclasses.replace(bundle, manifest=manifest), "fp32")  # the fp32 graph takes floats: nothing to refuse
+
+
 def test_classifier_and_embedder_of_one_graph_share_a_session_and_one_run(bundle_dir, data):
     """The pretrained bundle exports them as one graph: one session, one run per crop batch."""
     from datetime import datetime

@@ -16,7 +16,7 @@ from edge.runtime.backends import InferenceBackend, create_backend, input_dtype,
 from edge.runtime.backends.onnxruntime import Config as OnnxRuntimeConfig
 from edge.runtime.bundle import Bundle, BundleError
 from edge.runtime.detections import Detections
-from edge.runtime.preprocess import Letterbox, crop, letterbox, resize_whole, to_tensor
+from edge.runtime.preprocess import Letterbox, crop, letterbox, resize_whole, takes_pixels, to_tensor
 from edge.runtime.yolox import make_grid, postprocess
 
 _BACKENDS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -56,6 +56,9 @@ class _BundleModel:
             raise BundleError(f"backend {config.type} runs {', '.join(sources)}, not {precision}")  # type: ignore[attr-defined]
         path = bundle.model_path(self.task, sources[precision])
         self.backend: InferenceBackend = shared_backend(config, path, self.spec.outputs, precision)
+        if np.dtype(input_dtype(self.backend)) == np.uint8 and not takes_pixels(self.spec.input):
+            raise BundleError(f"{path.name} takes uint8 pixels but the manifest's {self.task} input scales or "
+                              "normalises them: export the bundle again")
         self.output_index = self.spec.outputs.index(self.spec.result) if self.spec.result else 0
 
     @property
