@@ -99,7 +99,7 @@ def take_pixels(model_path: Path) -> bool:
     while len(readers.get(tensor, [])) == 1 and readers[tensor][0].op_type in _LAYOUT_OPS:
         node = readers[tensor][0]
         if node.input[0] != tensor or any(i not in constants for i in node.input[1:]):
-            return False  # a second data input (a Concat of two tensors) is not a pure move
+            return False  # a second input that is not a constant: not a pure move of the pixels
         moved.append(node.output[0])
         tensor = node.output[0]
     nodes = readers.get(tensor, [])
