@@ -94,7 +94,7 @@ def take_pixels(model_path: Path) -> bool:
     for node in graph.node:
         for name in node.input:
             readers.setdefault(name, []).append(node)
-    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    constants = {t.name: t for t in graph.initializer}
     tensor, moved = graph.input[0].name, []
     while len(readers.get(tensor, [])) == 1 and readers[tensor][0].op_type in _LAYOUT_OPS:
         node = readers[tensor][0]
@@ -108,7 +108,7 @@ def take_pixels(model_path: Path) -> bool:
     quantize = nodes[0]
     if {graph.input[0].name, *moved, quantize.output[0]} & {o.name for o in graph.output}:
         return False  # an output of the graph would change type
-    scale, zero = (constants.get(name) for name in quantize.input[1:])
+    scale, zero = (numpy_helper.to_array(constants[name]) if name in constants else None for name in quantize.input[1:])
     if scale is None or zero is None or zero.dtype != np.uint8 or scale.size != 1 or zero.size != 1 \
             or float(scale.reshape(-1)[0]) != 1.0 or int(zero.reshape(-1)[0]) != 0:
         return False

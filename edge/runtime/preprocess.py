@@ -135,11 +135,10 @@ def to_tensor(images: list[np.ndarray] | np.ndarray, spec: InputSpec, dtype: typ
                              f"{spec.mean} and std {spec.std}")
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.uint8)
     tensor = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
-    scale = np.float32(spec.scale) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
-    shift = np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) / np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
     if not takes_pixels(spec):  # the detector takes raw pixels: nothing to do
-        tensor *= scale
-        tensor -= shift
+        std = np.asarray(spec.std, np.float32).reshape(1, 3, 1, 1)
+        tensor *= np.float32(spec.scale) / std
+        tensor -= np.asarray(spec.mean, np.float32).reshape(1, 3, 1, 1) / std
     return tensor
 
 
