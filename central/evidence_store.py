@@ -40,7 +40,7 @@ class EvidenceStore:
 
     Args:
         store: the central store (its connection and lock are shared).
-        memory: features kept in memory (about 40 kB each).
+        memory: features kept in memory (about 60 kB each: 4,096 take ~250 MB).
     """
 
     def __init__(self, store: CentralStore, memory: int = 4096):

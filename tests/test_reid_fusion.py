@@ -247,3 +247,27 @@ def _with_crop(sid, jpeg):
     from dataclasses import replace
 
     return replace(sighting(sid, [1, 0]), crop_jpeg=jpeg)
+
+
+def test_the_ratio_test_as_a_matrix_product_keeps_opencvs_matches(data):
+    """``ratio_matches`` (one matrix product) keeps exactly the matches OpenCV's brute-force
+    ``knnMatch(k=2)`` and Lowe's ratio give, on real crops of the same and of different animals."""
+    import cv2
+
+    from central.local_features import RATIO, extract, ratio_matches
+
+    paths = sorted((data / "reid" / "leopard_spotid" / "crops").glob("*/*.jpg"))[::6][:5]
+    paths += sorted((data / "reid" / "lion" / "val").glob("*/*.png"))[::20][:4]
+    features = [extract(path.read_bytes()) for path in paths]
+    compared = 0
+    for a in features:
+        for b in features:
+            if a is b or len(a) < 2 or len(b) < 2:
+                continue
+            pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.descriptors.astype(np.float32),
+                                                        b.descriptors.astype(np.float32), k=2)
+            good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+            query, train = ratio_matches(a.descriptors, b.descriptors)
+            assert query.tolist() == [m.queryIdx for m in good] and train.tolist() == [m.trainIdx for m in good]
+            compared += bool(good)
+    assert compared >= 40  # pairs with matches were compared, not only empty ones
