@@ -8,7 +8,10 @@ quantised to bytes: one crop's features take about 60 kB, computed once per sigh
 (``central.evidence_store``). 450 keypoints rather than 300: on ``reid/lion/train`` with the default
 bundle (shortlist 300) rank-1 / top-5 / mAP 0.323 / 0.397 / 0.100 → 0.335 / 0.429 / 0.106 (local
 matching alone, every 4th anchor: 0.376 with 300, 0.409 with 450, 0.403 with 600; fewer pixels, 256 px,
-0.369; no contrast equalisation 0.356).
+0.369; no contrast equalisation 0.356). Tried with 450 and not taken: ratio 0.85 (lion train, shortlist 600:
+0.402 / 0.498 / 0.124 against 0.404 / 0.497 / 0.130 at 0.8, 30 % slower, and 'new individual' recall at
+0.1 falls 0.92 → 0.66), ratio 0.75 and upright descriptors (keypoint angles set to 0; local matching
+alone, every 4th anchor, 0.356 and 0.356 against 0.409).
 
 Two crops are compared by Lowe's ratio test on nearest descriptors (``ratio_matches``: one matrix
 product, the same matches as OpenCV's brute-force ``knnMatch``, ~0.7 ms a pair at 450 keypoints against
