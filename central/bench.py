@@ -9,7 +9,7 @@
   top-5 (depth 28) with exact numpy and, for sizes up to ``--pg-max``, pgvector's HNSW index
   (plus its build time and recall@5 against exact search). Queries are fresh draws from the
 gallery's clusters, like a new image of a known individual.
-* matching (``--matching``): the whole top-5 proposal at each size: search, shortlist of 300, local
+* matching (``--matching``): the whole top-5 proposal at each size: search, shortlist of 600, local
   matching (RootSIFT + RANSAC) and fusion. The gallery's vectors are the clustered ones above; its
   local features are those of the real crops under ``--data`` (SpotID leopards and lion val, 190
   crops) repeated over the gallery, held in memory as the matcher's cache holds them; queries are
