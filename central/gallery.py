@@ -11,6 +11,10 @@ from typing import Protocol
 
 import numpy as np
 
+# The deepest search an approximate index answers from the index: pgvector's HNSW returns at most
+# ``hnsw.ef_search`` rows and caps that at 1000, so a deeper search scans every vector exactly.
+INDEXED_DEPTH = 1000
+
 
 @dataclass(frozen=True)
 class Hit:

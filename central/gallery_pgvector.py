@@ -15,9 +15,9 @@ import numpy as np
 import psycopg
 
 from central.config import PGVECTOR_MAX_DIM
-from central.gallery import Hit
+from central.gallery import INDEXED_DEPTH, Hit
 
-EXACT_ABOVE = 1000  # pgvector's ef_search ceiling
+EXACT_ABOVE = INDEXED_DEPTH  # pgvector's ef_search ceiling
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from central.calibration import calibrate
 from central.evidence_store import EvidenceStore
 from central.fusion import NEW_BELOW, SHORTLIST, FusionModel, fuse, propose_new
-from central.gallery import Gallery, Hit, NumpyGallery
+from central.gallery import INDEXED_DEPTH, Gallery, Hit, NumpyGallery
 from central.graph import Individuals, build
 from central.ingest import Sighting
 from central.local_features import inliers
@@ -204,7 +204,9 @@ class Matcher:
         """Nearest comparable images, enough for the shortlist and ``top_k`` individuals (or all there are)."""
         gallery = self.gallery(anchor.model, anchor.vector.size)
         mine = side_of(anchor.meta, anchor.name) if self.separate_sides else None
-        depth = max(4 * self.top_k + 8, 2 * self.shortlist)
+        # twice the shortlist leaves room for the images skipped below, but no deeper than an index answers from
+        # itself: with pgvector a first search of 1,200 would scan every vector (the loop widens only if needed)
+        depth = max(4 * self.top_k + 8, min(2 * self.shortlist, INDEXED_DEPTH))
         while True:  # widen the search until enough are found or the gallery is exhausted
             hits = [h for h in gallery.search(anchor.vector, depth) if h.id != anchor.id and find(h.id) not in skip
                     and comparable(mine, self._side(h.id))]

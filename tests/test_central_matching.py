@@ -92,6 +92,25 @@ def test_matcher_proposes_distinct_individuals_and_skips_the_anchors_own(store, 
     assert individuals.find(anchor.id) not in {c.individual for c in again}
 
 
+def test_the_first_search_stays_within_what_an_index_answers_from_itself(store, leopard_sightings):
+    """A shortlist of 600 asks the gallery for at most 1,000 images first (pgvector's HNSW returns at most
+    ef_search <= 1000 rows; a deeper search scans every vector), and still gets every comparable image."""
+    from central.gallery import INDEXED_DEPTH
+
+    asked = []
+
+    class Recording(NumpyGallery):
+        def search(self, query, k):
+            asked.append(k)
+            return super().search(query, k)
+
+    matcher = Matcher(store, local_matching=False, shortlist=600, separate_sides=False,
+                      factory=lambda model, dim: Recording(dim))
+    proposal = matcher.proposal(leopard_sightings[3])
+    assert asked and asked[0] == INDEXED_DEPTH == 1000
+    assert proposal.shortlisted == len(leopard_sightings) - 1
+
+
 def test_local_matching_counts_more_inliers_for_the_same_leopard(leopard_sightings):
     by_individual = {}
     for s in leopard_sightings:
