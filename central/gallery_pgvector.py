@@ -3,7 +3,8 @@
 For deployments whose gallery outgrows one machine's memory, or that already run PostgreSQL.
 Vectors are loaded with binary ``COPY`` (fast bulk enrolment) and searched with ``<=>`` (cosine
 distance) through the HNSW index; ``hnsw.ef_search`` follows the requested depth so a search for
-``k`` returns ``k`` rows. Deeper than ``EXACT_ABOVE`` the search is exact (a sequential scan).
+``k`` returns ``k`` rows. Deeper than ``gallery.INDEXED_DEPTH`` (pgvector's ``ef_search`` ceiling) the search is
+exact (a sequential scan).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import psycopg
 from central.config import PGVECTOR_MAX_DIM
 from central.gallery import INDEXED_DEPTH, Hit
 
-EXACT_ABOVE = INDEXED_DEPTH  # pgvector's ef_search ceiling
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 
 
@@ -89,7 +89,7 @@ class PgVectorGallery:
         if k <= 0:
             return []
         with self.conn.transaction(), self.conn.cursor() as cursor:
-            if k > EXACT_ABOVE:
+            if k > INDEXED_DEPTH:
                 cursor.execute("SET LOCAL enable_indexscan = off")
             else:
                 cursor.execute(f"SET LOCAL hnsw.ef_search = {max(self.ef_search, k)}")
