@@ -37,8 +37,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from central.calibration import fit
+from central.config import MatchingConfig
 from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
 from central.fusion import NEW_BELOW, PRIOR, SHORTLIST, Fused, FusionModel, fuse
 from central.gallery import Hit
@@ -213,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                              "set you do not report)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    _check_matching_options(parser, args)
     folders = {p.name: p for p in args.folders} or {name: args.data / path for name, path in SETS.items()}
     missing = [str(p) for p in folders.values() if not p.is_dir()]
     if missing:
@@ -237,6 +240,20 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"model": model, "shortlist": args.shortlist, "new_below": args.new_below,
                                          "sets": [asdict(r) for r in results]}, indent=2))
     return 0
+
+
+# each matching option and the central.yaml key whose bounds it keeps
+_MATCHING_OPTIONS = {"shortlist": "--shortlist", "time_budget_s": "--budget", "new_individual_below": "--new-below"}
+
+
+def _check_matching_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, in one line, a shortlist, budget or threshold the service's ``matching:`` config would refuse (a
+    negative shortlist or budget otherwise gave a table computed on nothing)."""
+    try:
+        MatchingConfig(shortlist=args.shortlist, time_budget_s=args.budget, new_individual_below=args.new_below)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        parser.error(f"{_MATCHING_OPTIONS[problem['loc'][0]]}: {problem['msg']}")
 
 
 def print_table(model: str, args, results: list[Figures]) -> None:

@@ -271,3 +271,17 @@ def test_the_ratio_test_as_a_matrix_product_keeps_opencvs_matches(data):
             assert query.tolist() == [m.queryIdx for m in good] and train.tolist() == [m.trainIdx for m in good]
             compared += bool(good)
     assert compared >= 40  # pairs with matches were compared, not only empty ones
+
+
+@pytest.mark.parametrize("option, value, said", [("--shortlist", "-3", "--shortlist: Input should be greater than or equal to 1"),
+                                                 ("--budget", "-1", "--budget: Input should be greater than 0"),
+                                                 ("--new-below", "2", "--new-below: Input should be less than or equal to 1")])
+def test_evaluate_refuses_matching_options_the_service_would_refuse(option, value, said, tmp_path, capsys):
+    """A negative shortlist or budget gave a table computed on nothing; now one line, before any model loads."""
+    from central.evaluate import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path), option, value])
+    assert exited.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"trapedge central evaluate: error: {said}"
