@@ -177,6 +177,23 @@ def upright(coyote):
     return Image.open(coyote).convert("RGB").resize((320, 240))
 
 
+def _stretched_grey(image):
+    """The frame's grey levels stretched from their lowest to their highest over 0-255, as RGB."""
+    grey = np.asarray(image.convert("L")).astype(np.float64)
+    return np.repeat(np.rint((grey - grey.min()) * 255 / (grey.max() - grey.min()))[..., None], 3, axis=2)
+
+
+def _grey_as(image, path, to_values):
+    """Save the frame's grey levels as a 16-bit or float image whose values ``to_values`` gives."""
+    Image.fromarray(to_values(np.asarray(image.convert("L")))).save(path)
+
+
+def _float_with_nan(grey):
+    values = grey.astype(np.float32) / 255
+    values[0, 0] = np.nan
+    return values
+
+
 def _rotated_exif6(image, path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored turned left; shown turned 90° clockwise
@@ -193,6 +210,12 @@ def _rotated_exif6(image, path):
          lambda im: np.asarray(im), 0),
         ("palette.png", lambda im, p: im.quantize(64).save(p), lambda im: np.asarray(im.quantize(64).convert("RGB")), 0),
         ("cmyk.jpg", lambda im, p: im.convert("CMYK").save(p, quality=95), lambda im: np.asarray(im), 6),
+        # more than 8 bits a pixel: Pillow's own conversion gave a white (16-bit) or black (float) frame
+        ("grey16.png", lambda im, p: _grey_as(im, p, lambda g: g.astype(np.uint16) * 257), _stretched_grey, 0.01),
+        ("thermal16.png", lambda im, p: _grey_as(im, p, lambda g: 7000 + g.astype(np.uint16) * 4), _stretched_grey,
+         0.01),
+        ("grey16.tif", lambda im, p: _grey_as(im, p, lambda g: g.astype(np.uint16) * 257), _stretched_grey, 0.01),
+        ("float.tif", lambda im, p: _grey_as(im, p, _float_with_nan), _stretched_grey, 0.01),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

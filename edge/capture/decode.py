@@ -1,6 +1,7 @@
 """Turn image files into RGB arrays, or into a clear failure — never a crash.
 
-Handles EXIF orientation, CMYK, grayscale, palette and alpha PNGs, truncated JPEGs
+Handles EXIF orientation, CMYK, grayscale, palette and alpha PNGs, 16-bit and float grey images
+(thermal and scientific cameras: scaled to 8 bits by their own range), truncated JPEGs
 (decoded as far as possible and flagged) and huge images (decoded at reduced scale with
 JPEG draft mode, and bounded by ``max_pixels`` for other formats).
 """
@@ -33,6 +34,10 @@ MAX_FULL_DECODE_PIXELS = 20_000_000
 # and JPEG draft mode then decodes 2-5 MP frames at 1/2 scale (measured 8.5 ms instead of 32 ms
 # for a 2048x1536 frame)
 DEFAULT_MAX_SIDE = 960
+# single-channel modes of more than 8 bits: Pillow's own conversion to RGB clips every value above 255,
+# so a 16-bit frame came out white (and analysed as blank) and a float one black
+HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+_ROWS_AT_ONCE = 256  # rows scaled to 8 bits at a time: a float copy of a few rows, never of the image
 
 
 class ImageDecodeError(Exception):
@@ -133,9 +138,33 @@ def _decode(image: Image.Image, max_side: int | None, max_pixels: int) -> Decode
         image = ImageOps.exif_transpose(image)
     except Exception:  # a corrupt EXIF block must not cost the picture
         pass
+    if image.mode in HIGH_DEPTH_MODES:
+        image = eight_bits(image)
     if image.mode != "RGB":
         image = image.convert("RGB")
     return DecodedImage(np.asarray(image), source_size, truncated, reduced, taken)
+
+
+def eight_bits(image: Image.Image) -> Image.Image:
+    """A grey image of more than 8 bits as 8-bit grey (``L``): its own range of values, lowest to highest,
+    stretched over 0-255, as a thermal viewer's automatic gain does (a radiometric frame uses a narrow band
+    of its 16 bits; a 16-bit photo that spans its range comes out close to its top 8 bits). Values that are not finite
+    are black, and so is an image of one value."""
+    values = np.asarray(image)
+    if values.dtype.kind == "f":
+        finite = np.isfinite(values)
+        low, high = float(values.min(where=finite, initial=np.inf)), float(values.max(where=finite, initial=-np.inf))
+    else:
+        low, high = float(values.min()), float(values.max())
+    out = np.zeros(values.shape, np.uint8)
+    if not high > low:  # one value, or none finite
+        return Image.fromarray(out, "L")
+    gain = 255.0 / (high - low)
+    for top in range(0, len(values), _ROWS_AT_ONCE):
+        rows = values[top:top + _ROWS_AT_ONCE].astype(np.float64)
+        rows = np.nan_to_num((rows - low) * gain, nan=0.0, posinf=0.0, neginf=0.0)
+        out[top:top + _ROWS_AT_ONCE] = np.rint(np.clip(rows, 0.0, 255.0))
+    return Image.fromarray(out, "L")
 
 
 def list_images(root: str | Path) -> list[Path]:
