@@ -28,6 +28,7 @@ from PIL import Image
 
 from central.ingest import Sighting
 from central.sides import side_of_name
+from common.progress import progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 UNKNOWN_TIME = "1970-01-01T00:00:00"  # an enrolled image with no EXIF or file-name time: shown as "date unknown"
@@ -74,12 +75,18 @@ def capture_time(path: Path) -> str:
 
 
 def jpeg_of(path: Path, max_side: int = 640, quality: int = 85) -> bytes:
-    """The image as an RGB JPEG no larger than ``max_side`` (what the UI and re-ranking use)."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((max_side, max_side))
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=quality)
+    """The image as an RGB JPEG no larger than ``max_side`` (what the UI and re-ranking use), decoded as the
+    edge decodes a frame: upright by its EXIF orientation, 16-bit grey scaled, in bounded memory.
+
+    Raises:
+        edge.capture.decode.ImageDecodeError (or another of ``DECODE_ERRORS``): the file is not a usable image.
+    """
+    from edge.capture.decode import decode_image
+
+    image = Image.fromarray(decode_image(path, max_side=max_side).rgb)
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -89,6 +96,31 @@ def embed_paths(embedder, paths: list[Path]) -> np.ndarray:
 
     crops = [embedder.whole(decode_image(path, max_side=1024).rgb) for path in paths]
     return embedder.run_crops(crops)
+
+
+def embed_images(embedder, images: list[LabelledImage], desc: str = "embed",
+                 chunk: int = 64) -> tuple[list[LabelledImage], np.ndarray]:
+    """The images that decode and their (N, D) embeddings (whole images: crops already), ``chunk`` at a time so
+    memory stays one chunk's whatever the collection's size. An image that does not decode is left out, named
+    on stderr in one line with the reason."""
+    from edge.capture.decode import DECODE_ERRORS, decode_image
+
+    kept, crops, parts, skipped = [], [], [], []
+    for image in progress(images, desc=desc, unit="image"):
+        try:
+            crops.append(embedder.whole(decode_image(image.path, max_side=1024).rgb))
+        except DECODE_ERRORS as exc:
+            skipped.append(f"skipped {image.path}: {exc or type(exc).__name__}")
+            continue
+        kept.append(image)
+        if len(crops) == chunk:
+            parts.append(embedder.run_crops(crops))
+            crops = []
+    if crops:
+        parts.append(embedder.run_crops(crops))
+    for line in skipped:  # after the progress, whose bar would break them up
+        print(line, file=sys.stderr)
+    return kept, (np.concatenate(parts) if parts else np.zeros((0, embedder.output_dim), np.float32))
 
 
 def sightings_of(images: list[LabelledImage], vectors: np.ndarray, model: str, root: Path,
@@ -102,9 +134,20 @@ def sightings_of(images: list[LabelledImage], vectors: np.ndarray, model: str, r
         result.append(Sighting(
             id=str(uuid.uuid5(NAMESPACE, f"{model}/{relative}")), device="enrolled", event_id=image.individual,
             frame_time=capture_time(image.path), label=None, model=model, vector=vector, crop_jpeg=jpeg_of(image.path),
-            name=relative, edge_jpeg=jpeg_of(edge) if edge is not None and edge.is_file() else None,
+            name=relative, edge_jpeg=_edge_jpeg(edge) if edge is not None and edge.is_file() else None,
             individual=image.individual, meta={"side": side} if side else {}))
     return result
+
+
+def _edge_jpeg(path: Path) -> bytes | None:
+    """An edge map's JPEG, or None (said on stderr) when it does not decode: the photo is enrolled without it."""
+    from edge.capture.decode import DECODE_ERRORS
+
+    try:
+        return jpeg_of(path)
+    except DECODE_ERRORS as exc:
+        print(f"edge map {path} left out: {exc or type(exc).__name__}", file=sys.stderr)
+        return None
 
 
 def open_embedder(bundle_path: Path, precision: str = "int8"):
@@ -130,15 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     from central.config import CentralConfig
     from central.store import CentralStore
     from common.config_loader import ConfigError, load_config
+    from edge.runtime.bundle import BundleError
 
     try:
         config = load_config(args.config, CentralConfig)
-        images = folder_images(args.root)
-    except (ConfigError, FileNotFoundError) as exc:
+        found = folder_images(args.root)
+        if not found:
+            raise FileNotFoundError(f"{args.root} has no images in <individual>/ folders: give a folder that holds "
+                                    "one folder of crops per individual")
+        embedder, model = open_embedder(args.bundle)
+    except (ConfigError, FileNotFoundError, BundleError) as exc:
         print(exc, file=sys.stderr)
         return 2
-    embedder, model = open_embedder(args.bundle)
-    vectors = embed_paths(embedder, [i.path for i in images])
+    images, vectors = embed_images(embedder, found)
+    if not images:
+        print(f"none of the {len(found)} images under {args.root} could be read (the reasons are above)", file=sys.stderr)
+        return 2
     if vectors.shape[1] > config.ingest.max_vector_dim:  # the gallery would quarantine every one of them
         print(f"{args.bundle}'s embedder gives {vectors.shape[1]} dimensions, more than ingest.max_vector_dim "
               f"({config.ingest.max_vector_dim}): raise it in {args.config} or enrol with another bundle", file=sys.stderr)
@@ -152,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     added = sum(store.add_sighting(s) for s in sightings)
     if args.known:
         link_known(store, sightings)
-    print(f"enrolled {added} new of {len(sightings)} images into {config.store.path}")
+    skipped = f" ({len(found) - len(images)} unreadable, skipped: named above)" if len(images) < len(found) else ""
+    print(f"enrolled {added} new of {len(sightings)} images into {config.store.path}{skipped}")
     return 0
 
 

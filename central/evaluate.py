@@ -41,11 +41,12 @@ from pydantic import ValidationError
 
 from central.calibration import fit
 from central.config import MatchingConfig
-from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
+from central.enroll import embed_images, folder_images, jpeg_of, open_embedder
 from central.fusion import NEW_BELOW, PRIOR, SHORTLIST, Fused, FusionModel, fuse
 from central.gallery import Hit
 from central.local_features import extract, inliers
 from central.sides import comparable, side_of_name
+from common.progress import progress
 
 SETS = {"leopard_spotid": "reid/leopard_spotid/crops", "lion_val": "reid/lion/val"}
 
@@ -101,14 +102,32 @@ class LabelledSet:
         return self._inliers[(a, b)]
 
 
+class SetError(ValueError):
+    """A folder that cannot be evaluated as a folder-per-individual set; says why and what to give instead."""
+
+
 def load_set(name: str, root: Path, embedder) -> LabelledSet:
-    """Embed a folder-per-individual set and extract its local features."""
-    images = folder_images(root)
-    vectors = embed_paths(embedder, [i.path for i in images])
+    """Embed a folder-per-individual set and extract its local features (images that do not decode are left
+    out, each named on stderr).
+
+    Raises:
+        SetError: no individual with two readable images, so no anchor has an answer.
+    """
+    found = folder_images(root)
+    if not found:
+        raise SetError(f"{root} has no images in <individual>/ folders: give a folder holding one folder of images "
+                       "per individual")
+    images, vectors = embed_images(embedder, found, desc=f"embed {name}")
+    counts: dict[str, int] = {}
+    for image in images:
+        counts[image.individual] = counts.get(image.individual, 0) + 1
+    if max(counts.values(), default=0) < 2:
+        raise SetError(f"{root}: no individual has two readable images ({len(images)} of {len(found)} images read, "
+                       f"{len(counts)} individuals): give a folder holding one folder of images per individual")
     vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    features = [extract(jpeg_of(i.path)) for i in progress(images, desc=f"keypoints {name}", unit="image")]
     return LabelledSet(name, [i.individual for i in images], [side_of_name(i.path.relative_to(root).as_posix())
-                                                              for i in images],
-                       vectors, [extract(jpeg_of(i.path)) for i in images])
+                                                              for i in images], vectors, features)
 
 
 def compact_set(data: LabelledSet, bundle: Path) -> LabelledSet:
@@ -151,7 +170,9 @@ def evaluate(data: LabelledSet, local: bool, model: FusionModel = PRIOR, shortli
              budget_s: float = 1.0, new_below: float = NEW_BELOW) -> Figures:
     """Closed-set and open-set figures of one set (see the module docstring)."""
     ranks, aps, seconds, best, new_true = [], [], [], [], []
-    for a, truth in enumerate(data.labels):
+    anchors = progress(list(enumerate(data.labels)), desc=f"evaluate {data.name}, {'fused' if local else 'cosine'}",
+                       unit="anchor")
+    for a, truth in anchors:
         start = time.perf_counter()
         fused, others = query(data, a, model, local, None, shortlist, budget_s)
         seconds.append(time.perf_counter() - start)
@@ -221,8 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"central.evaluate: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
-    embedder, model = open_embedder(args.bundle)
-    sets = [load_set(name, path, embedder) for name, path in folders.items()]
+    from edge.runtime.bundle import BundleError
+
+    try:
+        embedder, model = open_embedder(args.bundle)
+        sets = [load_set(name, path, embedder) for name, path in folders.items()]
+    except (BundleError, SetError) as exc:
+        print(f"central.evaluate: {exc}", file=sys.stderr)
+        return 2
     if args.compact:
         sets += [compact_set(data, args.bundle) for data in sets]
     if args.fit_prior:

@@ -285,3 +285,92 @@ def test_evaluate_refuses_matching_options_the_service_would_refuse(option, valu
     assert exited.value.code == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"trapedge central evaluate: error: {said}"
+
+
+@pytest.fixture
+def small_lion_set(data, tmp_path):
+    """Three real crops of each of two lions, a 16-bit grey copy of one, and a file that is no image."""
+    from PIL import Image
+
+    root = tmp_path / "set"
+    for lion in sorted(p for p in (data / "reid" / "lion" / "val").iterdir() if p.is_dir())[:2]:
+        (root / lion.name).mkdir(parents=True)
+        for path in sorted(lion.glob("*.png"))[:3]:
+            (root / lion.name / path.name).write_bytes(path.read_bytes())
+    first = sorted(root.glob("*/*.png"))[0]
+    grey = np.asarray(Image.open(first).convert("L")).astype(np.uint16) * 257
+    Image.fromarray(grey).save(first.with_name("grey16.png"))
+    (first.parent / "notes.jpg").write_text("seen near the river\n")
+    return root
+
+
+def _no_traceback(err: str) -> str:
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def test_evaluate_leaves_out_an_unreadable_image_with_its_reason_and_reads_16_bit(small_lion_set, bundle_dir, capsys):
+    from central.evaluate import main
+
+    assert main([str(small_lion_set), "--bundle", str(bundle_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert [line for line in err.splitlines() if line.startswith("skipped")] == [
+        f"skipped {next(small_lion_set.glob('*/notes.jpg'))}: not a readable image (UnidentifiedImageError)"]
+    rows = [line.split() for line in out.splitlines() if line.split()[:2] in (["set", "no"], ["set", "yes"])]
+    assert [row[2:5] for row in rows] == [["7", "2", "7"]] * 2  # images, individuals, anchors: the 16-bit one counts
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda root: root.mkdir(), "has no images in <individual>/ folders"),
+    (lambda root: [(root / name).mkdir(parents=True) or (root / name / "a.png").write_bytes(b"") for name in "ab"],
+     "no individual has two readable images (0 of 2 images read, 0 individuals)"),
+])
+def test_evaluate_refuses_a_set_without_an_answer_in_one_line(tmp_path, bundle_dir, capsys, make, said):
+    """An empty folder ended in a TypeError, a folder of unreadable images in an ImageDecodeError traceback."""
+    from central.evaluate import main
+
+    make(tmp_path / "set")
+    assert main([str(tmp_path / "set"), "--bundle", str(bundle_dir)]) == 2
+    last = _no_traceback(capsys.readouterr().err)
+    assert last.startswith(f"central.evaluate: {tmp_path / 'set'}") and said in last
+
+
+def test_evaluate_and_enrol_refuse_a_folder_that_is_no_bundle_in_one_line(small_lion_set, tmp_path, capsys):
+    from central.enroll import main as enrol
+    from central.evaluate import main as evaluate
+
+    (tmp_path / "central.yaml").write_text(f"store: {{path: {tmp_path / 'central.db'}}}\n")
+    assert evaluate([str(small_lion_set), "--bundle", str(tmp_path)]) == 2
+    assert _no_traceback(capsys.readouterr().err) == f"central.evaluate: {tmp_path / 'manifest.json'} not found: not " \
+                                                     "a model bundle (build one with `make export`)"
+    assert enrol([str(small_lion_set), "--config", str(tmp_path / "central.yaml"), "--bundle", str(tmp_path)]) == 2
+    assert "not a model bundle" in _no_traceback(capsys.readouterr().err)
+
+
+def test_enrol_skips_an_unreadable_image_and_enrols_the_rest(small_lion_set, bundle_dir, tmp_path, capsys):
+    from central.enroll import main as enrol
+
+    (tmp_path / "central.yaml").write_text(f"store: {{path: {tmp_path / 'central.db'}}}\n")
+    assert enrol([str(small_lion_set), "--config", str(tmp_path / "central.yaml"), "--bundle", str(bundle_dir),
+                  "--known"]) == 0
+    out, err = capsys.readouterr()
+    assert "notes.jpg: not a readable image" in err
+    assert out.strip() == f"enrolled 7 new of 7 images into {tmp_path / 'central.db'} (1 unreadable, skipped: named above)"
+    assert len(CentralStore(tmp_path / "central.db").sightings()) == 7
+    (tmp_path / "empty").mkdir()
+    assert enrol([str(tmp_path / "empty"), "--config", str(tmp_path / "central.yaml")]) == 2
+    assert "has no images in <individual>/ folders" in _no_traceback(capsys.readouterr().err)
+
+
+def test_an_enrolled_crop_is_upright_by_its_exif_orientation(tmp_path):
+    """The crop JPEG (review page, local features) was stored as the file lay; the embedding was of it upright."""
+    import io
+
+    from PIL import Image
+
+    from central.enroll import jpeg_of
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned left; shown turned 90° clockwise
+    Image.new("RGB", (120, 200)).save(tmp_path / "turned.jpg", exif=exif)
+    assert Image.open(io.BytesIO(jpeg_of(tmp_path / "turned.jpg"))).size == (200, 120)

@@ -44,6 +44,10 @@ class ImageDecodeError(Exception):
     """The file is not a usable image; the message says why in a few words."""
 
 
+# what decoding a file may raise besides ImageDecodeError (Pillow's decoders on corrupt data): each is a reason
+DECODE_ERRORS = (ImageDecodeError, OSError, ValueError, SyntaxError, MemoryError)
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     """An RGB image and what decoding had to do to get it."""
@@ -227,7 +231,7 @@ def read_frame(path: str | Path, source_id: str, key: str, max_side: int | None 
     path = Path(path)
     try:
         decoded = decode_image(path, max_side=max_side, follow_symlinks=follow_symlinks, max_pixels=max_pixels)
-    except (ImageDecodeError, OSError, ValueError, SyntaxError, MemoryError) as exc:
+    except DECODE_ERRORS as exc:
         return Frame(source_id, key, *file_time(path), path=path, failure=str(exc) or type(exc).__name__)
     time_source: TimeSource
     if decoded.exif_time is not None:
