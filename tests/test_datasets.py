@@ -304,6 +304,8 @@ def _yolo_dataset(data: Path, tmp: Path, label_text: str | None, classes: str = 
          pytest.raises(DatasetError, match=r"line 2: class 2 is not in the 2 class names")),
         ("0 0.95 0.5 0.2 0.4\n", {}, None, pytest.raises(DatasetError, match="not a normalised")),
         ("a 0.5 0.5 0.2 0.4\n", {}, None, pytest.raises(DatasetError, match="not numbers")),
+        # NaN passed every bound of the box check, and IoU against it is NaN
+        ("0 nan 0.5 0.2 0.4\n", {}, None, pytest.raises(DatasetError, match=r"line 1: box \[nan, .* not a normalised")),
     ],
 )
 def test_yolo_lines(data, tmp_path, label_text, kwargs, expected, expectation):
@@ -324,6 +326,42 @@ def test_a_repeated_yolo_line_is_one_box_and_reported(data, tmp_path):
     inventory = read_yolo(root)
     assert [r.label for r in inventory] == ["agouti", "person"]  # same place, other class: another object
     assert [(p.kind, p.entry) for p in inventory.problems] == [("duplicate", "line 3"), ("duplicate", "line 4")]
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: p.write_text("names: [agouti, person\n"), r"data\.yaml: line \d: not YAML"),
+    (lambda p: p.write_text("- agouti\n- person\n"), r"data\.yaml: names: a list of class names"),
+])
+def test_a_yolo_data_yaml_that_does_not_say_names_is_one_line(tmp_path, write, message):
+    """A broken or list-shaped data.yaml was a YAML or Attribute error traceback."""
+    (tmp_path / "images").mkdir()
+    write(tmp_path / "data.yaml")
+    with pytest.raises(DatasetError, match=message):
+        read_yolo(tmp_path)
+
+
+@pytest.mark.parametrize("encoded, expectation", [
+    (lambda text: text.encode("utf-8-sig"), does_not_raise()),
+    (lambda text: text.encode("utf-16"), does_not_raise()),  # Excel's 'Unicode Text'
+    (lambda text: text.encode("cp1252"),
+     pytest.raises(DatasetError, match=r"labels\.csv: line 2: not UTF-8 text \(byte 0xe9\): save it as UTF-8")),
+])
+def test_a_csv_is_read_in_the_encodings_a_spreadsheet_announces_and_refused_in_one_line_otherwise(
+        tmp_path, encoded, expectation):
+    """A CSV in a Windows code page (accented species names) was a UnicodeDecodeError traceback."""
+    (tmp_path / "labels.csv").write_bytes(encoded("file,label\na.jpg,Cerf élaphe\n"))
+    with expectation:
+        inventory = read_csv(tmp_path / "labels.csv")
+        assert [(p.kind, p.detail) for p in inventory.problems] == [("missing", str(tmp_path / "a.jpg"))]
+
+
+def test_camtrap_dp_descriptor_of_the_wrong_shape_is_one_line(tmp_path):
+    (tmp_path / "datapackage.json").write_text('[{"resources": []}]')
+    with pytest.raises(DatasetError, match=r"datapackage\.json: top level: not a JSON object"):
+        read_camtrap_dp(tmp_path)
+    (tmp_path / "datapackage.json").write_text('{"resources": {"media": "media.csv"}}')
+    with pytest.raises(DatasetError, match=r"datapackage\.json: resources: not a list"):
+        read_camtrap_dp(tmp_path)
 
 
 def test_yolo_needs_class_names(tmp_path):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 from datetime import datetime
 from pathlib import Path
 
-from train.datasets.inventory import DatasetError, Inventory, check_bbox, parse_time
+from train.datasets.inventory import DatasetError, Inventory, check_bbox, parse_time, read_json, read_text
 from train.records import Record
 
 #: observationType → label for the types that carry no scientificName.
@@ -64,11 +64,10 @@ def _resource_paths(package_dir: Path) -> dict[str, str]:
     descriptor = package_dir / "datapackage.json"
     if not descriptor.is_file():
         raise DatasetError(descriptor, "file", "not found: not a Camtrap DP package")
-    try:
-        resources = json.loads(descriptor.read_text(encoding="utf-8")).get("resources", [])
-    except json.JSONDecodeError as err:
-        raise DatasetError(descriptor, f"line {err.lineno}", f"not JSON: {err.msg}") from None
-    paths = {r.get("name"): r.get("path") for r in resources if isinstance(r.get("path"), str)}
+    resources = read_json(descriptor).get("resources", [])
+    if not isinstance(resources, list):
+        raise DatasetError(descriptor, "resources", "not a list of resources")
+    paths = {r.get("name"): r.get("path") for r in resources if isinstance(r, dict) and isinstance(r.get("path"), str)}
     return {name: paths.get(name, f"{name}.csv") for name in ("deployments", "media", "observations")}
 
 
@@ -80,12 +79,14 @@ def _tables(package_dir: Path) -> dict[str, list[tuple[int, dict]]]:
         path = package_dir / relative
         if not path.is_file():
             raise DatasetError(path, "file", f"{name} table not found")
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        try:
             absent = [c for c in needed[name] if c not in (reader.fieldnames or [])]
             if absent:
                 raise DatasetError(path, "line 1", f"no column(s) {absent}")
             tables[name] = list(enumerate(reader, start=2))
+        except csv.Error as err:  # a NUL byte, a field larger than csv's limit
+            raise DatasetError(path, f"line {reader.line_num}", f"not CSV: {err}") from None
     return tables
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from train.datasets.capture_time import exif_capture_time
-from train.datasets.inventory import DatasetError, Inventory, parse_time
+from train.datasets.inventory import DatasetError, Inventory, parse_time, read_text
 from train.records import Record
 
 
@@ -17,7 +18,7 @@ def read_csv(path: Path | str, image_root: Path | str | None = None, *, label_co
     """Read a labels CSV; rows naming the same image merge into one (multi-labelled) record.
 
     Args:
-        path: the CSV file (UTF-8, header row).
+        path: the CSV file (UTF-8, or UTF-16 with a byte-order mark; header row).
         image_root: folder relative paths of the path column start from (default: the CSV's folder);
             absolute paths are taken as they are.
         label_columns: every non-empty cell among them is one label of the row.
@@ -32,15 +33,15 @@ def read_csv(path: Path | str, image_root: Path | str | None = None, *, label_co
     """
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    if not path.is_file():
-        raise DatasetError(path, "file", "not found")
     optional = {"event": event_column, "location": location_column, "individual": individual_column}
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    rows: dict[Path, dict] = {}
+    try:
         _check_columns(path, reader.fieldnames or [], [path_column, *label_columns, time_column, *optional.values()])
-        rows: dict[Path, dict] = {}
         for line, row in enumerate(reader, start=2):
             _merge_row(rows, path, root, line, row, path_column, label_columns, optional, time_column)
+    except csv.Error as err:  # a NUL byte, a field larger than csv's limit
+        raise DatasetError(path, f"line {reader.line_num}", f"not CSV: {err}") from None
     return _inventory(path, rows)
 
 

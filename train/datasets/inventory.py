@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -125,17 +127,38 @@ def parse_time(text: str | None, file: Path, entry: str) -> datetime | None:
 def check_bbox(box: tuple[float, float, float, float], file: Path, entry: str, tolerance: float = 1e-3):
     """A normalised ``[x, y, w, h]`` inside the image (within ``tolerance``), else DatasetError."""
     x, y, w, h = box
+    if not all(math.isfinite(v) for v in box):  # NaN passed every comparison below
+        raise DatasetError(file, entry, f"box {list(box)} is not a normalised [x, y, w, h] inside the image")
     if w <= 0 or h <= 0 or x < -tolerance or y < -tolerance or x + w > 1 + tolerance or y + h > 1 + tolerance:
         raise DatasetError(file, entry, f"box {list(box)} is not a normalised [x, y, w, h] inside the image")
     return tuple(float(v) for v in box)
 
 
+# byte-order marks a spreadsheet may write, and the text they announce
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def read_text(path: Path) -> str:
+    """An annotation file's text: UTF-8, or UTF-8 / UTF-16 announced by a byte-order mark (Excel's 'CSV UTF-8'
+    and 'Unicode Text'). Anything else is a ``DatasetError`` naming the line, where a decode error was a traceback
+    (e.g. a CSV saved by a spreadsheet in a Windows code page, with accented species names)."""
+    if not path.is_file():
+        raise DatasetError(path, "file", "not found")
+    raw = path.read_bytes()
+    encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise DatasetError(path, f"line {line}", f"not {encoding.removesuffix('-sig').upper()} text (byte "
+                           f"0x{raw[err.start]:02x}): save it as UTF-8 ('CSV UTF-8' in a spreadsheet)") from None
+
+
 def read_json(json_path: Path) -> dict:
     """A JSON file's top-level object, or a ``DatasetError`` naming the file and the line."""
-    if not json_path.is_file():
-        raise DatasetError(json_path, "file", "not found")
+    text = read_text(json_path)
     try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise DatasetError(json_path, f"line {err.lineno}", f"not JSON: {err.msg}") from None
     if not isinstance(data, dict):

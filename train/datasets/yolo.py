@@ -12,7 +12,7 @@ from typing import Literal
 
 import yaml
 
-from train.datasets.inventory import IMAGE_EXTENSIONS, DatasetError, Inventory, check_bbox
+from train.datasets.inventory import IMAGE_EXTENSIONS, DatasetError, Inventory, check_bbox, read_text
 from train.records import Record
 
 EmptyFiles = Literal["empty", "unlabelled"]
@@ -26,11 +26,16 @@ def read_class_names(root: Path) -> list[str]:
     """
     classes = root / "classes.txt"
     if classes.is_file():
-        return [line.strip() for line in classes.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line.strip() for line in read_text(classes).splitlines() if line.strip()]
     for name in ("data.yaml", "dataset.yaml"):
         path = root / name
         if path.is_file():
-            names = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("names")
+            try:
+                document = yaml.safe_load(read_text(path)) or {}
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                raise DatasetError(path, f"line {mark.line + 1}" if mark else "file", "not YAML") from None
+            names = document.get("names") if isinstance(document, dict) else None
             if isinstance(names, dict):
                 return [str(names[k]) for k in sorted(names)]
             if isinstance(names, list):
@@ -91,7 +96,7 @@ def _event(pattern: re.Pattern[str] | None, name: str) -> str | None:
 
 def _read_labels(inventory: Inventory, label_file: Path, image: Path, names: list[str], empty_files: EmptyFiles,
                  empty_label: str, event: str | None) -> None:
-    lines = [(n, line.split()) for n, line in enumerate(label_file.read_text(encoding="utf-8").splitlines(), 1)
+    lines = [(n, line.split()) for n, line in enumerate(read_text(label_file).splitlines(), 1)
              if line.strip()]
     if not lines:
         if empty_files == "empty":
