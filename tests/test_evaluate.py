@@ -113,10 +113,12 @@ def test_a_reference_box_given_twice_counts_once_and_is_said(data, bundle_dir, t
         (["evaluate", "{tmp}/nowhere", "--reference", "{tmp}/ref.csv"], 2, "is not a folder"),
         (["evaluate", "{tmp}", "--reference", "{tmp}/missing.json"], 2, "missing.json: file: not found"),
         (["evaluate", "{tmp}", "--reference", "{tmp}/ref.csv"], 2, "names no image that exists"),
+        (["evaluate", "{tmp}", "--reference", "{tmp}/cp.csv"], 2, "cp.csv: line 2: not UTF-8 text (byte 0xe9)"),
     ],
 )
 def test_user_mistakes_are_one_line(tmp_path, bundle_dir, capsys, argv, code, message):
     (tmp_path / "ref.csv").write_text("file,label\ngone.jpg,fox\n")
+    (tmp_path / "cp.csv").write_bytes("file,label\ngone.jpg,Cerf élaphe\n".encode("cp1252"))
     args = [a.format(tmp=tmp_path) for a in argv] + ["--bundle", str(bundle_dir), "--out", str(tmp_path / "o")]
     with does_not_raise():
         assert main(args) == code
@@ -132,3 +134,25 @@ def test_pr_curves_count_a_box_right_only_with_its_category():
     curves = pr_curves([(reference, camera)])
     assert curves["animal"] == {"score": [0.9, 0.8, 0.3], "precision": [1.0, 0.5, 0.3333], "recall": [1.0, 1.0, 1.0]}
     assert curves["person"] == {"score": [], "precision": [], "recall": []}
+
+
+def test_an_image_the_camera_cannot_read_is_named_with_its_reason(data, bundle_dir, tmp_path, capsys):
+    """Only a count of failed images was printed; which and why were in evaluation.json alone. A reference of
+    one species (scikit-learn warned 'a single label was found') in UTF-16, as a spreadsheet saves it."""
+    import warnings
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    shutil.copy(data / "frames" / "autofocus_gallery" / "coyote1.jpg", folder / "a.jpg")
+    (folder / "b.jpg").write_text("not a photo\n")
+    (tmp_path / "ref.csv").write_bytes("file,label,note\na.jpg,fox,renard élancé\nb.jpg,fox,\n".encode("utf-16"))
+    out = tmp_path / "eval"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert main(["evaluate", str(folder), "--reference", str(tmp_path / "ref.csv"), "--bundle", str(bundle_dir),
+                     "--out", str(out)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    reason = "image unreadable: not a readable image (UnidentifiedImageError)"
+    assert said[0].startswith("2 images (1 failed)") and said[1] == f"  failed: {folder / 'b.jpg'}: {reason}"
+    assert f"- {folder / 'b.jpg'}: {reason}" in (out / "evaluation.md").read_text()
+    assert json.loads((out / "evaluation.json").read_text())["species"]["n"] == 1  # the fox, read from UTF-16

@@ -361,6 +361,8 @@ def run(args: argparse.Namespace) -> int:
     figures["bundle"] = {"path": str(config.bundle.path), "precision": config.bundle.precision}
     write(args.out, figures, confusion)
     print(summary_line(figures) + f" -> {args.out}")
+    for line in failure_lines(figures["failures"]):
+        print(line)
     if note := reference_note(figures["reference"]["problems"]):
         print(note)
     return 0
@@ -374,6 +376,15 @@ def reference_note(problems: dict[str, int]) -> str:
     meaning = {"duplicate": "repeated, counted once", "missing": "image not found", "unlabelled": "no label"}
     parts = [f"{n} {kind} ({meaning[kind]})" if kind in meaning else f"{n} {kind}" for kind, n in sorted(problems.items())]
     return "reference entries not scored as given: " + ", ".join(parts)
+
+
+def failure_lines(failures: dict[str, str], limit: int = 10) -> list[str]:
+    """The images the camera could not analyse, one line each with the reason (the first ``limit``; every one
+    is in evaluation.json)."""
+    lines = [f"  failed: {path}: {why}" for path, why in list(failures.items())[:limit]]
+    if len(failures) > limit:
+        lines.append(f"  ... and {len(failures) - limit} more (evaluation.json lists every one)")
+    return lines
 
 
 def summary_line(figures: dict[str, Any]) -> str:
@@ -409,6 +420,9 @@ def write(out: Path, figures: dict[str, Any], confusion: np.ndarray) -> None:
 def markdown(figures: dict[str, Any]) -> str:
     """The report as Markdown tables."""
     lines = ["# What the camera does", "", summary_line(figures), ""]
+    if failures := figures.get("failures"):  # the model card's held-out figures keep only their count
+        lines += ["Images the camera could not analyse:", "",
+                  *(f"- {line.removeprefix('  failed: ')}" for line in failure_lines(failures)), ""]
     if note := reference_note(figures.get("reference", {}).get("problems", {})):
         lines += [note[0].upper() + note[1:] + ".", ""]
     if figures["boxes"]:
