@@ -28,6 +28,7 @@ from PIL import Image
 
 from central.ingest import Sighting
 from central.sides import side_of_name
+from common.logs import escape_controls
 from common.progress import progress
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -110,7 +111,7 @@ def embed_images(embedder, images: list[LabelledImage], desc: str = "embed",
         try:
             crops.append(embedder.whole(decode_image(image.path, max_side=1024).rgb))
         except DECODE_ERRORS as exc:
-            skipped.append(f"skipped {image.path}: {exc or type(exc).__name__}")
+            skipped.append(f"skipped {escape_controls(str(image.path))}: {exc or type(exc).__name__}")
             continue
         kept.append(image)
         if len(crops) == chunk:
@@ -146,7 +147,7 @@ def _edge_jpeg(path: Path) -> bytes | None:
     try:
         return jpeg_of(path)
     except DECODE_ERRORS as exc:
-        print(f"edge map {path} left out: {exc or type(exc).__name__}", file=sys.stderr)
+        print(f"edge map {escape_controls(str(path))} left out: {exc or type(exc).__name__}", file=sys.stderr)
         return None
 
 

@@ -55,6 +55,27 @@ def test_detect_writes_megadetector_json_with_failures(mixed_folder, bundle_dir,
     assert doc["classification_categories"][top[0]] == "wolf_coyote"
 
 
+def test_detect_names_each_failure_in_a_line_of_its_own_and_finds_the_animal_in_a_16_bit_frame(
+        mixed_folder, bundle_dir, tmp_path, capsys):
+    """Only a count of failures was printed; a 16-bit frame came out white and had no box. A file name with a
+    line break must not forge a line of its own."""
+    import numpy as np
+
+    grey = np.asarray(Image.open(mixed_folder / "coyote.jpg").convert("L")).astype(np.uint16) * 257
+    Image.fromarray(grey).save(mixed_folder / "grey16.png")
+    (mixed_folder / "x.jpg\n2026-01-01 ERROR forged.jpg").write_text("not an image")
+    out = tmp_path / "results.json"
+    assert main(["detect", str(mixed_folder), "--bundle", str(bundle_dir), "--output", str(out)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    unreadable = "image unreadable: not a readable image (UnidentifiedImageError)"
+    assert said[0].endswith(f"3 failed -> {out}") and sorted(said[1:]) == [
+        "  failed: notes.jpg: " + unreadable, "  failed: x.jpg\\n2026-01-01 ERROR forged.jpg: " + unreadable,
+        "  failed: zero.jpg: image unreadable: empty file (0 bytes)"]
+    images = {e["file"]: e for e in json.loads(out.read_text())["images"]}
+    assert images["grey16.png"]["detections"][0]["bbox"] == pytest.approx(
+        images["coyote.jpg"]["detections"][0]["bbox"], abs=0.03)
+
+
 def test_detect_exits_nonzero_when_nothing_ran(tmp_path, bundle_dir):
     folder = tmp_path / "bad"
     folder.mkdir()

@@ -36,7 +36,7 @@ from edge.analysis.labels import BLANK, WHOLE_FRAME, frame_prediction
 from edge.analysis.pipeline import Pipeline
 from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, read_ahead
-from edge.cli.options import add_model_arguments, command_config, fail
+from edge.cli.options import add_model_arguments, command_config, fail, failure_lines
 from edge.runtime.backends import BackendUnavailable
 from edge.runtime.bundle import BundleError
 from edge.runtime.yolox import box_iou
@@ -361,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
     figures["bundle"] = {"path": str(config.bundle.path), "precision": config.bundle.precision}
     write(args.out, figures, confusion)
     print(summary_line(figures) + f" -> {args.out}")
-    for line in failure_lines(figures["failures"]):
+    for line in failure_lines(figures["failures"].items(), "evaluation.json"):
         print(line)
     if note := reference_note(figures["reference"]["problems"]):
         print(note)
@@ -376,15 +376,6 @@ def reference_note(problems: dict[str, int]) -> str:
     meaning = {"duplicate": "repeated, counted once", "missing": "image not found", "unlabelled": "no label"}
     parts = [f"{n} {kind} ({meaning[kind]})" if kind in meaning else f"{n} {kind}" for kind, n in sorted(problems.items())]
     return "reference entries not scored as given: " + ", ".join(parts)
-
-
-def failure_lines(failures: dict[str, str], limit: int = 10) -> list[str]:
-    """The images the camera could not analyse, one line each with the reason (the first ``limit``; every one
-    is in evaluation.json)."""
-    lines = [f"  failed: {path}: {why}" for path, why in list(failures.items())[:limit]]
-    if len(failures) > limit:
-        lines.append(f"  ... and {len(failures) - limit} more (evaluation.json lists every one)")
-    return lines
 
 
 def summary_line(figures: dict[str, Any]) -> str:
@@ -422,7 +413,8 @@ def markdown(figures: dict[str, Any]) -> str:
     lines = ["# What the camera does", "", summary_line(figures), ""]
     if failures := figures.get("failures"):  # the model card's held-out figures keep only their count
         lines += ["Images the camera could not analyse:", "",
-                  *(f"- {line.removeprefix('  failed: ')}" for line in failure_lines(failures)), ""]
+                  *(f"- {line.removeprefix('  failed: ')}" for line in failure_lines(failures.items(), "evaluation.json")),
+                  ""]
     if note := reference_note(figures.get("reference", {}).get("problems", {})):
         lines += [note[0].upper() + note[1:] + ".", ""]
     if figures["boxes"]:

@@ -24,7 +24,7 @@ from edge.app.config import EdgeConfig
 from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead
 from edge.capture.video import Clip, VideoConfig, VideoDecodeError, list_videos
-from edge.cli.options import add_model_arguments, command_config, fail
+from edge.cli.options import add_model_arguments, command_config, fail, failure_lines
 from edge.runtime.backends import BackendUnavailable
 from edge.runtime.bundle import BundleError, load_bundle
 from edge.wire.megadetector import ImageResult, SampledFrame, VideoResult, batch_output
@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     document = batch_output(results, bundle.manifest, config.bundle.precision, analyzer.classifier is not None)
     args.output.write_text(json.dumps(document, indent=1) + "\n")
     print(_summary(images, clips, args.output))
+    for line in failure_lines(((r.file, r.failure) for r in results if r.failure is not None), str(args.output)):
+        print(line)
     if results and all(r.failure is not None for r in results):
         fail("detect", "no image could be processed")
         return 1

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from common.config_loader import ConfigError, ConfigProblem, dotted, load_config
+from common.logs import escape_controls
 from edge.app.config import EdgeConfig
 
 DEFAULT_BUNDLE = Path("bundles/default")
@@ -82,6 +83,16 @@ def command_config(args: argparse.Namespace, folder: Path, **overrides: Any) -> 
     except ValidationError as exc:
         problems = [ConfigProblem(None, dotted(tuple(e["loc"])), e["msg"]) for e in exc.errors(include_url=False)]
         raise ConfigError(args.config or "command options", problems) from None
+
+
+def failure_lines(failures: Iterable[tuple[str, str]], listed_in: str, limit: int = 10) -> list[str]:
+    """``  failed: NAME: REASON`` for the first ``limit`` failures, then how many more ``listed_in`` holds. A file
+    name is not trusted: its control characters are escaped, so it cannot forge a line or repaint the terminal."""
+    failures = list(failures)
+    lines = [f"  failed: {escape_controls(name)}: {escape_controls(why)}" for name, why in failures[:limit]]
+    if len(failures) > limit:
+        lines.append(f"  ... and {len(failures) - limit} more ({listed_in} lists every one)")
+    return lines
 
 
 def fail(command: str, message: object) -> int:
