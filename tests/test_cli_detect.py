@@ -84,12 +84,14 @@ def test_detect_exits_nonzero_when_nothing_ran(tmp_path, bundle_dir):
     assert main(["detect", str(folder), "--bundle", str(tmp_path / "nope"), "--output", str(tmp_path / "o.json")]) == 2
 
 
-def test_embed_best_and_whole(mixed_folder, bundle_dir, tmp_path):
+def test_embed_best_and_whole(mixed_folder, bundle_dir, tmp_path, capsys):
     for crop in ("best", "whole"):
         out = tmp_path / f"{crop}.jsonl"
         assert main(["embed", str(mixed_folder), "--bundle", str(bundle_dir), "--output", str(out), "--crop", crop]) == 0
         lines = {json.loads(l)["file"]: json.loads(l) for l in out.read_text().splitlines()}
         assert len(lines) == 8
+        said = capsys.readouterr().out.splitlines()  # each failure named with its reason, as in the file
+        assert said[1:] == [f"  failed: {name}: {line['failure']}" for name, line in lines.items() if "failure" in line]
         vec = lines["coyote.jpg"]["embedding"]
         assert len(vec) == 1280 and sum(v * v for v in vec) == pytest.approx(1.0, abs=1e-3)
         assert "failure" in lines["zero.jpg"]

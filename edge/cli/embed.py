@@ -19,7 +19,7 @@ from edge.analysis.analyzer import Analyzer, FrameAnalysis, FrameFailure
 from edge.app.factory import build_analyzer
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead
 from edge.capture.frame import Frame
-from edge.cli.options import add_model_arguments, command_config, fail
+from edge.cli.options import add_model_arguments, command_config, fail, failure_lines
 from edge.runtime.backends import BackendUnavailable
 from edge.runtime.bundle import BundleError, load_bundle
 
@@ -79,12 +79,16 @@ def run(args: argparse.Namespace) -> int:
     model = {"model": bundle.spec("embedder").architecture, "bundle_version": bundle.manifest.version}
     jobs = ((path, "images", path.relative_to(args.folder).as_posix()) for path in paths)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    failed = 0
+    failures: list[tuple[str, str]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool, open(args.output, "w") as out:
         frames = read_ahead(pool, jobs, DEFAULT_MAX_SIDE)
         for frame in progress(frames, total=len(paths), desc="embed", unit="image"):
             line = embed_line(analyzer, frame, args.crop)
-            failed += "failure" in line
+            if "failure" in line:
+                failures.append((line["file"], line["failure"]))
             out.write(json.dumps({**line, **model}) + "\n")
+    failed = len(failures)
     print(f"{len(paths)} images, {len(paths) - failed} embeddings, {failed} failed -> {args.output}")
+    for said in failure_lines(failures, str(args.output)):
+        print(said)
     return 1 if paths and failed == len(paths) else 0
