@@ -3,8 +3,8 @@
 A file dropped as ``x.jpg\\n2026-01-01 ERROR trapedge: FORGED`` or a device id holding ANSI escapes
 would otherwise write a forged line, or repaint the operator's terminal, through any message that
 names it. ``SafeFormatter`` escapes control characters (newlines, carriage returns, escapes, the C1
-range and Unicode line separators) in the message; a traceback keeps its own line breaks, with
-everything else in it escaped.
+range and Unicode line separators) and the lone surrogates of a file name that is not UTF-8 in the
+message; a traceback keeps its own line breaks, with everything else in it escaped.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import re
 from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-_CONTROL_KEEP_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+# control characters, Unicode line breaks, and lone surrogates: Python's stand-ins for the bytes of a file name that
+# is not UTF-8 (b"\xff.jpg" is "\udcff.jpg"), which no UTF-8 stream can write (printing one raised UnicodeEncodeError)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_CONTROL_KEEP_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -76,6 +76,20 @@ def test_detect_names_each_failure_in_a_line_of_its_own_and_finds_the_animal_in_
         images["coyote.jpg"]["detections"][0]["bbox"], abs=0.03)
 
 
+def test_a_file_name_that_is_not_utf8_is_named_not_a_traceback(mixed_folder, bundle_dir, tmp_path):
+    """Its bytes reach Python as lone surrogates, which a UTF-8 stdout refuses: the new failure line crashed
+    detect (a Pi's en_GB.UTF-8 locale) until it escaped them."""
+    import os
+
+    (mixed_folder / os.fsdecode(b"b\xff.jpg")).write_text("not an image")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "TRAPEDGE_PROGRESS": "0"}
+    code = (f"import sys; from trapedge.cli import main; sys.exit(main(['detect', {str(mixed_folder)!r}, '--bundle', "
+            f"{str(bundle_dir)!r}, '--output', {str(tmp_path / 'r.json')!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, encoding="utf-8")
+    assert done.returncode == 0, done.stderr
+    assert "  failed: b\\udcff.jpg: image unreadable: not a readable image (UnidentifiedImageError)" in done.stdout
+
+
 def test_detect_exits_nonzero_when_nothing_ran(tmp_path, bundle_dir):
     folder = tmp_path / "bad"
     folder.mkdir()

@@ -23,6 +23,14 @@ def test_terminal_escapes_and_unicode_line_breaks_are_written_out():
     assert escape_controls("tab\tok") == "tab\\tok"
 
 
+def test_a_file_name_that_is_not_utf8_is_written_out_and_can_be_printed():
+    """Its bytes are lone surrogates in Python, which no UTF-8 stream accepts: printing one was a traceback."""
+    import os
+
+    escaped = escape_controls(os.fsdecode(b"b\xff.jpg"))
+    assert escaped == "b\\udcff.jpg" and escaped.encode("utf-8") == b"b\\udcff.jpg"
+
+
 def test_a_traceback_keeps_its_lines_but_not_a_forged_one():
     try:
         raise ValueError("bad\x1b[31m name")
