@@ -215,6 +215,8 @@ def _rotated_exif6(image, path):
         ("thermal16.png", lambda im, p: _grey_as(im, p, lambda g: 7000 + g.astype(np.uint16) * 4), _stretched_grey,
          0.01),
         ("grey16.tif", lambda im, p: _grey_as(im, p, lambda g: g.astype(np.uint16) * 257), _stretched_grey, 0.01),
+        ("grey16b.tif", lambda im, p: _grey_as(im, p, lambda g: (g.astype(np.uint16) * 257).astype(">u2")),
+         _stretched_grey, 0.01),  # big-endian: Pillow's getextrema refuses it
         ("float.tif", lambda im, p: _grey_as(im, p, _float_with_nan), _stretched_grey, 0.01),
     ],
     ids=lambda v: v if isinstance(v, str) else None,

@@ -37,7 +37,7 @@ DEFAULT_MAX_SIDE = 960
 # single-channel modes of more than 8 bits: Pillow's own conversion to RGB clips every value above 255,
 # so a 16-bit frame came out white (and analysed as blank) and a float one black
 HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
-_ROWS_AT_ONCE = 256  # rows scaled to 8 bits at a time: a float copy of a few rows, never of the image
+_ROWS_AT_ONCE = 256  # rows scaled to 8 bits at a time: a float copy of a few rows, never of the whole image
 
 
 class ImageDecodeError(Exception):
@@ -154,20 +154,25 @@ def eight_bits(image: Image.Image) -> Image.Image:
     stretched over 0-255, as a thermal viewer's automatic gain does (a radiometric frame uses a narrow band
     of its 16 bits; a 16-bit photo that spans its range comes out close to its top 8 bits). Values that are not finite
     are black, and so is an image of one value."""
-    values = np.asarray(image)
-    if values.dtype.kind == "f":
-        finite = np.isfinite(values)
-        low, high = float(values.min(where=finite, initial=np.inf)), float(values.max(where=finite, initial=-np.inf))
-    else:
-        low, high = float(values.min()), float(values.max())
-    out = np.zeros(values.shape, np.uint8)
+    width, height = image.size
+    bands = [(top, min(top + _ROWS_AT_ONCE, height)) for top in range(0, height, _ROWS_AT_ONCE)]
+
+    def rows(top: int, bottom: int) -> np.ndarray:  # a band's values: no copy of the whole image is ever made
+        return np.asarray(image.crop((0, top, width, bottom)))
+
+    low, high = np.inf, -np.inf  # Pillow's getextrema refuses big-endian 16-bit (I;16B)
+    for top, bottom in bands:
+        values = rows(top, bottom)
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+        if finite.size:
+            low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    out = np.zeros((height, width), np.uint8)
     if not high > low:  # one value, or none finite
         return Image.fromarray(out, "L")
     gain = 255.0 / (high - low)
-    for top in range(0, len(values), _ROWS_AT_ONCE):
-        rows = values[top:top + _ROWS_AT_ONCE].astype(np.float64)
-        rows = np.nan_to_num((rows - low) * gain, nan=0.0, posinf=0.0, neginf=0.0)
-        out[top:top + _ROWS_AT_ONCE] = np.rint(np.clip(rows, 0.0, 255.0))
+    for top, bottom in bands:
+        scaled = np.nan_to_num((rows(top, bottom).astype(np.float64) - low) * gain, nan=0.0, posinf=0.0, neginf=0.0)
+        out[top:bottom] = np.rint(np.clip(scaled, 0.0, 255.0))
     return Image.fromarray(out, "L")
 
 
