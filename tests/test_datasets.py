@@ -331,6 +331,9 @@ def test_a_repeated_yolo_line_is_one_box_and_reported(data, tmp_path):
 @pytest.mark.parametrize("write, message", [
     (lambda p: p.write_text("names: [agouti, person\n"), r"data\.yaml: line \d: not YAML"),
     (lambda p: p.write_text("- agouti\n- person\n"), r"data\.yaml: names: a list of class names"),
+    # a gap shifted every later name onto the wrong id; mixed key types were a TypeError
+    (lambda p: p.write_text("names: {0: deer, 2: fox}\n"), r"names: index: name for each class id 0 to 1"),
+    (lambda p: p.write_text("names: {0: cat, dog: 1}\n"), r"names: index: name for each class id 0 to 1"),
 ])
 def test_a_yolo_data_yaml_that_does_not_say_names_is_one_line(tmp_path, write, message):
     """A broken or list-shaped data.yaml was a YAML or Attribute error traceback."""
@@ -343,8 +346,12 @@ def test_a_yolo_data_yaml_that_does_not_say_names_is_one_line(tmp_path, write, m
 @pytest.mark.parametrize("encoded, expectation", [
     (lambda text: text.encode("utf-8-sig"), does_not_raise()),
     (lambda text: text.encode("utf-16"), does_not_raise()),  # Excel's 'Unicode Text'
+    (lambda text: text.encode("utf-32"), does_not_raise()),
+    (lambda text: text.replace("\n", "\r").encode(), does_not_raise()),  # an old Mac spreadsheet's line ends
     (lambda text: text.encode("cp1252"),
      pytest.raises(DatasetError, match=r"labels\.csv: line 2: not UTF-8 text \(byte 0xe9\): save it as UTF-8")),
+    (lambda text: text.encode("utf-16-le"),  # read as UTF-8 it was a header of 'f\x00i\x00l\x00e\x00'
+     pytest.raises(DatasetError, match=r"line 1: a NUL character: UTF-16 or UTF-32 text without a byte-order mark")),
 ])
 def test_a_csv_is_read_in_the_encodings_a_spreadsheet_announces_and_refused_in_one_line_otherwise(
         tmp_path, encoded, expectation):
@@ -362,6 +369,9 @@ def test_camtrap_dp_descriptor_of_the_wrong_shape_is_one_line(tmp_path):
     (tmp_path / "datapackage.json").write_text('{"resources": {"media": "media.csv"}}')
     with pytest.raises(DatasetError, match=r"datapackage\.json: resources: not a list"):
         read_camtrap_dp(tmp_path)
+    (tmp_path / "datapackage.json").write_text('{"resources": [{"name": ["media"], "path": "m.csv"}]}')
+    with pytest.raises(DatasetError, match=r"deployments\.csv: file: deployments table not found"):
+        read_camtrap_dp(tmp_path)  # a name that is no string was a TypeError
 
 
 def test_yolo_needs_class_names(tmp_path):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import csv
-import io
 from datetime import datetime
 from pathlib import Path
 
-from train.datasets.inventory import DatasetError, Inventory, check_bbox, parse_time, read_json, read_text
+from train.datasets.inventory import DatasetError, Inventory, check_bbox, parse_time, read_json, text_lines
 from train.records import Record
 
 #: observationType → label for the types that carry no scientificName.
@@ -67,7 +66,8 @@ def _resource_paths(package_dir: Path) -> dict[str, str]:
     resources = read_json(descriptor).get("resources", [])
     if not isinstance(resources, list):
         raise DatasetError(descriptor, "resources", "not a list of resources")
-    paths = {r.get("name"): r.get("path") for r in resources if isinstance(r, dict) and isinstance(r.get("path"), str)}
+    paths = {r["name"]: r["path"] for r in resources
+             if isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("path"), str)}
     return {name: paths.get(name, f"{name}.csv") for name in ("deployments", "media", "observations")}
 
 
@@ -79,7 +79,7 @@ def _tables(package_dir: Path) -> dict[str, list[tuple[int, dict]]]:
         path = package_dir / relative
         if not path.is_file():
             raise DatasetError(path, "file", f"{name} table not found")
-        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        reader = csv.DictReader(text_lines(path))
         try:
             absent = [c for c in needed[name] if c not in (reader.fieldnames or [])]
             if absent:

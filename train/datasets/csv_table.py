@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 from train.datasets.capture_time import exif_capture_time
-from train.datasets.inventory import DatasetError, Inventory, parse_time, read_text
+from train.datasets.inventory import DatasetError, Inventory, parse_time, text_lines
 from train.records import Record
 
 
@@ -34,7 +33,7 @@ def read_csv(path: Path | str, image_root: Path | str | None = None, *, label_co
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
     optional = {"event": event_column, "location": location_column, "individual": individual_column}
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    reader = csv.DictReader(text_lines(path))
     rows: dict[Path, dict] = {}
     try:
         _check_columns(path, reader.fieldnames or [], [path_column, *label_columns, time_column, *optional.values()])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import math
 from collections import Counter
@@ -134,24 +135,65 @@ def check_bbox(box: tuple[float, float, float, float], file: Path, entry: str, t
     return tuple(float(v) for v in box)
 
 
-# byte-order marks a spreadsheet may write, and the text they announce
-_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+# byte-order marks a spreadsheet may write, and the text they announce (UTF-32's before UTF-16's, which begin them)
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+_SAVE_AS = "save it as UTF-8 ('CSV UTF-8' in a spreadsheet)"
+
+
+def _encoding(head: bytes) -> str:
+    return next((name for bom, name in _BOMS if head.startswith(bom)), "utf-8")
+
+
+def _not_text(path: Path, line: int, encoding: str, byte: int) -> DatasetError:
+    return DatasetError(path, f"line {line}", f"not {encoding.removesuffix('-sig').upper()} text (byte 0x{byte:02x}): "
+                                              f"{_SAVE_AS}")
+
+
+def _nul(path: Path, line: int) -> DatasetError:
+    return DatasetError(path, f"line {line}", f"a NUL character: UTF-16 or UTF-32 text without a byte-order mark? "
+                                              f"{_SAVE_AS}")
 
 
 def read_text(path: Path) -> str:
-    """An annotation file's text: UTF-8, or UTF-8 / UTF-16 announced by a byte-order mark (Excel's 'CSV UTF-8'
-    and 'Unicode Text'). Anything else is a ``DatasetError`` naming the line, where a decode error was a traceback
-    (e.g. a CSV saved by a spreadsheet in a Windows code page, with accented species names)."""
+    """An annotation file's whole text: UTF-8, or UTF-8 / UTF-16 / UTF-32 announced by a byte-order mark (a
+    spreadsheet's 'CSV UTF-8' and 'Unicode Text'). Anything else is a ``DatasetError`` naming the line, where a
+    decode error was a traceback (e.g. a CSV saved in a Windows code page, with accented species names)."""
     if not path.is_file():
         raise DatasetError(path, "file", "not found")
     raw = path.read_bytes()
-    encoding = next((name for bom, name in _BOMS if raw.startswith(bom)), "utf-8")
+    encoding = _encoding(raw[:4])
+    if encoding.startswith("utf-8") and b"\x00" in raw:  # before decoding: UTF-16 without a mark is not UTF-8 either
+        raise _nul(path, raw[:raw.index(b"\x00")].count(b"\n") + 1)
     try:
-        return raw.decode(encoding)
+        text = raw.decode(encoding)
     except UnicodeDecodeError as err:
-        line = raw[:err.start].count(b"\n") + 1
-        raise DatasetError(path, f"line {line}", f"not {encoding.removesuffix('-sig').upper()} text (byte "
-                           f"0x{raw[err.start]:02x}): save it as UTF-8 ('CSV UTF-8' in a spreadsheet)") from None
+        raise _not_text(path, raw[:err.start].count(b"\n") + 1, encoding, raw[err.start]) from None
+    if "\x00" in text:
+        raise _nul(path, text[:text.index("\x00")].count("\n") + 1)
+    return text
+
+
+def text_lines(path: Path) -> Iterator[str]:
+    """An annotation file's lines as ``read_text`` decodes it, split as ``csv`` wants (``newline=""``), but read a
+    chunk at a time so a large UTF-8 CSV is never held whole (UTF-16 and UTF-32 files are)."""
+    if not path.is_file():
+        raise DatasetError(path, "file", "not found")
+    with path.open("rb") as handle:
+        encoding = _encoding(handle.read(4))
+    if encoding not in ("utf-8", "utf-8-sig"):
+        yield from io.StringIO(read_text(path), newline="")
+        return
+    number = 0
+    try:
+        with path.open(encoding=encoding, newline="") as lines:
+            for number, line in enumerate(lines, start=1):
+                if "\x00" in line:
+                    raise _nul(path, number)
+                yield line
+    except UnicodeDecodeError:
+        read_text(path)  # decodes the whole file once more, to name the line the bad byte is on
+        raise DatasetError(path, f"line {number + 1}", f"not UTF-8 text: {_SAVE_AS}") from None
 
 
 def read_json(json_path: Path) -> dict:

@@ -33,11 +33,16 @@ def read_class_names(root: Path) -> list[str]:
             try:
                 document = yaml.safe_load(read_text(path)) or {}
             except yaml.YAMLError as err:
-                mark = getattr(err, "problem_mark", None)
-                raise DatasetError(path, f"line {mark.line + 1}" if mark else "file", "not YAML") from None
+                mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+                raise DatasetError(path, f"line {mark.line + 1}" if mark else "file",
+                                   f"not YAML{f': {problem}' if problem else ''}") from None
             names = document.get("names") if isinstance(document, dict) else None
             if isinstance(names, dict):
-                return [str(names[k]) for k in sorted(names)]
+                # index: name for every class id from 0 on; a gap would shift every later name onto the wrong id
+                if sorted(k for k in names if type(k) is int) != list(range(len(names))):
+                    raise DatasetError(path, "names", f"index: name for each class id 0 to {len(names) - 1}, "
+                                                      f"got ids {sorted(map(str, names))}")
+                return [str(names[k]) for k in range(len(names))]
             if isinstance(names, list):
                 return [str(n) for n in names]
             raise DatasetError(path, "names", "a list of class names, or index: name")
