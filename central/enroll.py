@@ -109,10 +109,11 @@ def embed_images(embedder, images: list[LabelledImage], desc: str = "embed",
     kept, crops, parts, skipped = [], [], [], []
     for image in progress(images, desc=desc, unit="image"):
         try:
-            crops.append(embedder.whole(decode_image(image.path, max_side=1024).rgb))
+            pixels = decode_image(image.path, max_side=1024).rgb
         except DECODE_ERRORS as exc:
             skipped.append(f"skipped {escape_controls(str(image.path))}: {exc or type(exc).__name__}")
             continue
+        crops.append(embedder.whole(pixels))
         kept.append(image)
         if len(crops) == chunk:
             parts.append(embedder.run_crops(crops))

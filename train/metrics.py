@@ -1,7 +1,8 @@
 """Classification metrics on top of scikit-learn: confusion matrix, per-class report, ROC and AUC.
 
-scikit-learn does the counting; this module pins the conventions the training reports rely on
-(fixed ``k`` classes, empty inputs allowed, macro-F1 over present classes, ValueError on bad input).
+scikit-learn does the counting (the confusion matrix is a numpy ``bincount``); this module pins the
+conventions the training reports rely on (fixed ``k`` classes, empty inputs allowed, macro-F1 over
+present classes, ValueError on bad input).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], k: int) -> np
     """
     true, pred = _indices(y_true, y_pred, k)
     # counted directly: scikit-learn's warned 'a single label was found' whenever one class was scored
+    # (out-of-range indices never get here: _indices refuses them)
     return np.bincount(true * k + pred, minlength=k * k).reshape(k, k).astype(np.int64)
 
 
