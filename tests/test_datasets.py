@@ -18,6 +18,7 @@ from train.datasets import (
     DatasetError,
     format_summary,
     read_camtrap_dp,
+    read_class_names,
     read_coco_camera_traps,
     read_csv,
     read_folders,
@@ -334,11 +335,15 @@ def test_a_repeated_yolo_line_is_one_box_and_reported(data, tmp_path):
     # a gap shifted every later name onto the wrong id; mixed key types were a TypeError
     (lambda p: p.write_text("names: {0: deer, 2: fox}\n"), r"names: index: name for each class id 0 to 1"),
     (lambda p: p.write_text("names: {0: cat, dog: 1}\n"), r"names: index: name for each class id 0 to 1"),
+    (lambda p: p.write_text('names: {"0": agouti, "1": person}\n'), None),  # quoted ids are ids
 ])
 def test_a_yolo_data_yaml_that_does_not_say_names_is_one_line(tmp_path, write, message):
     """A broken or list-shaped data.yaml was a YAML or Attribute error traceback."""
     (tmp_path / "images").mkdir()
     write(tmp_path / "data.yaml")
+    if message is None:
+        assert read_class_names(tmp_path) == ["agouti", "person"]
+        return
     with pytest.raises(DatasetError, match=message):
         read_yolo(tmp_path)
 

@@ -38,7 +38,9 @@ def read_class_names(root: Path) -> list[str]:
                                    f"not YAML{f': {problem}' if problem else ''}") from None
             names = document.get("names") if isinstance(document, dict) else None
             if isinstance(names, dict):
-                # index: name for every class id from 0 on; a gap would shift every later name onto the wrong id
+                # index: name for every class id from 0 on ("0" quoted as well); a gap would shift every later
+                # name onto the wrong id, and text keys sorted "10" before "2"
+                names = {int(k) if isinstance(k, str) and k.isdecimal() else k: v for k, v in names.items()}
                 if sorted(k for k in names if type(k) is int) != list(range(len(names))):
                     raise DatasetError(path, "names", f"index: name for each class id 0 to {len(names) - 1}, "
                                                       f"got ids {sorted(map(str, names))}")
