@@ -265,6 +265,30 @@ def test_service_rolls_back_a_tampered_current(tmp_path, data, sources, frames, 
     assert reason in rollback["reason"]
 
 
+def test_a_setting_that_fails_every_bundle_rolls_nothing_back(tmp_path, sources, frames):
+    """An info-bar trim larger than the frame failed the new bundle's smoke check, so the service went back to the
+    previous bundle, which failed the same way: the good new bundle was lost, and the service stopped with a
+    traceback. Now it stops in one line and keeps both bundles where they were."""
+    from common.config_loader import load_config
+    from edge.app.config import EdgeConfig
+    from edge.app.service import Service, StartError
+
+    root = BundleRoot(tmp_path / "bundles")
+    install(root, sources["A"], frames)
+    install(root, sources["B"], frames)
+    before = _targets(root)
+    path = _service_config(tmp_path, root.current)
+    path.write_text(path.read_text() + "preprocess: {trim_top: 100000, trim_bottom: 100000}\n")
+    service = Service(load_config(path, EdgeConfig))
+    try:
+        with pytest.raises(StartError, match=r"leave none of this frame's .* and so does the previous one, "
+                                             rf"default-{VERSION_A}, with these settings: check edge.yaml"):
+            service.start()
+    finally:
+        service.stop()
+    assert _targets(root) == before == (f"versions/default-{VERSION_B}", f"versions/default-{VERSION_A}")
+
+
 def test_service_without_previous_refuses_a_tampered_bundle(tmp_path, bundle_copy):
     from common.config_loader import load_config
     from edge.app.config import EdgeConfig

@@ -143,7 +143,11 @@ class Analyzer:
     def _trim(self, rgb: np.ndarray) -> tuple[int, int]:
         if self.preprocess.detect_info_bars:
             return detect_info_bars(rgb)
-        return self.preprocess.trim_top, self.preprocess.trim_bottom
+        top, bottom = self.preprocess.trim_top, self.preprocess.trim_bottom
+        if top + bottom >= rgb.shape[0]:  # the frame would be cut to nothing (a ZeroDivisionError further on)
+            raise ValueError(f"preprocess.trim_top + trim_bottom ({top} + {bottom}) leave none of this frame's "
+                             f"{rgb.shape[0]} rows: check edge.yaml")
+        return top, bottom
 
     def process(self, frame: Frame) -> FrameAnalysis | FrameFailure:
         """What every command does with a frame: its analysis, or a failure record saying why there is

@@ -24,7 +24,7 @@ from common.logs import setup_logging
 from edge.analysis.analyzer import Analyzer, FrameAnalysis, FrameFailure
 from edge.analysis.pipeline import Pipeline
 from edge.app import systemd
-from edge.app.bundle_install import self_rollback, smoke_check, smoke_images, store_frames
+from edge.app.bundle_install import BundleRoot, InstallError, self_rollback, smoke_check, smoke_images, store_frames
 from edge.app.checks import label_problems
 from edge.app.config import EdgeConfig
 from edge.app.factory import build_analyzer, build_recorder
@@ -134,12 +134,32 @@ class Service:
             return
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
+            previous = self._previous_that_fails_too(path)
+            if previous is not None:  # the settings, not the new bundle: going back would only lose it
+                raise StartError(f"bundle {path} failed ({reason.splitlines()[0][:300]}) and so does the previous one, "
+                                 f"{previous}, with these settings: check edge.yaml (nothing rolled back)") from exc
             rolled = self._roll_back(path, reason, self.config.bundle.trust)
             if rolled is None:
                 raise
         log.error("bundle %s failed (%s): rolled back to %s", rolled[0], reason, rolled[1])
         self.bundle_rollback = {"bad": rolled[0], "now": rolled[1], "reason": reason[:300]}
         self._try_bundle(path)
+
+    def _previous_that_fails_too(self, path: Path) -> str | None:
+        """The previous bundle's name when ``path`` is a ``current`` link whose ``previous`` one fails as well with
+        this config (a setting such as an info-bar trim larger than the frame fails every bundle's smoke check: it
+        must not cost the newly installed one); None when there is none, or it works (then roll back to it)."""
+        root = BundleRoot(Path(path).parent)
+        if Path(path).name != "current" or not root.previous.is_symlink():
+            return None
+        good = root.target(root.previous)
+        if good is None or good == root.target(root.current):
+            return None
+        try:
+            self._try_bundle(good)
+        except Exception:
+            return good.name
+        return None
 
     @staticmethod
     def _roll_back(path: Path, reason: str, trust: BundleTrust) -> tuple[str, str] | None:
@@ -396,8 +416,8 @@ def main(config: EdgeConfig, once: bool = False) -> int:
     except StoreError as exc:
         log.error("%s", exc)
         return 1
-    except BundleError as exc:  # missing, unsigned or tampered, and no previous bundle to go back to
-        log.error("bundle.path: %s", exc)
+    except (BundleError, InstallError) as exc:  # missing, unsigned, tampered or failing its smoke check, and
+        log.error("bundle.path: %s", exc)      # no previous bundle to go back to
         return 2
     except StartError as exc:
         log.error("%s", exc)
