@@ -1,5 +1,7 @@
 """The second look: tiles that cover the frame, and a merge that keeps one box per animal."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,22 @@ def test_by_default_only_large_frames_without_a_box_look_twice():
     config = SecondLookConfig()
     assert config.wanted((1944, 2592), 0) and not config.wanted((1944, 2592), 1)
     assert not config.wanted((640, 640), 0)
+
+
+@pytest.mark.parametrize("settings, where", [
+    ({"detection": {"second_look": {"grid": [0, 0]}}}, "detection.second_look.grid[0]"),  # tiles of nothing: / 0
+    ({"detection": {"second_look": {"grid": [300, 300]}}}, "detection.second_look.grid[0]"),  # held 24 GB
+    ({"gate": {"size": 100_000_000}}, "gate.size"),
+    ({"store": {"retention_days": 1_000_000}}, "store.retention_days"),  # a cutoff before year 1: OverflowError
+])
+def test_settings_that_passed_validation_and_failed_the_running_service_are_refused(tmp_path, settings, where):
+    import yaml
+
+    from common.config_loader import ConfigError, load_config
+    from edge.app.config import EdgeConfig
+
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"device_id": "cam", "sources": [{"type": "folder", "id": "sd", "path": str(tmp_path)}],
+                                    **settings}))
+    with pytest.raises(ConfigError, match=rf"edge\.yaml:\d+: {re.escape(where)}"):
+        load_config(path, EdgeConfig)

@@ -23,7 +23,7 @@ class MotionGateConfig(BaseModel):
     enabled: bool = Field(True, title="Skip detection on frames without motion")
     threshold: float = Field(0.01, ge=0, le=1, title="Share of changed cells needed to pass")
     pixel_delta: int = Field(18, ge=1, le=255, title="Grey-level change that counts a cell as changed")
-    size: int = Field(96, ge=16, title="Width of the grey thumbnail compared")
+    size: int = Field(96, ge=16, le=1024, title="Width of the grey thumbnail compared (at most 1024)")
     reference: Literal["previous", "running"] = Field(
         "previous", title="Compare with the previous frame or a running background")
     alpha: float = Field(0.2, gt=0, le=1, title="Running background update rate")

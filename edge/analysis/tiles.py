@@ -8,7 +8,7 @@ Pure functions of arrays; ``Analyzer`` decides when to look twice (``SecondLookC
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +27,9 @@ class SecondLookConfig(BaseModel):
     large_side: int = Field(1600, ge=32, title="A frame whose longer side has at least this many pixels is large")
     min_side: int = Field(1600, ge=0, title="Frames whose longer side is shorter never get a second look: tiles of a "
                                             "small (or downsized) frame hold no detail the first pass missed")
-    grid: tuple[int, int] = Field((2, 2), title="Tiles (rows, columns)")
+    grid: tuple[Annotated[int, Field(ge=1, le=8)], Annotated[int, Field(ge=1, le=8)]] = Field(
+        (2, 2), title="Tiles (rows, columns), 1 to 8 each (a frame of 0 tiles divided by zero; 300 x 300 tiles "
+                      "held 24 GB)")
     overlap: float = Field(0.2, ge=0, lt=0.5, title="Share of a tile that overlaps its neighbour")
     nms_iou: float = Field(0.45, gt=0, le=1, title="IoU above which merged boxes of one class are duplicates")
     contained: float = Field(0.8, gt=0, le=1, title="A box this much inside a better box of its class is a part of it")

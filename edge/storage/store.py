@@ -88,7 +88,8 @@ class StoreConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     path: Path = Field(Path("/var/lib/trapedge/trapedge.db"), title="SQLite database file")
-    retention_days: float = Field(30, gt=0, title="Delete frames, detections and events older than this")
+    retention_days: float = Field(30, gt=0, le=36500, title="Delete frames, detections and events older than this "
+                                                         "(at most 100 years: a larger cutoff is before year 1)")
     max_mb: float = Field(2048, gt=0, title="Delete the oldest frames while the database is larger than this")
 
 
