@@ -38,6 +38,11 @@ REDACTED = "<redacted>"
 PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^{}]*)\}|\$\{")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 MERGE_TAG = "tag:yaml.org,2002:merge"
+# bounds on what a config may cost to read: every config is a file a person can get wrong or an attacker can write
+MAX_CONFIG_BYTES = 1 << 20  # the largest shipped example is ~20 KB
+MAX_VALUES = 100_000  # values once aliases are expanded: ten lines of nested aliases otherwise expand to billions
+MAX_DEPTH = 64
+MAX_SECRET_BYTES = 64 << 10  # a ${file:...} secret (a password, a key)
 
 
 @dataclass(frozen=True)
@@ -92,10 +97,16 @@ class _Builder:
         self.placeholders: dict[KeyPath, str] = {}  # key path -> original text with placeholders
         self.problems: list[ConfigProblem] = []
         self._active: set[int] = set()  # nodes being built, to refuse recursive aliases
+        self._built = 0  # values built so far, aliases counted each time they are expanded
         self._flattened: dict[int, tuple[list, list]] = {}
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
+        self._built += 1
+        if self._built > MAX_VALUES or len(path) > MAX_DEPTH:
+            # aliases of aliases ("billion laughs") expand ten lines into billions of values
+            raise _TooLarge(node.start_mark.line + 1, dotted(path[:MAX_DEPTH]),
+                            f"more than {MAX_VALUES:,} values or {MAX_DEPTH} levels once its aliases are expanded")
         if id(node) in self._active:
             self._problem(node, path, "recursive YAML alias")
             return None
@@ -195,7 +206,13 @@ class _Builder:
             raise _PlaceholderError("${file:} needs a path")
         path = self.base_dir / name  # an absolute name replaces the base
         try:
-            return path.read_text(encoding="utf-8").strip()
+            if not path.is_file():  # /dev/zero, a FIFO or a folder would be read forever or not at all
+                raise _PlaceholderError(f"cannot read secret file {path}: not a regular file")
+            with path.open("rb") as handle:
+                raw = handle.read(MAX_SECRET_BYTES + 1)
+            if len(raw) > MAX_SECRET_BYTES:
+                raise _PlaceholderError(f"secret file {path} is larger than {MAX_SECRET_BYTES // 1024} KiB")
+            return raw.decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             raise _PlaceholderError(f"cannot read secret file {path}: {reason}") from None
@@ -209,8 +226,17 @@ class _PlaceholderError(Exception):
     pass
 
 
+class _TooLarge(Exception):
+    def __init__(self, line: int, key: str, message: str):
+        super().__init__(message)
+        self.problem = ConfigProblem(line, key, message)
+
+
 def _read(path: Path) -> str:
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, [ConfigProblem(None, "", f"{path.stat().st_size} bytes: a config file is at most "
+                                                             f"{MAX_CONFIG_BYTES // 1024} KiB")])
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(path, [ConfigProblem(None, "", "config file not found")]) from None
@@ -224,6 +250,9 @@ def _compose(path: Path, text: str) -> tuple[yaml.SafeLoader, yaml.Node]:
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(path, [ConfigProblem(None, "", f"YAML nested more than Python can read: a config "
+                                                         f"nests at most {MAX_DEPTH} levels")]) from None
     except yaml.MarkedYAMLError as exc:
         raise ConfigError(path, [_syntax_problem(exc)]) from None
     except yaml.YAMLError as exc:
@@ -288,7 +317,10 @@ def load_config(path: Path, model: type[ModelT]) -> ModelT:
     path = Path(path)
     loader, node = _compose(path, _read(path))
     builder = _Builder(loader, path.parent)
-    data = builder.build(node, ())
+    try:
+        data = builder.build(node, ())
+    except _TooLarge as exc:
+        raise ConfigError(path, [exc.problem]) from None
     if builder.problems:
         raise ConfigError(path, sorted(builder.problems, key=lambda p: p.line or 0))
     try:

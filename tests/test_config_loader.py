@@ -238,6 +238,35 @@ def test_recursive_alias_is_refused(tmp_path):
         load_config(path, Edge)
 
 
+_LAUGHS = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 9))
+
+
+@pytest.mark.parametrize("write, expected", [
+    # ten lines of nested aliases expand to a billion values: it ran out of memory after a minute
+    (lambda p: p.write_text(_LAUGHS), r"edge\.yaml:\d+: a\d.*: more than 100,000 values or 64 levels once its aliases"),
+    (lambda p: p.write_text("mqtt: " + "[" * 70 + "]" * 70 + "\n"), r"more than 100,000 values or 64 levels"),
+    (lambda p: p.write_text("mqtt: " + "[" * 5000 + "]" * 5000 + "\n"),  # was a RecursionError traceback
+     r"edge\.yaml: YAML nested more than Python can read"),
+    (lambda p: p.write_text("mqtt:\n  host: ${file:/dev/zero}\n"),  # was read until memory ran out
+     r"edge\.yaml:2: mqtt\.host: cannot read secret file /dev/zero: not a regular file"),
+    (lambda p: p.write_text("# padding\n" * 120_000), r"edge\.yaml: 1200000 bytes: a config file is at most 1024 KiB"),
+])
+def test_a_config_that_would_cost_unbounded_memory_or_time_is_one_line(tmp_path, write, expected):
+    path = tmp_path / "edge.yaml"
+    write(path)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path, Edge)
+
+
+def test_a_secret_file_larger_than_a_secret_is_refused(tmp_path):
+    (tmp_path / "key").write_bytes(b"k" * (64 * 1024 + 1))
+    path = tmp_path / "edge.yaml"
+    path.write_text("mqtt:\n  host: ${file:key}\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.host: secret file .*key is larger than 64 KiB"):
+        load_config(path, Edge)
+
+
 def test_merge_keys_are_overridden_by_explicit_keys(tmp_path):
     class Anchored(Edge):
         defaults: dict
