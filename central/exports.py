@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import re
+import sqlite3
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -170,7 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from central.camtrapdp import CamtrapExportError
 
-    store = CentralStore(config.store.path)
+    path = config.store.path
+    if not path.is_file():  # a mistyped path made an empty store and overwrote the exports with nothing
+        print(f"{args.config}: store.path {path} is not a file: nothing to export (check the path)", file=sys.stderr)
+        return 2
+    try:
+        store = CentralStore(path)
+    except sqlite3.DatabaseError as exc:  # a folder's or another file's name
+        print(f"{args.config}: store.path {path} is not a central store ({exc})", file=sys.stderr)
+        return 2
     status = 0
     for name in args.format:
         try:

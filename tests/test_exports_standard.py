@@ -317,3 +317,20 @@ def test_an_image_declared_a_new_individual_is_exported_as_one_until_undone(revi
     rows = {row["observationID"]: row for row in read_csv(exports.export_camtrapdp(store, tmp_path / "dp2", SETTINGS)
                                                               .parent / "observations.csv")}
     assert rows[ids["skip"]]["individualID"] == ""
+
+
+@pytest.mark.parametrize("store, said", [
+    ("typo/central.db", "is not a file: nothing to export (check the path)"),  # made an empty store, then
+    (".", "is not a file: nothing to export"),  # overwrote the exports with nothing (exit 0)
+    ("junk.db", "is not a central store (file is not a database)"),  # was a sqlite3 traceback
+])
+def test_export_from_a_store_path_that_is_wrong_writes_nothing_and_says_why(tmp_path, capsys, store, said):
+    (tmp_path / "junk.db").write_text("notes, not a database\n")
+    (tmp_path / "central.yaml").write_text(f"store: {{path: {tmp_path / store}}}\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "megadetector.json").write_text('{"images": ["an earlier export"]}')
+    assert main(["central", "export", "--config", str(tmp_path / "central.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and said in err
+    assert not (tmp_path / "typo").exists()
+    assert (tmp_path / "out" / "megadetector.json").read_text() == '{"images": ["an earlier export"]}'
