@@ -156,3 +156,30 @@ def test_an_image_the_camera_cannot_read_is_named_with_its_reason(data, bundle_d
     assert said[0].startswith("2 images (1 failed)") and said[1] == f"  failed: {folder / 'b.jpg'}: {reason}"
     assert f"- {folder / 'b.jpg'}: {reason}" in (out / "evaluation.md").read_text()
     assert json.loads((out / "evaluation.json").read_text())["species"]["n"] == 1  # the fox, read from UTF-16
+
+
+@pytest.mark.parametrize("name, text, extra, said", [
+    ("coco.json", '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [], "categories": [{"name": "fox"}]}',
+     [], "coco.json: file: not a COCO file the readers understand (KeyError: 'id')"),
+    ("md.json", '{"images": [{"file": "a.jpg", "detections": [{"category": "1", "conf": "high", "bbox": [0, 0, 1, 1]}]}],'
+                ' "detection_categories": {"1": "animal"}}',
+     [], "md.json: file: not a MegaDetector file the readers understand (ValueError"),
+    ("yolo", None, ["--event-pattern", "("], "event_pattern: '(' is not a regular expression"),
+    ("yolo", None, ["--event-pattern", r"^SEQ\d+_"], "has no group: put ( ) around the sequence"),
+])
+def test_a_reference_of_the_wrong_shape_is_one_line(tmp_path, bundle_dir, capsys, name, text, extra, said):
+    """Each was a KeyError, ValueError, re.error or IndexError traceback."""
+    (tmp_path / "a.jpg").write_bytes(b"")
+    reference = tmp_path / name
+    if text is None:
+        (reference / "labels").mkdir(parents=True)
+        (reference / "classes.txt").write_text("animal\n")
+        (reference / "labels" / "SEQ1_a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+        (reference / "images").mkdir()
+        (reference / "images" / "SEQ1_a.jpg").write_bytes(b"")
+    else:
+        reference.write_text(text)
+    assert main(["evaluate", str(tmp_path), "--reference", str(reference), *extra, "--bundle", str(bundle_dir),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and said in err, err

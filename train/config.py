@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from train.datasets.inventory import Inventory
+from train.datasets.inventory import Inventory, understood
 from train.records import Record
 
 BUILTIN = "builtin:"
@@ -261,7 +261,8 @@ def species_inventory(config: TrainingConfig, source: SpeciesSource) -> tuple[st
     """
     where, images = _located(config, source, "species")
     name = source.name or str(source.path)
-    inventory = _read_species(source, where, images)
+    with understood(where, source.format):
+        inventory = _read_species(source, where, images)
     inventory.records = [replace(r, extra={**r.extra, "dataset": name}) for r in inventory.records]
     return name, inventory
 
@@ -305,7 +306,8 @@ def box_inventory(config: TrainingConfig, source: BoxSource) -> tuple[str, Inven
     """
     where, images = _located(config, source, "box")
     name = source.name or where.stem
-    inventory = _read_boxes(source, where, images)
+    with understood(where, source.format):
+        inventory = _read_boxes(source, where, images)
     inventory.records = [replace(r, source=name) for r in inventory.records]
     return name, inventory
 

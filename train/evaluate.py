@@ -42,7 +42,7 @@ from edge.runtime.bundle import BundleError
 from edge.runtime.yolox import box_iou
 from train.box_matching import SIZES, size_of
 from train.datasets import DatasetError, read_coco_camera_traps, read_csv, read_megadetector, read_yolo
-from train.datasets.inventory import Inventory, read_json
+from train.datasets.inventory import Inventory, read_json, understood
 from train.labels import category_of
 from train.records import Record
 
@@ -82,13 +82,17 @@ def read_reference(reference: Path, images: Path, *, threshold: float = 0.2,
         DatasetError: a reference file that is not the format it looks like (file and entry named).
     """
     if reference.is_dir():
-        inventory = read_yolo(reference, empty_files="unlabelled", event_pattern=event_pattern)
+        with understood(reference, "YOLO"):
+            inventory = read_yolo(reference, empty_files="unlabelled", event_pattern=event_pattern)
     elif reference.suffix.lower() == ".csv":
-        inventory = read_csv(reference, images)
+        with understood(reference, "CSV"):
+            inventory = read_csv(reference, images)
     elif "detection_categories" in read_json(reference):
-        inventory = read_megadetector(reference, images, threshold=threshold)
+        with understood(reference, "MegaDetector"):
+            inventory = read_megadetector(reference, images, threshold=threshold)
     else:
-        inventory = read_coco_camera_traps(reference, images)
+        with understood(reference, "COCO"):
+            inventory = read_coco_camera_traps(reference, images)
     return annotated(inventory), inventory
 
 

@@ -50,7 +50,10 @@ def read_folders(root: Path | str, *, individuals: bool = False, filename_patter
     if not root.is_dir():
         raise DatasetError(root, "root", "not a folder")
     location_level = _check_levels(root, class_level, location_level)
-    pattern = re.compile(filename_pattern) if filename_pattern else None
+    try:
+        pattern = re.compile(filename_pattern) if filename_pattern else None
+    except re.error as err:
+        raise DatasetError(root, "filename_pattern", f"{filename_pattern!r} is not a regular expression: {err}") from None
     inventory = Inventory()
     # an XMP sidecar is metadata of its image, not a stray file
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() != SIDECAR_EXTENSION):

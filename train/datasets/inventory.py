@@ -8,6 +8,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -194,6 +195,19 @@ def text_lines(path: Path) -> Iterator[str]:
     except UnicodeDecodeError:
         read_text(path)  # decodes the whole file once more, to name the line the bad byte is on
         raise DatasetError(path, f"line {number + 1}", f"not UTF-8 text: {_SAVE_AS}") from None
+
+
+@contextmanager
+def understood(file: Path, kind: str) -> Iterator[None]:
+    """Around a reader: a value of the wrong type where the format wants another (a bbox of 12, a conf of "high", a
+    category without an id) surfaces as a KeyError, TypeError... deep in it; this makes it one ``DatasetError``."""
+    try:
+        yield
+    except DatasetError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        raise DatasetError(file, "file", f"not a {kind} file the readers understand "
+                                         f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def read_json(json_path: Path) -> dict:

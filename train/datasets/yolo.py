@@ -78,7 +78,7 @@ def read_yolo(root: Path | str, *, images: str = "images", labels: str = "labels
     image_root, label_root = root / images, root / labels
     if not image_root.is_dir():
         raise DatasetError(root, f"{images}/", "not a folder")
-    pattern = re.compile(event_pattern) if event_pattern else None
+    pattern = _event_pattern(root, event_pattern)
     inventory = Inventory()
     stems = {}
     for image in sorted(p for p in image_root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
@@ -94,6 +94,21 @@ def read_yolo(root: Path | str, *, images: str = "images", labels: str = "labels
         if label_file.relative_to(label_root).with_suffix("") not in stems:
             inventory.report("missing", label_file, "image", str(image_root / label_file.relative_to(label_root)))
     return inventory
+
+
+def _event_pattern(root: Path, text: str | None) -> re.Pattern[str] | None:
+    """``event_pattern`` compiled, or a DatasetError: not a regex, or no group to take the sequence from (the
+    example's parentheses dropped, ``^SEQ\\d+_``, was an IndexError once a file name matched)."""
+    if not text:
+        return None
+    try:
+        pattern = re.compile(text)
+    except re.error as err:
+        raise DatasetError(root, "event_pattern", f"{text!r} is not a regular expression: {err}") from None
+    if pattern.groups < 1:
+        raise DatasetError(root, "event_pattern", f"{text!r} has no group: put ( ) around the sequence, "
+                                                  "e.g. '^(SEQ\\d+)_'")
+    return pattern
 
 
 def _event(pattern: re.Pattern[str] | None, name: str) -> str | None:
