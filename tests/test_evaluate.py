@@ -8,7 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.evaluate import Annotated, box_figures, image_confusion, image_species, match, pr_curves, size_of
+from train.evaluate import (
+    Annotated,
+    annotated,
+    box_figures,
+    image_confusion,
+    image_species,
+    match,
+    pr_curves,
+    size_of,
+    species_figures,
+)
 from trapedge.cli import main
 
 
@@ -64,6 +74,25 @@ def test_image_classes_and_species():
     assert image_species(_image([[0, 0, 0.1, 0.1]], ["Human"], image_label="Human")) == "person"
     assert image_species(_image([], [], image_label="Empty")) == "empty"
     assert image_species(_image([], [])) == "empty"
+
+
+def test_an_image_with_several_labels_is_what_its_most_sensitive_label_says():
+    """A CSV row per animal (Elk and human on one image) made a record without a label, counted empty."""
+    from train.records import Record
+
+    images = annotated([Record(Path("a.jpg"), ("Elk", "human")), Record(Path("b.jpg"), ("Elk", "Bobcat")),
+                        Record(Path("c.jpg"), ("Empty",))])
+    assert [(i.image_label, i.image_class) for i in images] == [("human", "person"), ("Elk", "animal"),
+                                                                 ("Empty", "empty")]
+
+
+def test_a_reference_that_says_only_animal_names_no_species_to_score():
+    """MegaDetector's reference says 'animal': scored against the camera's species it gave top-1 0.333."""
+    pairs = [(_image([[0, 0, 0.1, 0.1]], ["animal"]), _image([[0, 0, 0.1, 0.1]], ["fox"], image_label="fox")),
+             (_image([], [], image_label="empty"), _image([], []))]
+    figures = species_figures(pairs, ["fox", "animal"])
+    assert figures["n"] == 1 and figures["labels"] == ["empty"]
+    assert species_figures(pairs[:1], ["fox", "animal"]) is None
 
 
 def test_the_cameras_own_megadetector_output_scores_perfectly(data, bundle_dir, tmp_path):

@@ -105,8 +105,16 @@ def annotated(records: Iterable[Record]) -> list[Annotated]:
             image.boxes.append(record.bbox)
             image.labels.append(record.label or "animal")
         else:
-            image.image_label = record.label
+            image.image_label = record.label if record.label is not None else most_sensitive(record.labels)
     return list(images.values())
+
+
+def most_sensitive(labels: Sequence[str]) -> str | None:
+    """Of an image's several labels (a CSV row per animal, ``Elk`` and ``Human``), the one whose category decides
+    what the image is: a person before a vehicle before an animal before empty. Without it an image with two
+    labels had none and was counted empty."""
+    order = ("person", "vehicle", "animal", None)
+    return min(labels, key=lambda label: order.index(category_of(label)), default=None)
 
 
 # --- the camera -----------------------------------------------------------------------------------
@@ -272,7 +280,8 @@ def species_figures(pairs: Sequence[tuple[Annotated, Annotated]], known: Sequenc
     truth, guess = [], []
     for reference, camera in pairs:
         label = reference.image_label or (reference.labels[0] if len(set(reference.labels)) == 1 else None)
-        if label is not None and label.casefold() in names:
+        if label is not None and label.casefold() in names and names[label.casefold()] != "animal":
+            # (a reference that says only "animal", as MegaDetector's does, names no species to score)
             truth.append(names[label.casefold()])
             guess.append(image_species(camera))
     if not truth:
