@@ -191,13 +191,19 @@ print(resident_mb() - before)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
-def test_the_sessions_share_one_arena_and_hold_less_memory_than_malloc(bundle_dir, data):
-    """Detector and classifier runs on real frames (batches of 6 crops) in a fresh process: the default
-    (one arena that every session shares, one image a run) grows the process by much less than ORT's
-    tensors from malloc with batches of 2, whose freed pages glibc keeps (measured: 17 MB against 34-46)."""
+def test_the_sessions_share_one_arena_and_grow_the_process_by_a_bounded_amount(bundle_dir, data):
+    """Detector and classifier runs on real frames (batches of 6 crops) in fresh processes: the default (one
+    arena that every session shares, one image a run) grows the process by the same bounded amount each time
+    (16.5-18 MB in 6 runs here). ORT's tensors from malloc with batches of 2 grew it by anything from 9 to 71 MB
+    over 12 runs (glibc keeps freed pages, or not), so comparing one run of each, as this test did, failed about
+    one time in three once the detector's uint8 input had made the malloc side smaller; it is printed, not asserted."""
     folder = data / "boxes" / "wbia_voc" / "JPEGImages"
-    growth = {setting: float(subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(bundle_dir), str(folder), setting],
-                                            check=True, capture_output=True, text=True).stdout.split()[-1])
-              for setting in ("default", "malloc")}
-    print(f"\nresident memory grown by the runs: {growth}")
-    assert growth["default"] < 28 and growth["default"] < 0.75 * growth["malloc"]
+
+    def growth(setting: str) -> float:
+        done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(bundle_dir), str(folder), setting],
+                              check=True, capture_output=True, text=True)
+        return float(done.stdout.split()[-1])
+
+    default = [growth("default") for _ in range(2)]
+    print(f"\nresident memory grown by the runs: shared arena {default}, malloc {growth('malloc')}")
+    assert max(default) < 24 and max(default) - min(default) < 4
