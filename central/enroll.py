@@ -52,8 +52,12 @@ def folder_images(root: Path) -> list[LabelledImage]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
-    return [LabelledImage(folder.name, path) for folder in sorted(p for p in root.iterdir() if p.is_dir())
-            for path in sorted(folder.rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
+    images = [LabelledImage(folder.name, path) for folder in sorted(p for p in root.iterdir() if p.is_dir())
+              for path in sorted(folder.rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
+    if not images:
+        raise FileNotFoundError(f"{root} has no images in <individual>/ folders: give a folder that holds one folder "
+                                "of images per individual")
+    return images
 
 
 def capture_time(path: Path) -> str:
@@ -89,14 +93,6 @@ def jpeg_of(path: Path, max_side: int = 640, quality: int = 85) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
-
-
-def embed_paths(embedder, paths: list[Path]) -> np.ndarray:
-    """(N, D) embeddings of whole images (crops already) with an ``edge.runtime`` Embedder."""
-    from edge.capture.decode import decode_image
-
-    crops = [embedder.whole(decode_image(path, max_side=1024).rgb) for path in paths]
-    return embedder.run_crops(crops)
 
 
 def embed_images(embedder, images: list[LabelledImage], desc: str = "embed",
@@ -180,9 +176,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, CentralConfig)
         found = folder_images(args.root)
-        if not found:
-            raise FileNotFoundError(f"{args.root} has no images in <individual>/ folders: give a folder that holds "
-                                    "one folder of crops per individual")
         embedder, model = open_embedder(args.bundle)
     except (ConfigError, FileNotFoundError, BundleError) as exc:
         print(exc, file=sys.stderr)

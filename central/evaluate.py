@@ -33,6 +33,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -111,16 +112,12 @@ def load_set(name: str, root: Path, embedder) -> LabelledSet:
     out, each named on stderr).
 
     Raises:
+        FileNotFoundError: ``root`` holds no images in ``<individual>/`` folders.
         SetError: no individual with two readable images, so no anchor has an answer.
     """
     found = folder_images(root)
-    if not found:
-        raise SetError(f"{root} has no images in <individual>/ folders: give a folder holding one folder of images "
-                       "per individual")
     images, vectors = embed_images(embedder, found, desc=f"embed {name}")
-    counts: dict[str, int] = {}
-    for image in images:
-        counts[image.individual] = counts.get(image.individual, 0) + 1
+    counts = Counter(image.individual for image in images)
     if max(counts.values(), default=0) < 2:
         raise SetError(f"{root}: no individual has two readable images ({len(images)} of {len(found)} images read, "
                        f"{len(counts)} individuals): give a folder holding one folder of images per individual")
@@ -247,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         embedder, model = open_embedder(args.bundle)
         sets = [load_set(name, path, embedder) for name, path in folders.items()]
-    except (BundleError, SetError) as exc:
+    except (BundleError, SetError, FileNotFoundError) as exc:
         print(f"central.evaluate: {exc}", file=sys.stderr)
         return 2
     if args.compact:

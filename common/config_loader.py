@@ -234,8 +234,9 @@ class _TooLarge(Exception):
 
 def _read(path: Path) -> str:
     try:
-        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(path, [ConfigProblem(None, "", f"{path.stat().st_size} bytes: a config file is at most "
+        size = path.stat().st_size if path.is_file() else 0
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(path, [ConfigProblem(None, "", f"{size} bytes: a config file is at most "
                                                              f"{MAX_CONFIG_BYTES // 1024} KiB")])
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

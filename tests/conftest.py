@@ -96,12 +96,12 @@ def mosquitto(mosquitto_factory):
 @pytest.fixture(scope="session")
 def leopard_sightings(data: Path, bundle_dir: Path):
     """Central's sightings of the 44 SpotID leopard crops (with their edge maps), embedded by the bundle."""
-    from central.enroll import embed_paths, folder_images, open_embedder, sightings_of
+    from central.enroll import embed_images, folder_images, open_embedder, sightings_of
 
     root = data / "reid" / "leopard_spotid" / "crops"
     images = folder_images(root)
     embedder, model = open_embedder(bundle_dir)
-    return sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, root,
+    return sightings_of(*embed_images(embedder, images), model, root,
                         data / "reid" / "leopard_spotid" / "edges")
 
 

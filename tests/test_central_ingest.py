@@ -17,7 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
 from central.config import BrokerConfig, CentralConfig, ReviewConfig, StoreConfig
-from central.enroll import embed_paths, folder_images, jpeg_of, open_embedder
+from central.enroll import embed_images, folder_images, jpeg_of, open_embedder
 from central.ingest import Message, Rejected, kind_of, parse, sighting_of
 from central.matching import Matcher
 from central.service import CentralService, Ingestor
@@ -33,7 +33,7 @@ def leopards(data, bundle_dir):
     """(individual, path, vector) of every SpotID leopard crop."""
     images = folder_images(data / "reid" / "leopard_spotid" / "crops")
     embedder, _ = open_embedder(bundle_dir)
-    vectors = embed_paths(embedder, [i.path for i in images])
+    images, vectors = embed_images(embedder, images)
     return [(i.individual, i.path, v) for i, v in zip(images, vectors)]
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from central.enroll import embed_paths, folder_images, open_embedder, sightings_of
+from central.enroll import embed_images, folder_images, open_embedder, sightings_of
 from central.gallery import NumpyGallery
 from central.matching import Matcher
 from central.store import CentralStore
@@ -17,7 +17,7 @@ def lions(data, bundle_dir):
     root = data / "reid" / "lion" / "val"
     images = folder_images(root)
     embedder, model = open_embedder(bundle_dir)
-    return sightings_of(images, embed_paths(embedder, [i.path for i in images]), model, root)
+    return sightings_of(*embed_images(embedder, images), model, root)
 
 
 def test_pgvector_search_agrees_with_exact_numpy(postgres, lions):

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from central.compact import compact_kind_of, compact_vectors, load_tables, parse_compact
 from central.config import BrokerConfig, CentralConfig, IngestConfig, ReviewConfig, StoreConfig
-from central.enroll import embed_paths, folder_images, open_embedder
+from central.enroll import embed_images, folder_images, open_embedder
 from central.evaluate import LabelledSet, compact_set, evaluate
 from central.ingest import Rejected
 from central.service import CentralService, Ingestor
@@ -64,7 +64,7 @@ def tables(compact_bundle) -> dict[bytes, WireTable]:
 def leopard_vectors(data, compact_bundle) -> np.ndarray:
     images = folder_images(data / "reid" / "leopard_spotid" / "crops")
     embedder, _ = open_embedder(compact_bundle)
-    return embed_paths(embedder, [i.path for i in images[:6]])
+    return embed_images(embedder, images[:6])[1]
 
 
 def _event(label: str = "leopard", start: datetime | None = None) -> Event:
@@ -442,7 +442,7 @@ def test_compact_embeddings_keep_95_percent_of_rank1(data, compact_bundle, name)
     root = data / REID_SETS[name]
     images = folder_images(root)
     embedder, _ = open_embedder(compact_bundle)
-    vectors = embed_paths(embedder, [i.path for i in images])
+    images, vectors = embed_images(embedder, images)
     full = LabelledSet(name, [i.individual for i in images],
                        [side_of_name(i.path.relative_to(root).as_posix()) for i in images],
                        vectors / np.linalg.norm(vectors, axis=1, keepdims=True), [])
@@ -503,7 +503,7 @@ def test_enrolled_compact_gallery_matches_a_compact_sighting_from_the_field(data
         # one of the enrolled leopards seen again in the field, sent compact
         images = folder_images(root)
         embedder, _ = open_embedder(compact_bundle)
-        vector = embed_paths(embedder, [images[0].path])[0]
+        vector = embed_images(embedder, images[:1])[1][0]
         raw = codec.encode("embedding", wire(embedding_json(vector, codec)))
         assert Ingestor(store, PREFIX, compact_tables=tables)(f"{PREFIX}/{DEVICE}/c/embedding", raw) == "stored"
         (sid,) = store.conn.execute("SELECT id FROM sightings WHERE device = ?", (DEVICE,)).fetchone()

@@ -82,17 +82,15 @@ def read_reference(reference: Path, images: Path, *, threshold: float = 0.2,
         DatasetError: a reference file that is not the format it looks like (file and entry named).
     """
     if reference.is_dir():
-        with understood(reference, "YOLO"):
-            inventory = read_yolo(reference, empty_files="unlabelled", event_pattern=event_pattern)
+        kind, read = "YOLO", lambda: read_yolo(reference, empty_files="unlabelled", event_pattern=event_pattern)
     elif reference.suffix.lower() == ".csv":
-        with understood(reference, "CSV"):
-            inventory = read_csv(reference, images)
+        kind, read = "CSV", lambda: read_csv(reference, images)
     elif "detection_categories" in read_json(reference):
-        with understood(reference, "MegaDetector"):
-            inventory = read_megadetector(reference, images, threshold=threshold)
+        kind, read = "MegaDetector", lambda: read_megadetector(reference, images, threshold=threshold)
     else:
-        with understood(reference, "COCO"):
-            inventory = read_coco_camera_traps(reference, images)
+        kind, read = "COCO", lambda: read_coco_camera_traps(reference, images)
+    with understood(reference, kind):
+        inventory = read()
     return annotated(inventory), inventory
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import io
 import json
-import math
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,9 +128,9 @@ def parse_time(text: str | None, file: Path, entry: str) -> datetime | None:
 def check_bbox(box: tuple[float, float, float, float], file: Path, entry: str, tolerance: float = 1e-3):
     """A normalised ``[x, y, w, h]`` inside the image (within ``tolerance``), else DatasetError."""
     x, y, w, h = box
-    if not all(math.isfinite(v) for v in box):  # NaN passed every comparison below
-        raise DatasetError(file, entry, f"box {list(box)} is not a normalised [x, y, w, h] inside the image")
-    if w <= 0 or h <= 0 or x < -tolerance or y < -tolerance or x + w > 1 + tolerance or y + h > 1 + tolerance:
+    # asked as "inside?", not "outside?": every comparison with NaN is false, so a NaN box is refused too
+    if not (w > 0 and h > 0 and x >= -tolerance and y >= -tolerance and x + w <= 1 + tolerance
+            and y + h <= 1 + tolerance):
         raise DatasetError(file, entry, f"box {list(box)} is not a normalised [x, y, w, h] inside the image")
     return tuple(float(v) for v in box)
 
