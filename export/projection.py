@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from common.compact import MAX_DIM
+from common.files import files_under
 from common.hashing import sha256_file
 from edge.analysis.labels import LabelSpace
 from edge.capture.decode import decode_image
@@ -69,7 +70,7 @@ def fit_images(data: Path) -> tuple[list[Path], int]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} not found: the projection is fitted on its crops")
     folders = sorted(p for p in root.iterdir() if p.is_dir())
-    paths = [p for f in folders for p in sorted(f.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    paths = [p for f in folders for p in files_under(f) if p.suffix.lower() in IMAGE_SUFFIXES]
     return paths, len(folders)
 
 

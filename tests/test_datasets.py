@@ -69,6 +69,22 @@ def test_folders_root_must_exist(tmp_path):
         read_folders(tmp_path / "nope")
 
 
+def test_class_folder_linked_in_is_read_and_a_link_loop_is_walked_once(data, tmp_path):
+    # a class kept elsewhere (a NAS) and linked in was dropped without a word; a link to a parent loops
+    source = sorted((data / "frames/animl_samples").glob("*.jpg"))
+    elsewhere = tmp_path / "nas/deer"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "d.jpg").symlink_to(source[0].resolve())
+    root = tmp_path / "photos"
+    (root / "fox").mkdir(parents=True)
+    (root / "fox/f.jpg").symlink_to(source[1].resolve())
+    (root / "deer").symlink_to(elsewhere, target_is_directory=True)
+    (root / "fox/again").symlink_to(root, target_is_directory=True)
+    inventory = read_folders(root)
+    assert [(r.path.relative_to(root).as_posix(), r.labels) for r in inventory] == [
+        ("deer/d.jpg", ("deer",)), ("fox/f.jpg", ("fox",))]
+
+
 # --- CSV ------------------------------------------------------------------------------------------------
 
 def test_mlwic_csv_matches_the_file(data):
@@ -175,6 +191,21 @@ def test_coco_camera_traps_fields(data, tmp_path):
 def test_coco_errors_name_the_entry(data, tmp_path, annotations, message):
     with pytest.raises(DatasetError, match=message):
         read_coco_camera_traps(_coco_ct(tmp_path, data, annotations=annotations))
+
+
+@pytest.mark.parametrize("section, entry, message", [
+    ("images", {"id": "a", "file_name": "596.jpg", "width": 1920, "height": 1080},
+     r"images\[4\]: id 'a' is already images\[0\]'s"),
+    ("categories", {"id": 1, "name": "raccoon"}, r"categories\[3\]: id 1 is already categories\[1\]'s"),
+])
+def test_coco_repeated_id_is_refused(data, tmp_path, section, entry, message):
+    # the second entry took the first's annotations (or name) without a word: opossum boxes on 596.jpg
+    path = _coco_ct(tmp_path, data)
+    doc = json.loads(path.read_text())
+    doc[section].append(entry)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DatasetError, match=message):
+        read_coco_camera_traps(path)
 
 
 def test_coco_not_json_names_line(tmp_path):

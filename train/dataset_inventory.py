@@ -13,6 +13,9 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from common.files import files_under
 from train.config import BoxSource, SpeciesSource, TrainingConfig, box_inventory, load_training_config, species_inventory
 from train.datasets import DatasetError, Inventory, time_source_counts
 from train.datasets.capture_time import capture_time_warning
@@ -104,13 +107,17 @@ def _dir_readers(args: argparse.Namespace) -> list[Reader]:
         raise FileNotFoundError(f"{args.path}: not found")
     fmt, why = (args.format, "given") if args.format else detect_format(path)
     config = TrainingConfig(data_root=path.parent)
-    if args.boxes or fmt in BOX_ONLY_FORMATS:
-        source = BoxSource(format=fmt, path=path)
-        return [(f"boxes    {args.path}  ({fmt}, {why})", lambda: box_inventory(config, source))]
-    source = SpeciesSource(format=fmt, path=path, class_level=args.class_level, location_level=args.location_level,
-                           species_tag=args.species_tag, individual_tag=args.individual_tag,
-                           path_column=args.path_column, label_columns=args.label_columns, time_column=args.time_column,
-                           name=str(args.path))
+    try:
+        if args.boxes or fmt in BOX_ONLY_FORMATS:
+            boxes = BoxSource(format=fmt, path=path)
+            return [(f"boxes    {args.path}  ({fmt}, {why})", lambda: box_inventory(config, boxes))]
+        source = SpeciesSource(format=fmt, path=path, class_level=args.class_level, location_level=args.location_level,
+                               species_tag=args.species_tag, individual_tag=args.individual_tag,
+                               path_column=args.path_column, label_columns=args.label_columns,
+                               time_column=args.time_column, name=str(args.path))
+    except ValidationError as exc:  # an option out of range: named as typed, not as pydantic's field
+        problem = exc.errors(include_url=False)[0]
+        raise ValueError(f"--{str(problem['loc'][0]).replace('_', '-')}: {problem['msg']}") from None
     return [(f"species  {args.path}  ({fmt}, {why})", lambda: species_inventory(config, source))]
 
 
@@ -146,8 +153,8 @@ def _xmp_tagged(root: Path) -> str | None:
     from train.datasets.xmp import XmpError, hierarchical_tags, tag_values, xmp_packet
 
     sample = []
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+    for path in files_under(root):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
             sample.append(path)
             if len(sample) == XMP_SAMPLE:
                 break

@@ -22,6 +22,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from common.files import files_under
 from edge.capture.frame import Frame, TimeSource
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -179,7 +180,7 @@ def eight_bits(image: Image.Image) -> Image.Image:
 def list_images(root: str | Path) -> list[Path]:
     """Every file under ``root`` with an image suffix, sorted (recursive)."""
     root = Path(root)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [p for p in files_under(root) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 
 _EXIF_IFD = 0x8769

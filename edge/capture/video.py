@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.files import files_under
 from edge.capture.decode import ImageDecodeError, _open_file, file_time
 from edge.capture.frame import Frame, TimeSource
 
@@ -50,7 +51,7 @@ def is_video(path: str | Path) -> bool:
 
 def list_videos(root: str | Path) -> list[Path]:
     """Every file under ``root`` with a video suffix, sorted (recursive)."""
-    return sorted(p for p in Path(root).rglob("*") if p.is_file() and is_video(p))
+    return [p for p in files_under(root) if is_video(p)]
 
 
 def sample_step(frame_rate: float, frame_count: int, config: VideoConfig) -> int:

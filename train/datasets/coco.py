@@ -16,13 +16,14 @@ def read_coco_camera_traps(json_path: Path | str, image_root: Path | str | None 
     ``unannotated``, never assumed empty: an empty image is one annotated with an "empty" category.
 
     Raises:
-        DatasetError: unreadable JSON, a missing section, an unknown image/category id or a bad box.
+        DatasetError: unreadable JSON, a missing section, an unknown or repeated image/category id or a
+            bad box.
     """
     json_path = Path(json_path)
     root = Path(image_root) if image_root is not None else json_path.parent
     data = _load(json_path)
-    categories = {c["id"]: str(c["name"]) for c in data["categories"]}
-    images = {image["id"]: (i, image) for i, image in enumerate(data["images"])}
+    categories = {key: str(c["name"]) for key, (_, c) in _unique_ids(json_path, "categories", data["categories"]).items()}
+    images = _unique_ids(json_path, "images", data["images"])
     per_image: dict = {}
     for i, annotation in enumerate(data["annotations"]):
         where = f"annotations[{i}]"
@@ -32,8 +33,8 @@ def read_coco_camera_traps(json_path: Path | str, image_root: Path | str | None 
             raise DatasetError(json_path, where, f"unknown category_id {annotation.get('category_id')!r}")
         per_image.setdefault(annotation["image_id"], []).append((where, annotation))
     inventory = Inventory()
-    for image_id, (i, image) in images.items():
-        _add_image(inventory, json_path, root, f"images[{i}]", image, per_image.get(image_id, []), categories)
+    for image_id, (where, image) in images.items():
+        _add_image(inventory, json_path, root, where, image, per_image.get(image_id, []), categories)
     return inventory
 
 
@@ -43,6 +44,21 @@ def _load(json_path: Path) -> dict:
         if not isinstance(data.get(key), list):
             raise DatasetError(json_path, key, "missing or not a list")
     return data
+
+
+def _unique_ids(json_path: Path, section: str, entries: list) -> dict:
+    """``{id: (where, entry)}`` of a section; an id used twice is refused: the annotations of one
+    image (or the name of one category) would silently become another's."""
+    by_id: dict = {}
+    for i, entry in enumerate(entries):
+        where = f"{section}[{i}]"
+        if "id" not in entry:
+            raise DatasetError(json_path, where, "no id")
+        if entry["id"] in by_id:
+            raise DatasetError(json_path, where, f"id {entry['id']!r} is already {by_id[entry['id']][0]}'s: "
+                               "each entry needs its own id")
+        by_id[entry["id"]] = (where, entry)
+    return by_id
 
 
 def _add_image(inventory: Inventory, json_path: Path, root: Path, where: str, image: dict, annotations: list,

@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from common.files import files_under
 from train.datasets.capture_time import exif_capture_time
 from train.datasets.inventory import IMAGE_EXTENSIONS, DatasetError, Inventory, Problem, parse_time
 from train.records import Record
@@ -56,7 +57,7 @@ def read_folders(root: Path | str, *, individuals: bool = False, filename_patter
         raise DatasetError(root, "filename_pattern", f"{filename_pattern!r} is not a regular expression: {err}") from None
     inventory = Inventory()
     # an XMP sidecar is metadata of its image, not a stray file
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() != SIDECAR_EXTENSION):
+    for path in (p for p in files_under(root) if p.suffix.lower() != SIDECAR_EXTENSION):
         parts = path.relative_to(root).parts
         if len(parts) <= class_level:
             inventory.report("unlabelled", root, str(path.relative_to(root)),

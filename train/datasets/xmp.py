@@ -16,6 +16,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from common.files import files_under
 from train.datasets.folders import FILENAME_TIME_FORMAT, SIDECAR_EXTENSION, STATION_NAME, fields_from_name
 from train.datasets.inventory import IMAGE_EXTENSIONS, DatasetError, Inventory, Problem
 from train.records import Record
@@ -120,7 +121,7 @@ def read_xmp(root: Path | str, *, species_tag: str = "Species", individual_tag: 
         raise DatasetError(root, "location_level", f"{location_level}: must be 1 or more")
     pattern = re.compile(filename_pattern) if filename_pattern else None
     inventory = Inventory()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() != SIDECAR_EXTENSION):
+    for path in (p for p in files_under(root) if p.suffix.lower() != SIDECAR_EXTENSION):
         where = str(path.relative_to(root))
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             inventory.report("not_image", root, where, "extension not an image type")

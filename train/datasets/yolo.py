@@ -12,6 +12,7 @@ from typing import Literal
 
 import yaml
 
+from common.files import files_under
 from train.datasets.inventory import IMAGE_EXTENSIONS, DatasetError, Inventory, check_bbox, read_text
 from train.records import Record
 
@@ -81,7 +82,7 @@ def read_yolo(root: Path | str, *, images: str = "images", labels: str = "labels
     pattern = _event_pattern(root, event_pattern)
     inventory = Inventory()
     stems = {}
-    for image in sorted(p for p in image_root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+    for image in (p for p in files_under(image_root) if p.suffix.lower() in IMAGE_EXTENSIONS):
         relative = image.relative_to(image_root).with_suffix("")
         stems[relative] = image
         label_file = label_root / relative.with_suffix(".txt")
@@ -90,7 +91,7 @@ def read_yolo(root: Path | str, *, images: str = "images", labels: str = "labels
             continue
         event = _event(pattern, image.name)
         _read_labels(inventory, label_file, image, names, empty_files, empty_label, event)
-    for label_file in sorted(label_root.rglob("*.txt")) if label_root.is_dir() else []:
+    for label_file in (p for p in files_under(label_root) if p.suffix == ".txt"):
         if label_file.relative_to(label_root).with_suffix("") not in stems:
             inventory.report("missing", label_file, "image", str(image_root / label_file.relative_to(label_root)))
     return inventory
