@@ -13,7 +13,7 @@ import errno
 import socket
 
 from central.config import CentralConfig
-from common.config_loader import writable_folder
+from central.store import store_problem
 
 
 def login_problem(config: CentralConfig) -> str | None:
@@ -57,9 +57,8 @@ def port_problem(host: str, port: int) -> str | None:
 def central_problems(config: CentralConfig, *, reach_database: bool = True) -> list[str]:
     """Every problem ``trapedge central`` would meet at start, one line each (empty: ready to run)."""
     problems = []
-    if not writable_folder(config.store.path):
-        problems.append(f"store.path: {config.store.path.parent} is not writable by this user: create it, owned by "
-                        "the service user")
+    if problem := store_problem(config.store.path):
+        problems.append(problem)
     if config.review.enabled:
         problems += [p for p in (login_problem(config), port_problem(config.review.host, config.review.port)) if p]
     if config.ingest.compact_bundles:

@@ -22,7 +22,6 @@ import argparse
 import csv
 import json
 import re
-import sqlite3
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from central.config import ExportsConfig
 from central.graph import build
-from central.store import CentralStore
+from central.store import CentralStore, StoreError
 
 MATCHES_COLUMNS = ["image", "matched_image", "verdict", "cosine", "individual", "decided_at"]
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -177,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         store = CentralStore(path)
-    except sqlite3.DatabaseError as exc:  # a folder's or another file's name
-        print(f"{args.config}: store.path {path} is not a central store ({exc})", file=sys.stderr)
+    except StoreError as exc:  # a folder, another program's file, an edge store, a newer trapedge's
+        print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
     status = 0
     for name in args.format:

@@ -15,7 +15,7 @@ from central.compact import compact_kind_of, load_tables, parse_compact
 from central.config import CentralConfig, IngestConfig
 from central.ingest import DEFAULT_LIMITS, Message, Rejected, Sighting, parse, sighting_of
 from central.matching import Matcher, numpy_gallery
-from central.store import CentralStore
+from central.store import CentralStore, StoreError
 from central.subscriber import Subscriber
 from common.logs import setup_logging
 
@@ -158,7 +158,10 @@ class CentralService:
             tables = load_tables(self.config.ingest.compact_bundles)
         except ValueError as exc:  # a compact bundle that cannot be read
             raise StartupError(str(exc)) from None
-        self.store = CentralStore(self.config.store.path)
+        try:
+            self.store = CentralStore(self.config.store.path)
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
         self.matcher = build_matcher(self.config, self.store)
         self.load_galleries()
         self.worker = threading.Thread(target=self._index_loop, name="central-index", daemon=True)

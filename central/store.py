@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from central.ingest import Message, Rejected, Sighting
-from common.sqlite import apply_migrations, connect, utc_now
+from common.sqlite import apply_migrations, connect, store_path_problem, utc_now
 
 MIGRATIONS: list[str] = [
     """
@@ -127,17 +127,38 @@ class ReviewAction:
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply every migration newer than the database's ``user_version``."""
-    return apply_migrations(conn, MIGRATIONS, "central database")
+    return apply_migrations(conn, MIGRATIONS, "central store")
+
+
+class StoreError(RuntimeError):
+    """The central store cannot be opened; the message is one line that says what to do."""
+
+
+def store_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be the central store (read only: nothing is created or migrated), or ``None``."""
+    problem = store_path_problem(path, MIGRATIONS, "central store")
+    return f"store.path: {problem}" if problem else None
 
 
 class CentralStore:
-    """All central state, behind one lock (the MQTT thread and the web server share it)."""
+    """All central state, behind one lock (the MQTT thread and the web server share it).
+
+    Raises:
+        StoreError: ``path`` is a folder, another program's file, an edge store, a store of a newer trapedge,
+            or cannot be opened (each said in one line; an edge store passed the check and stopped the
+            service at its first query).
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.conn = connect(self.path)
+        if problem := store_problem(self.path):
+            raise StoreError(problem)
+        try:
+            self.conn = connect(self.path)
+            migrate(self.conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store.path {self.path}: {exc}") from None
         self.lock = threading.RLock()
-        migrate(self.conn)
 
     def close(self) -> None:
         with self.lock:

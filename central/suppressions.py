@@ -13,7 +13,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from central.store import CentralStore
+from central.store import CentralStore, StoreError
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    store = CentralStore(config.store.path)
+    try:
+        store = CentralStore(config.store.path)
+    except StoreError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 2
     try:
         places, totals = device_suppressions(store)
     finally:

@@ -1,13 +1,18 @@
 """A tired field technician's mistakes, one table: each bad config or input ends in one line that says
 what to do and a non-zero exit, never a traceback (an exception escaping ``main`` fails the test)."""
 
+import contextlib
 import socket
+import sqlite3
 
 import pytest
 import yaml
 from PIL import Image
 
 from central.auth import hash_password
+from central.store import MIGRATIONS as CENTRAL_MIGRATIONS
+from common.sqlite import apply_migrations
+from edge.storage.store import MIGRATIONS as EDGE_MIGRATIONS
 from trapedge.cli import main
 
 
@@ -129,6 +134,41 @@ def _central_yaml(tmp_path, port=0, hash_text=None):
     return path
 
 
+def run_store_is_a_folder(tmp_path, bundle_dir):
+    (tmp_path / "state").mkdir()  # said only once the service ran: "unable to open database file"
+    path = _edge_yaml(tmp_path, bundle_dir, store={"path": str(tmp_path / "state")})
+    return ["run", "--config", str(path), "--validate-config"], \
+        f"store.path: {tmp_path}/state is a folder: name the database file in it (e.g. {tmp_path}/state/trapedge.db)"
+
+
+def run_store_is_another_file(tmp_path, bundle_dir):
+    (tmp_path / "notes.txt").write_text("field notes")
+    path = _edge_yaml(tmp_path, bundle_dir, store={"path": str(tmp_path / "notes.txt")})
+    return ["run", "--config", str(path), "--validate-config"], \
+        f"store.path: {tmp_path}/notes.txt is not a SQLite database: move it aside"
+
+
+def _store_of(path, migrations, version=None):
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        apply_migrations(conn, migrations)
+        if version is not None:
+            conn.execute(f"PRAGMA user_version={version}")
+    return path
+
+
+def run_store_is_central_store(tmp_path, bundle_dir):
+    # the same schema version as an edge store: it migrated nothing and failed at the first frame
+    store = _store_of(tmp_path / "central.db", CENTRAL_MIGRATIONS)
+    path = _edge_yaml(tmp_path, bundle_dir, store={"path": str(store)})
+    return ["run", "--config", str(path), "--validate-config"], \
+        f"store.path: {store}: not an edge store (it has no frames table"
+
+
+def inventory_level_zero(tmp_path):
+    return ["inventory", str(tmp_path), "--class-level", "0"], \
+        "inventory: --class-level: Input should be greater than or equal to 1"
+
+
 def central_missing_hash(tmp_path):
     return ["central", "--config", str(_central_yaml(tmp_path)), "--validate-config"], \
         f"review.login: cannot read {tmp_path}/review.hash"
@@ -137,6 +177,39 @@ def central_missing_hash(tmp_path):
 def central_not_a_hash(tmp_path):
     path = _central_yaml(tmp_path, hash_text="hunter2\n")
     return ["central", "--config", str(path), "--validate-config"], "not a pbkdf2_sha256 hash"
+
+
+def central_store_is_a_folder(tmp_path):
+    path = _central_yaml(tmp_path, hash_text=hash_password("correct horse") + "\n")
+    (tmp_path / "central.db").mkdir()
+    return ["central", "--config", str(path), "--validate-config"], f"store.path: {tmp_path}/central.db is a folder"
+
+
+def central_store_is_edge_store(tmp_path):
+    # `config OK`, then a traceback at start-up: no such table: sightings
+    path = _central_yaml(tmp_path, hash_text=hash_password("correct horse") + "\n")
+    _store_of(tmp_path / "central.db", EDGE_MIGRATIONS)
+    return ["central", "--config", str(path), "--validate-config"], \
+        f"store.path: {tmp_path}/central.db: not a central store (it has no messages table"
+
+
+def central_store_is_newer(tmp_path):
+    path = _central_yaml(tmp_path, hash_text=hash_password("correct horse") + "\n")
+    _store_of(tmp_path / "central.db", CENTRAL_MIGRATIONS, version=99)
+    return ["central", "--config", str(path), "--validate-config"], \
+        f"central store schema 99 is newer than this trapedge ({len(CENTRAL_MIGRATIONS)}): install the trapedge"
+
+
+def central_export_of_edge_store(tmp_path):
+    path = _central_yaml(tmp_path)
+    _store_of(tmp_path / "central.db", EDGE_MIGRATIONS)
+    return ["central", "export", "--config", str(path), "--out", str(tmp_path / "out")], "not a central store"
+
+
+def central_suppressions_of_edge_store(tmp_path):
+    path = _central_yaml(tmp_path)
+    _store_of(tmp_path / "central.db", EDGE_MIGRATIONS)
+    return ["central", "suppressions", "--config", str(path)], "not a central store"
 
 
 def export_not_a_run(tmp_path):
@@ -157,8 +230,10 @@ def inventory_nothing(tmp_path):
 CASES = [train_too_few_images, train_missing_dataset, train_two_stations, train_one_individual, train_no_crop_bundle,
          train_broken_crop_bundle, train_box_label_without_class, train_bad_key, train_bad_trainer_setting,
          run_missing_bundle, run_watch_label_absent, run_unreadable_password_file,
-         run_unreadable_password_file_at_start, central_missing_hash, central_not_a_hash, export_not_a_run,
-         detect_no_folder, inventory_nothing]
+         run_unreadable_password_file_at_start, run_store_is_a_folder, run_store_is_another_file, run_store_is_central_store,
+         central_missing_hash, central_not_a_hash, central_store_is_a_folder, central_store_is_edge_store,
+         central_store_is_newer, central_export_of_edge_store, central_suppressions_of_edge_store, export_not_a_run,
+         detect_no_folder, inventory_nothing, inventory_level_zero]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])

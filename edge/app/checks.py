@@ -3,8 +3,8 @@
 ``trapedge run --validate-config`` prints each problem as one line that says what to do (exit 2);
 the service logs the same at start. Checked: the bundle loads with the device's trusted keys, every
 watch-listed label is a label that bundle can give (else it can never alert), and so is every label
-of ``detection.embed_labels`` (else nothing is embedded for it), the store's folder
-is writable, the broker's password and TLS files are readable, the bundle carries a compact
+of ``detection.embed_labels`` (else nothing is embedded for it), the store path names a SQLite
+file (or one this user may create), the broker's password and TLS files are readable, the bundle carries a compact
 projection when ``mqtt.encoding`` sends a kind compact, and the drop folders exist.
 """
 
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.config_loader import writable_folder
+from common.sqlite import store_path_problem
 from edge.analysis.analyzer import label_space
 from edge.app.config import EdgeConfig
 from edge.events.rules import thresholds_for
 from edge.runtime.bundle import BundleError, load_bundle, read_manifest
+from edge.storage.store import MIGRATIONS
 
 
 def bundle_labels(config: EdgeConfig) -> tuple[str, list[str]]:
@@ -84,9 +85,8 @@ def run_problems(config: EdgeConfig) -> list[str]:
         problems += compact_problems(config)
     except BundleError as exc:
         problems.append(f"bundle.path: {exc}")
-    if not writable_folder(config.store.path):
-        problems.append(f"store.path: {config.store.path.parent} is not writable by this user: create it, owned by "
-                        "the service user")
+    if problem := store_path_problem(config.store.path, MIGRATIONS, "edge store"):
+        problems.append(f"store.path: {problem}")
     problems += secret_problems(config)
     for source in config.sources:
         folder = getattr(source, "path", None)

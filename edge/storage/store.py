@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.sqlite import apply_migrations, connect
+from common.sqlite import NotThisStore, apply_migrations, connect
 from edge.events.suppression import Cluster, release
 from edge.storage.outbox import Outbox
 
@@ -95,7 +95,7 @@ class StoreConfig(BaseModel):
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply every migration newer than the database's ``user_version``; returns the new version."""
-    return apply_migrations(conn, MIGRATIONS)
+    return apply_migrations(conn, MIGRATIONS, "edge store")
 
 
 class StoreError(Exception):
@@ -280,14 +280,14 @@ def _cluster(row: tuple) -> Cluster:
 def _why(path: Path, exc: BaseException) -> str:
     """One line: what is wrong with the database at ``path`` and what to do."""
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, NotThisStore):  # says what to do itself
+        return f"store {path}: {text}"
     if "readonly" in text or "read-only" in text or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EROFS)):
         hint = "make the file, its -wal/-shm files and its folder writable by the service user"
     elif is_full(exc):
         hint = "free space on that filesystem"
     elif "malformed" in text or "not a database" in text:
         hint = "move it aside (the service then starts a new one) and keep it for inspection"
-    elif "newer than this trapedge" in text:
-        hint = "install the trapedge version that wrote it"
     else:
         hint = "check the path in store.path"
     return f"store {path}: {text}: {hint}"
