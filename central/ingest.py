@@ -1,8 +1,10 @@
 """Incoming MQTT messages checked against the devices' JSON Schemas: a typed record or a rejection.
 
-Nothing raises: a payload larger than its kind's limit, not UTF-8, not JSON, nested too deep, not an
-object, on an unknown topic, against its schema, with a vector too wide or a crop that does not
-decode as declared becomes a ``Rejected`` value carrying the reason, which the store logs. The
+Nothing raises: a payload larger than its kind's limit, not UTF-8, not strict JSON (NaN, Infinity, a
+number beyond float64 or an integer beyond 64 bits, text with a lone surrogate), nested too deep, not an
+object, on an unknown topic, against its schema (a time that is no real date included), with a vector
+too wide or a crop that does not decode as declared becomes a ``Rejected`` value carrying the reason,
+which the store logs. The
 limits are ``ingest`` in the central config (``central.config.IngestConfig``).
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 
 import jsonschema
@@ -80,10 +83,38 @@ class Sighting:
         object.__setattr__(self, "vector", (vector / norm).astype(np.float32))
 
 
+TIMES = jsonschema.FormatChecker(formats=())
+
+
+@TIMES.checks("date-time", raises=ValueError)
+def _real_time(value: object) -> bool:
+    """A time the schema's pattern admits is also a real one (not 2023-02-30, hour 99, year 0 or offset +99:99):
+    stored, it stopped every Camtrap DP export once reviewed."""
+    return not isinstance(value, str) or isinstance(datetime.fromisoformat(value.replace("Z", "+00:00")), datetime)
+
+
 @cache
 def validator(kind: str) -> jsonschema.Draft202012Validator:
-    """The compiled JSON Schema validator of one kind."""
-    return jsonschema.Draft202012Validator(load_schema(kind))
+    """The compiled JSON Schema validator of one kind (times checked as real dates)."""
+    return jsonschema.Draft202012Validator(load_schema(kind), format_checker=TIMES)
+
+
+def _not_a_number(text: str) -> float:
+    raise ValueError(f"{text} is not a number (strict JSON has no NaN or Infinity)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is beyond float64's range")
+    return value
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"integer of {len(text)} digits is beyond 64 bits")
+    return value
 
 
 def kind_of(topic: str, prefix: str) -> str | None:
@@ -118,20 +149,33 @@ def _decoded(kind: str, raw: bytes, limits: IngestConfig) -> dict | str:
     if len(raw) > most:
         return f"{kind} payload is {len(raw)} bytes, more than ingest.max_bytes.{kind} ({most}); {RAISE_IF_RIGHT}"
     try:
-        payload = json.loads(raw.decode("utf-8"))
+        # strict: a NaN stored in a field ("health", a bbox) broke later reads of the whole store (SQLite's
+        # json_extract) and exports (JSON with NaN); a 400-digit integer overflowed the vector check
+        payload = json.loads(raw.decode("utf-8"), parse_constant=_not_a_number, parse_float=_finite, parse_int=_int64)
     except UnicodeDecodeError as exc:
         return f"payload is not UTF-8 ({exc.reason} at byte {exc.start})"
     except json.JSONDecodeError as exc:
         return f"payload is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
     except RecursionError:
         return f"payload is nested deeper than ingest.max_json_depth ({limits.max_json_depth}); {RAISE_IF_RIGHT}"
-    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+    except ValueError as exc:  # NaN, 1e999, an integer beyond 64 bits (or of more than 4,300 digits)
         return f"payload is not JSON that can be read: {str(exc)[:200]}"
     if not isinstance(payload, dict):
         return f"payload is a JSON {type(payload).__name__}, not an object"
     if json_depth(payload, limits.max_json_depth) > limits.max_json_depth:
         return f"payload is nested deeper than ingest.max_json_depth ({limits.max_json_depth}); {RAISE_IF_RIGHT}"
+    if b"\\ud" in raw.lower() and _lone_surrogate(payload):  # only an escape can make one
+        return "payload has text with a lone UTF-16 surrogate (\\ud800-\\udfff), which is not Unicode text"
     return payload
+
+
+def _lone_surrogate(payload: dict) -> bool:
+    """Whether any key or string holds half a surrogate pair (SQLite cannot store it: the message was lost)."""
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def json_depth(value: object, limit: int) -> int:
@@ -157,10 +201,8 @@ def _schema_problem(kind: str, payload: dict) -> str | None:
     if isinstance(vector, list) and vector:
         # the schema says "an array of numbers": checked here in one pass, since validating
         # 1,280 items one by one through jsonschema costs ~8 ms a message
-        if not all(type(v) in (int, float) for v in vector):
+        if not all(type(v) in (int, float) for v in vector):  # finite: _decoded refuses NaN, Infinity, 1e999
             return "embedding schema: vector: every item must be a number"
-        if not all(math.isfinite(v) for v in vector):  # json.loads takes NaN, Infinity and 1e999
-            return "embedding schema: vector: every item must be a finite number"
         payload = {**payload, "vector": [0.0]}
     error = jsonschema.exceptions.best_match(validator(kind).iter_errors(payload))
     if error is None:

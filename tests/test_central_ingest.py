@@ -87,11 +87,23 @@ def _bad(payload: dict, **changes) -> bytes:
     (lambda v: _bad(embedding_message(v), vector=[0.5, "0.1", *v[2:].tolist()]), "vector: every item must be a number"),
     (lambda v: _bad(embedding_message(v), vector=[0.5, True, *v[2:].tolist()]), "vector: every item must be a number"),
     (lambda v: _bad(embedding_message(v), vector=[]), "embedding schema: vector"),
-    # json.loads accepts NaN / Infinity / 1e999 (found by the reliability fuzzer)
-    (lambda v: _bad(embedding_message(v), vector=[float("nan"), *v[1:].tolist()]), "every item must be a finite number"),
-    (lambda v: _bad(embedding_message(v), vector=[float("inf"), *v[1:].tolist()]), "every item must be a finite number"),
+    # json.loads accepts NaN / Infinity / 1e999 (found by the reliability fuzzer), anywhere: a NaN bbox was stored
+    # and written into megadetector.json; a 400-digit integer was an OverflowError "central bug"
+    (lambda v: _bad(embedding_message(v), vector=[float("nan"), *v[1:].tolist()]), "NaN is not a number"),
+    (lambda v: _bad(embedding_message(v), vector=[float("inf"), *v[1:].tolist()]), "Infinity is not a number"),
     (lambda v: json.dumps(embedding_message(v)).replace(str(round(float(v[0]), 6)), "1e999", 1).encode(),
-     "every item must be a finite number"),
+     "1e999 is beyond float64's range"),
+    (lambda v: _bad(embedding_message(v), bbox=[float("nan"), 0.1, 0.2, 0.2]), "NaN is not a number"),
+    (lambda v: _bad(embedding_message(v), confidence=float("nan")), "NaN is not a number"),
+    (lambda v: json.dumps(embedding_message(v)).replace(str(round(float(v[0]), 6)), "1" + "0" * 400, 1).encode(),
+     "integer of 401 digits is beyond 64 bits"),
+    # a lone surrogate could not be stored: the message was acknowledged and lost without a rejected row
+    (lambda v: _bad(embedding_message(v), label="\ud800"), "lone UTF-16 surrogate"),
+    # the schema's pattern admits times that are no date: every Camtrap DP export then failed
+    (lambda v: _bad(embedding_message(v), frame_time="2023-02-30T12:00:00+01:00"), "frame_time"),
+    (lambda v: _bad(embedding_message(v), frame_time="2024-05-01T12:00:00+99:99"), "frame_time"),
+    (lambda v: _bad(embedding_message(v), frame_time="0000-05-01T12:00:00Z"), "frame_time"),
+    (lambda v: _bad(embedding_message(v), time="2024-13-45T99:99:99Z"), "embedding schema: time"),
     (lambda v: _bad(embedding_message(v), device="cam-other"), "differs from topic device"),
     (lambda v: _bad(embedding_message(v), bbox=[0, 0, 2, 1]), "embedding schema: bbox"),
     (lambda v: _bad(embedding_message(v), crop={"format": "jpeg", "bytes": 4, "base64": "AAAA"}),
