@@ -247,12 +247,15 @@ class CentralStore:
             return self.conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
 
     def latest_status(self) -> dict[str, tuple[str, dict]]:
-        """Per device, its latest ``online`` status message: (received at, payload)."""
+        """Per device, its latest ``online`` status message by the time the device wrote it (a status delivered
+        late from its outbox is not the latest): (received at, payload). A payload stored before ingest
+        refused NaN is skipped (``json_extract`` fails on it for every device)."""
         with self.lock:
             rows = self.conn.execute(
                 "SELECT device, received_at, payload FROM messages WHERE rowid IN (SELECT (SELECT rowid FROM "
-                "messages m WHERE m.kind = 'status' AND m.device = d.device AND json_extract(m.payload, '$.state') "
-                "= 'online' ORDER BY m.received_at DESC, m.rowid DESC LIMIT 1) FROM (SELECT DISTINCT device FROM "
+                "messages m WHERE m.kind = 'status' AND m.device = d.device AND json_valid(m.payload) AND "
+                "json_extract(m.payload, '$.state') = 'online' ORDER BY julianday(json_extract(m.payload, '$.time')) "
+                "DESC, m.received_at DESC, m.rowid DESC LIMIT 1) FROM (SELECT DISTINCT device FROM "
                 "messages WHERE kind = 'status') d) ORDER BY device").fetchall()
         return {device: (at, json.loads(payload)) for device, at, payload in rows}
 

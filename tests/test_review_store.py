@@ -4,9 +4,11 @@ The sightings are the SpotID leopard crops; the expectations are written out by 
 what each undo restores), never read back from the code under test.
 """
 
+import numpy as np
 import pytest
 
 from central import browse, review
+from central.ingest import Sighting
 from central.store import MIGRATIONS, CentralStore
 from common.sqlite import apply_migrations, connect
 
@@ -69,6 +71,21 @@ def test_search_and_individual_page_follow_the_links(leopard_store, leopard_sigh
     assert sorted(i["id"] for i in page["images"]) == sorted([same[0].id, same[1].id])
     assert browse.individual_view(store, "unknown") is None
     assert browse.search_individuals(store, "   ") == []
+
+
+def test_an_individual_is_first_seen_by_the_clock_not_the_text(tmp_path):
+    # 06:00 at +10:00 is 20:00 UTC the day before 05:00Z: compared as text it came last, so first and last seen
+    # were swapped between a camera in Australia and one on UTC
+    store = CentralStore(tmp_path / "c.db")
+    times = {"utc": "2024-05-01T05:00:00Z", "sydney": "2024-05-01T06:00:00+10:00", "enrolled": "2024-05-02T00:00:00"}
+    for k, (device, time) in enumerate(times.items()):
+        store.add_sighting(Sighting(id=device, device=device, event_id="e", frame_time=time, label="leopard",
+                                    model="m", vector=np.eye(3, 8)[k]))
+    review.decide(store, "utc", "sydney", "match")
+    review.decide(store, "utc", "enrolled", "match")
+    page = browse.individual_view(store, "utc")
+    assert [i["id"] for i in page["images"]] == ["sydney", "utc", "enrolled"]
+    assert (page["first_seen"], page["last_seen"]) == (times["sydney"], times["enrolled"])
 
 
 def test_a_version_3_database_gets_the_history_and_keeps_its_verdicts(tmp_path, leopard_sightings):

@@ -294,6 +294,15 @@ def test_central_lists_each_devices_latest_suppressions(tmp_path, capsys):
         store.add_message(message)
     bad = StatusMessage(device="cam1", state="online", health={"suppressions": [{**place, "box": [2, 0, 0, 0]}]})
     assert "status schema" in parse("trapedge/cam1/status", bad.encode(), "trapedge").reason
+    # a status cam1 wrote an hour ago, delivered late from its outbox, is not its latest
+    late = StatusMessage(device="cam1", state="online", health={"suppressed_clusters": 0, "suppressions": []},
+                         time=datetime.now(timezone.utc) - timedelta(hours=1))
+    store.add_message(parse("trapedge/cam1/status", late.encode(), "trapedge"))
+    # a NaN stored before ingest refused it made json_extract fail for every device
+    with store.lock:
+        store.conn.execute("INSERT INTO messages (id, kind, device, topic, payload, received_at) VALUES "
+                           "('x', 'status', 'cam3', 'trapedge/cam3/status', '{\"state\": \"online\", "
+                           "\"health\": {\"t\": NaN}}', '2026-01-01T00:00:00Z')")
     places, totals = device_suppressions(store)
     assert totals == {"cam1": 1, "cam2": 0}
     assert [(p.device, p.id, p.events) for p in places] == [("cam1", "a1b2c3d4e5f6", 9)]
