@@ -81,13 +81,27 @@ def identified(store: CentralStore) -> list[IdentifiedImage]:
     for root in roots:
         best = hints[root].most_common(1)
         names.setdefault(root, best[0][0] if best and best[0][1] else f"ind-{len(names) + 1:04d}")
-    return [IdentifiedImage(s.id, names[root], _file_name(s), s.id not in compared and s.individual is None)
+    taken: dict[str, set[str]] = {}  # per individual: two images never share a file name
+    return [IdentifiedImage(s.id, names[root], _unique(_file_name(s), taken.setdefault(names[root], set())),
+                            s.id not in compared and s.individual is None)
             for s, root in zip(sightings, roots)]
 
 
 def _file_name(sighting) -> str:
     base = (sighting.name or sighting.id).replace("/", "__")
-    return re.sub(r"[^A-Za-z0-9._-]", "_", base if base.lower().endswith((".jpg", ".jpeg")) else f"{base}.jpg")
+    return _safe(base if base.lower().endswith((".jpg", ".jpeg")) else f"{base}.jpg")
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``... before its suffix when another took it (compared as a
+    case-insensitive file system would); the one returned is taken."""
+    stem, dot, suffix = name.rpartition(".") if "." in name.strip(".") else (name, "", "")
+    candidate, n = name, 1
+    while candidate.casefold() in taken:
+        n += 1
+        candidate = f"{stem}-{n}{dot}{suffix}"
+    taken.add(candidate.casefold())
+    return candidate
 
 
 def export_spotid(store: CentralStore, out: Path) -> Path:
@@ -95,10 +109,12 @@ def export_spotid(store: CentralStore, out: Path) -> Path:
     out = Path(out)
     images = identified(store)
     by_id = {i.sighting_id: i for i in images}
+    taken: set[str] = set()  # two individuals never share a folder ("Spot 1" and "Spot_1", "豹一" and "豹二")
+    folders = {name: _unique(_safe(name), taken) for name in dict.fromkeys(i.individual for i in images)}
     for image in images:
         sighting = store.sighting(image.sighting_id)
         if sighting.crop_jpeg is not None:
-            folder = out / _safe(image.individual)
+            folder = out / folders[image.individual]
             folder.mkdir(parents=True, exist_ok=True)
             (folder / image.file_name).write_bytes(sighting.crop_jpeg)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,9 +131,12 @@ def export_spotid(store: CentralStore, out: Path) -> Path:
 
 
 def _safe(name: str) -> str:
-    """One safe folder level (never ``.`` or ``..``)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)
-    return safe if safe.strip(".") else "unnamed"
+    """One safe file or folder name on Linux, macOS and Windows: any script kept (a name in Chinese stays
+    itself; it became ``__``), separators, control and reserved characters replaced, at most 150 bytes,
+    never ``.`` or ``..``."""
+    safe = name.encode("utf-8", "replace")[:150].decode("utf-8", "ignore")
+    safe = re.sub(r'[\x00-\x1f\x7f<>:"/\\|?*]', "_", safe).strip(" .")
+    return safe or "unnamed"
 
 
 def export_camtrapdp(store: CentralStore, out: Path, settings: ExportsConfig | None = None) -> Path:

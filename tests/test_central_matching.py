@@ -14,6 +14,7 @@ from central.enroll import link_known
 from central.fusion import PRIOR, noisy_or
 from central.gallery import Hit, NumpyGallery
 from central.graph import build
+from central.ingest import Sighting
 from central.local_features import extract, inliers
 from central.matching import Matcher, rank_individuals
 from central.review import decide
@@ -152,6 +153,27 @@ def test_exports_follow_the_confirmed_individuals(store, leopard_sightings, tmp_
     batch = json.loads(exports.export_megadetector(store, tmp_path / "md").read_text())
     assert len(batch["images"]) == 44
     assert {i["detections"][0]["individual_id"] for i in batch["images"]} == set(counts)
+
+
+def test_spotid_export_keeps_individuals_and_images_apart(tmp_path, data):
+    # names reduced to [A-Za-z0-9._-] merged "豹一" with "豹二" (both "__") and "Spot 1" with "Spot_1", and
+    # one image overwrote the other, without a word
+    store = CentralStore(tmp_path / "c.db")
+    rng = np.random.default_rng(0)
+    crop = next((data / "reid/leopard_spotid/crops").glob("*/*.jpg")).read_bytes()
+    names = {"豹一": ["a.jpg", "b.jpg"], "豹二": ["a.jpg", "b.jpg"], "Spot 1": ["c.jpg", "d.jpg"],
+             "Spot_1": ["cam/e.jpg", "cam__e.jpg"]}
+    known = [Sighting(id=f"{k}-{i}", device="enrolled", event_id=individual, frame_time="2024-01-01T00:00:00",
+                      label=None, model="m", vector=rng.normal(size=8), crop_jpeg=crop, name=name,
+                      individual=individual)
+             for k, (individual, files) in enumerate(names.items()) for i, name in enumerate(files)]
+    for s in known:
+        store.add_sighting(s)
+    link_known(store, known)
+    out = exports.export_spotid(store, tmp_path / "spotid")
+    assert sorted((p.parent.name, p.name) for p in out.glob("*/*.jpg")) == sorted([
+        ("Spot 1", "c.jpg"), ("Spot 1", "d.jpg"), ("Spot_1", "cam__e.jpg"), ("Spot_1", "cam__e-2.jpg"),
+        ("豹一", "a.jpg"), ("豹一", "b.jpg"), ("豹二", "a.jpg"), ("豹二", "b.jpg")])
 
 
 def test_unconfirmed_individuals_get_numbered_names(tmp_path, leopard_sightings):
