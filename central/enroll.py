@@ -28,6 +28,7 @@ from PIL import Image
 
 from central.ingest import Sighting
 from central.sides import side_of_name
+from common.files import files_under
 from common.logs import escape_controls
 from common.progress import progress
 
@@ -53,7 +54,7 @@ def folder_images(root: Path) -> list[LabelledImage]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder")
     images = [LabelledImage(folder.name, path) for folder in sorted(p for p in root.iterdir() if p.is_dir())
-              for path in sorted(folder.rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
+              for path in files_under(folder) if path.suffix.lower() in IMAGE_SUFFIXES]
     if not images:
         raise FileNotFoundError(f"{root} has no images in <individual>/ folders: give a folder that holds one folder "
                                 "of images per individual")
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="store the vectors compact records of this bundle carry (their own gallery)")
     args = parser.parse_args(argv)
     from central.config import CentralConfig
-    from central.store import CentralStore
+    from central.store import CentralStore, StoreError
     from common.config_loader import ConfigError, load_config
     from edge.runtime.bundle import BundleError
 
@@ -193,13 +194,31 @@ def main(argv: list[str] | None = None) -> int:
 
         vectors, model = compact_vectors(args.bundle, vectors)
     sightings = sightings_of(images, vectors, model, args.root, args.edges)
-    store = CentralStore(config.store.path)
+    try:
+        store = CentralStore(config.store.path)
+    except StoreError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return 2
+    sightings = claim_ids(store, sightings)
     added = sum(store.add_sighting(s) for s in sightings)
     if args.known:
         link_known(store, sightings)
     skipped = f" ({len(found) - len(images)} unreadable, skipped: named above)" if len(images) < len(found) else ""
     print(f"enrolled {added} new of {len(sightings)} images into {config.store.path}{skipped}")
     return 0
+
+
+def claim_ids(store, sightings: list[Sighting]) -> list[Sighting]:
+    """The sightings under ids no device's sighting holds (``CentralStore.claim_id``), each moved one named.
+
+    An enrolled image's id is a uuid5 of its path, which a device could send first: the image then kept
+    the device's sighting in its place, and ``--known`` linked that sighting to the individual."""
+    claimed = [store.claim_id(s) for s in sightings]
+    for before, after in zip(sightings, claimed):
+        if after.id != before.id:
+            print(f"{escape_controls(str(before.name))}: its id is already a device's sighting's: enrolled under "
+                  f"{after.id} (a device sent an id central gives enrolled images: check the devices)", file=sys.stderr)
+    return claimed
 
 
 def link_known(store, sightings: list[Sighting]) -> None:

@@ -4,9 +4,10 @@ from contextlib import nullcontext as does_not_raise
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from central.calibration import PairEvidence, calibrate, fit
-from central.enroll import link_known
+from central.enroll import LabelledImage, claim_ids, link_known, sightings_of
 from central.evaluate import SWEEP_THRESHOLDS, LabelledSet, evaluate, open_set_figures
 from central.fusion import PRIOR, fuse, noisy_or, propose_new
 from central.gallery import Hit
@@ -150,6 +151,29 @@ def test_known_enrolment_is_not_queued_for_review(tmp_path, leopard_sightings):
     assert queued == {s.id for s in leopard_sightings} - {s.id for s in known}
 
 
+def test_a_device_cannot_take_an_enrolled_images_id(tmp_path, capsys):
+    # the enrolled id (uuid5 of model/path) sent first by a device: enrolment kept the device's sighting
+    # in the image's place and linked it to the individual as a known match
+    root = tmp_path / "known"
+    (root / "Leo").mkdir(parents=True)
+    images = []
+    for name, shade in (("1.jpg", 40), ("2.jpg", 90)):
+        Image.new("RGB", (40, 30), (shade,) * 3).save(root / "Leo" / name)
+        images.append(LabelledImage("Leo", root / "Leo" / name))
+    enrolled = sightings_of(images, np.eye(2, 16), "m@1", root)
+    store = CentralStore(tmp_path / "c.db")
+    rogue = Sighting(id=enrolled[0].id, device="cam-rogue", event_id="e", frame_time="2024-01-01T00:00:00Z",
+                     label="leopard", model="m@1", vector=np.eye(3, 16)[2])
+    store.add_sighting(rogue)
+    claimed = claim_ids(store, enrolled)
+    assert sum(store.add_sighting(s) for s in claimed) == 2
+    link_known(store, claimed)
+    assert "1.jpg: its id is already a device's sighting's" in capsys.readouterr().err
+    assert {(d.anchor_id, d.candidate_id) for d in store.decisions()} == {(claimed[0].id, claimed[1].id)}
+    assert rogue.id not in {claimed[0].id, claimed[1].id} and store.sighting(rogue.id).device == "cam-rogue"
+    assert [s.id for s in claim_ids(store, enrolled)] == [s.id for s in claimed]  # enrolling again adds nothing
+
+
 def test_open_set_policy_and_noisy_or():
     fused = fuse([Hit("a", 0.9), Hit("b", 0.1)], lambda i: i, PRIOR, None)
     assert propose_new(fused, 1.0) and not propose_new(fused, 0.0)
@@ -197,7 +221,6 @@ def test_sweep_agrees_with_the_policy_at_each_threshold():
 
 
 def test_enrolled_images_take_their_time_from_exif_or_the_file_name(tmp_path):
-    from PIL import Image
 
     from central.enroll import UNKNOWN_TIME, capture_time
     from central.review import image_view
@@ -290,7 +313,6 @@ def test_evaluate_refuses_matching_options_the_service_would_refuse(option, valu
 @pytest.fixture
 def small_lion_set(data, tmp_path):
     """Three real crops of each of two lions, a 16-bit grey copy of one, and a file that is no image."""
-    from PIL import Image
 
     root = tmp_path / "set"
     for lion in sorted(p for p in (data / "reid" / "lion" / "val").iterdir() if p.is_dir())[:2]:
@@ -365,8 +387,6 @@ def test_enrol_skips_an_unreadable_image_and_enrols_the_rest(small_lion_set, bun
 def test_an_enrolled_crop_is_upright_by_its_exif_orientation(tmp_path):
     """The crop JPEG (review page, local features) was stored as the file lay; the embedding was of it upright."""
     import io
-
-    from PIL import Image
 
     from central.enroll import jpeg_of
 
