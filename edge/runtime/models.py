@@ -32,6 +32,12 @@ def shared_backend(config: BaseModel, path: Path, outputs: list[str], precision:
     return backend
 
 
+def full_range(quantization: dict[str, object]) -> bool:
+    """Whether an INT8 graph's weights use all 8 bits (``export/quantize.py``): x86 without VNNI saturates
+    them unless told to multiply exactly. Bundles before the 7-bit detector said "int8 per-channel" for all."""
+    return "7-bit" not in str(quantization.get("weights", ""))
+
+
 class _BundleModel:
     """One model of a bundle on one backend.
 
@@ -55,6 +61,8 @@ class _BundleModel:
         if precision not in sources:
             raise BundleError(f"backend {config.type} runs {', '.join(sources)}, not {precision}")  # type: ignore[attr-defined]
         path = bundle.model_path(self.task, sources[precision])
+        if precision == "int8" and isinstance(config, OnnxRuntimeConfig) and full_range(self.spec.quantization):
+            config = config.model_copy(update={"exact_int8": True})
         self.backend: InferenceBackend = shared_backend(config, path, self.spec.outputs, precision)
         if np.dtype(input_dtype(self.backend)) == np.uint8 and not takes_pixels(self.spec.input):
             raise BundleError(f"{path.name} takes uint8 pixels but the manifest's {self.task} input scales or "

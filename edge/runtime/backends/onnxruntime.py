@@ -41,6 +41,9 @@ class Config(BaseModel):
     images_per_run: int = Field(1, ge=1, le=64, title="Images one session run gets: a batch is run in parts this size, "
                                 "so the arena holds one image's tensors, not a batch's (a GPU provider may want more)")
     spin: bool = Field(False, title="Let idle worker threads spin (steals the cores from the other models' sessions)")
+    exact_int8: bool = Field(False, title="Multiply INT8 exactly on x86 without VNNI (ONNX Runtime's U8U8 path, ~20 % "
+                             "slower there; no effect elsewhere): set for each graph whose manifest says its weights "
+                             "use all 8 bits, which such CPUs would saturate")
 
 
 class Backend:
@@ -63,6 +66,8 @@ class Backend:
             options.add_session_config_entry("session.use_env_allocators", "1")
         # three sessions share two cores: spinning pools starve each other (detector 74 -> 35 ms)
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
+        if config.exact_int8:  # export/quantize.py: what the gates measured, on every CPU
+            options.add_session_config_entry("session.x64quantprecision", "1")
         self.session = ort.InferenceSession(str(path), options, providers=config.providers)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
