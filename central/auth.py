@@ -83,7 +83,10 @@ class Signer:
         return _b64(hmac.new(self.key, f"{purpose}:{nonce}".encode(), hashlib.sha256).digest())
 
     def check(self, purpose: str, nonce: str, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(self.token(purpose, nonce), token)
+        """Whether ``token`` is ``nonce``'s for ``purpose``; compared as bytes, so that any text sent
+        (non-ASCII too) is only a wrong token, never an error."""
+        return token is not None and hmac.compare_digest(self.token(purpose, nonce).encode(),
+                                                         token.encode("utf-8", "surrogatepass"))
 
     def dumps(self, value: dict) -> str:
         body = _b64(json.dumps(value, separators=(",", ":")).encode())
@@ -191,6 +194,10 @@ class Auth:
 
     def csrf_token(self, session: Session) -> str:
         return self.signer.token("csrf", session.nonce)
+
+    def check_csrf(self, session: Session, token: str | None) -> bool:
+        """Whether ``token`` is the session's CSRF token (a missing or non-ASCII one is just wrong)."""
+        return self.signer.check("csrf", session.nonce, token)
 
     def revoke(self, session: Session) -> None:
         """Log out: the session's cookie is refused from now on, wherever it was copied to."""

@@ -33,9 +33,11 @@ session key ends every session. Without login settings the server answers every 
 Limits. Passwords are checked on a small thread pool, never on the event loop, and at most
 ``review.login.attempts_per_minute_per_address`` / ``_per_user`` times a minute (more: 429 with
 Retry-After); when the pool and its queue are full a login gets 503. A request body over
-``review.max_body_bytes`` gets 413 before it is read. Every answer carries the security headers
-of ``central.web_middleware``; the review pages add a Content-Security-Policy that runs only
-scripts and styles of this server (no inline ones), the login page one whose nonce is new each time.
+``review.max_body_bytes`` gets 413 before it is read; a JSON body nested too deeply to parse, or
+holding a string that is not UTF-8 text (a lone surrogate), gets 400. Every answer carries the
+security headers of ``central.web_middleware``; the review pages add a Content-Security-Policy that
+runs only scripts and styles of this server (no inline ones), the login page one whose nonce is new
+each time.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import hmac
 import html
 import logging
 import secrets
@@ -145,8 +146,7 @@ class _Guard:
                 if request.url.path.startswith("/api/") or post:
                     return JSONResponse({"error": "login required"}, status_code=401)
                 return RedirectResponse("/login", status_code=303)
-            if post and not hmac.compare_digest(self.auth.csrf_token(session),
-                                                request.headers.get(CSRF_HEADER, "")):
+            if post and not self.auth.check_csrf(session, request.headers.get(CSRF_HEADER)):
                 return JSONResponse({"error": "missing or wrong CSRF token"}, status_code=403)
             request.state.session, request.state.csrf = session, self.auth.csrf_token(session)
             return await handler(request)

@@ -97,7 +97,10 @@ def api_routes(store: CentralStore, matcher: Matcher, exports: ExportsConfig) ->
         return JSONResponse(review.conflicts_view(store))
 
     async def match(request: Request) -> Response:
-        pair = [store.sighting(request.query_params.get(k, "")) for k in ("anchor", "candidate")]
+        ids = [request.query_params.get(k, "") for k in ("anchor", "candidate")]
+        if ids[0] == ids[1]:
+            return JSONResponse({"error": "anchor and candidate are the same image"}, status_code=400)
+        pair = [store.sighting(image_id) for image_id in ids]
         if None in pair:
             return JSONResponse({"error": "anchor and candidate must be stored images"}, status_code=400)
         found = await run_in_threadpool(matched_pairs, *pair)
@@ -128,12 +131,13 @@ def api_routes(store: CentralStore, matcher: Matcher, exports: ExportsConfig) ->
                         headers={"Content-Disposition": f'attachment; filename="trapedge-{name}.zip"'})
 
     done = queue_step(store.finish)
-    return [("/api/anchor", anchor, False), ("/api/image/{id}/{kind}", image, False),
-            ("/api/decision", decision, True), ("/api/skip", queue_step(store.skip), True),
-            ("/api/done", done, True), ("/api/next", done, True), ("/api/undo", undo, True),
-            ("/api/history", history, False), ("/api/conflicts", conflicts, False), ("/api/match", match, False),
-            ("/api/individuals", individuals, False), ("/api/individual", individual, False),
-            ("/api/export", export, False), ("/static/{name}", static_file, False)]
+    routes = [("/api/anchor", anchor, False), ("/api/image/{id}/{kind}", image, False),
+              ("/api/decision", decision, True), ("/api/skip", queue_step(store.skip), True),
+              ("/api/done", done, True), ("/api/next", done, True), ("/api/undo", undo, True),
+              ("/api/history", history, False), ("/api/conflicts", conflicts, False), ("/api/match", match, False),
+              ("/api/individuals", individuals, False), ("/api/individual", individual, False),
+              ("/api/export", export, False), ("/static/{name}", static_file, False)]
+    return [(path, _refusing_bad_requests(handler), post) for path, handler, post in routes]
 
 
 async def static_file(request: Request) -> Response:
@@ -146,13 +150,58 @@ async def static_file(request: Request) -> Response:
                     headers={"Cache-Control": "private, no-cache"})
 
 
+class BadRequest(Exception):
+    """A request the API refuses with 400; the message says why in one line."""
+
+
+def _refusing_bad_requests(handler: Handler) -> Handler:
+    """``handler``, answering its ``BadRequest`` with 400 and the reason."""
+
+    async def refusing(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
+    return refusing
+
+
 def _int(text: str | None, default: int) -> int:
-    return max(1, min(1000, int(text))) if text and text.isdigit() else default
+    """A limit of 1 to 1000 from ASCII digits; ``default`` for anything else (``int`` refuses some
+    Unicode digits, such as "²", that ``str.isdigit`` accepts)."""
+    return max(1, min(1000, int(text))) if text and text.isascii() and text.isdigit() else default
 
 
 async def _json(request: Request) -> dict:
+    """The body's JSON object, {} when it is none; ``BadRequest`` when it nests too deeply to parse
+    or holds a string that is not UTF-8 text (a lone surrogate such as "\\ud800"), which the store refuses."""
     try:
         body = await request.json()
+    except RecursionError:
+        raise BadRequest("the JSON body is nested too deeply: send one flat object") from None
     except ValueError:
         return {}
-    return body if isinstance(body, dict) else {}
+    if not isinstance(body, dict):
+        return {}
+    if not _is_text(body):
+        raise BadRequest("the JSON body holds a string that is not UTF-8 text (a lone surrogate such as "
+                         "\\ud800): send valid text")
+    return body
+
+
+def _is_text(value: object) -> bool:
+    """Whether every string in a parsed JSON value (keys too) is encodable as UTF-8; walked without
+    recursion, however deep the value."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return False
+    return True
