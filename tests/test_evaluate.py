@@ -189,7 +189,7 @@ def test_an_image_the_camera_cannot_read_is_named_with_its_reason(data, bundle_d
 
 @pytest.mark.parametrize("name, text, extra, said", [
     ("coco.json", '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [], "categories": [{"name": "fox"}]}',
-     [], "coco.json: file: not a COCO file the readers understand (KeyError: 'id')"),
+     [], "coco.json: categories[0]: no id"),
     ("md.json", '{"images": [{"file": "a.jpg", "detections": [{"category": "1", "conf": "high", "bbox": [0, 0, 1, 1]}]}],'
                 ' "detection_categories": {"1": "animal"}}',
      [], "md.json: file: not a MegaDetector file the readers understand (ValueError"),
