@@ -322,7 +322,7 @@ def test_an_image_declared_a_new_individual_is_exported_as_one_until_undone(revi
 @pytest.mark.parametrize("store, said", [
     ("typo/central.db", "is not a file: nothing to export (check the path)"),  # made an empty store, then
     (".", "is not a file: nothing to export"),  # overwrote the exports with nothing (exit 0)
-    ("junk.db", "is not a central store (file is not a database)"),  # was a sqlite3 traceback
+    ("junk.db", "junk.db is not a SQLite database: move it aside"),  # was a sqlite3 traceback
 ])
 def test_export_from_a_store_path_that_is_wrong_writes_nothing_and_says_why(tmp_path, capsys, store, said):
     (tmp_path / "junk.db").write_text("notes, not a database\n")

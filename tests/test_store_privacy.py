@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from common.sqlite import NotThisStore
 from common.wire import load_schema
 from edge.analysis.analyzer import Analyzer, FrameAnalysis
 from edge.analysis.config import DetectionConfig, PreprocessConfig, PrivacyConfig
@@ -32,7 +33,7 @@ def test_migrations_are_versioned_and_idempotent(tmp_path):
     tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"frames", "detections", "events", "embeddings", "failures", "outbox"} <= tables
     store.conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(NotThisStore, match=f"edge store schema {SCHEMA_VERSION + 1} is newer than this trapedge"):
         migrate(store.conn)
 
 
