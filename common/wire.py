@@ -31,6 +31,8 @@ def check_device(device: str) -> str:
     bad = [c for c in _FORBIDDEN_IN_LEVEL if c in device]
     if bad:
         raise ValueError(f"device id {device!r} must not contain {' '.join(map(repr, bad))} (MQTT topic syntax)")
+    if any(c < " " or c == "\x7f" for c in device):  # a newline in an id forged lines in central's log
+        raise ValueError(f"device id {device!r} must not contain control characters")
     return device
 
 

@@ -22,6 +22,7 @@ from central.ingest import Message, Rejected, kind_of, parse, sighting_of
 from central.matching import Matcher
 from central.service import CentralService, Ingestor
 from central.store import SCHEMA_VERSION, CentralStore
+from common.wire import check_device
 from edge.events.bursts import Event
 from edge.wire.messages import Box, EmbeddingMessage, EventMessage, Picture, StatusMessage
 
@@ -105,6 +106,7 @@ def _bad(payload: dict, **changes) -> bytes:
     (lambda v: _bad(embedding_message(v), frame_time="0000-05-01T12:00:00Z"), "frame_time"),
     (lambda v: _bad(embedding_message(v), time="2024-13-45T99:99:99Z"), "embedding schema: time"),
     (lambda v: _bad(embedding_message(v), device="cam-other"), "differs from topic device"),
+    (lambda v: _bad(embedding_message(v), device="cam\n2026-01-01 ERROR forged"), "embedding schema: device"),
     (lambda v: _bad(embedding_message(v), bbox=[0, 0, 2, 1]), "embedding schema: bbox"),
     (lambda v: _bad(embedding_message(v), crop={"format": "jpeg", "bytes": 4, "base64": "AAAA"}),
      "embedding schema: crop"),
@@ -278,3 +280,10 @@ def test_cli_service_runs_until_sigterm(mosquitto, tmp_path, leopards):
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert "review UI on http://127.0.0.1:" in output and "stopping" in output
+
+
+@pytest.mark.parametrize("device", ["cam\n2026-01-01 ERROR forged", "cam\x1b[2J", "cam\x7f"])
+def test_a_device_id_with_control_characters_is_no_topic_level(device):
+    # accepted before, so a newline in a rogue device's id printed a forged line in central's log
+    with pytest.raises(ValueError, match="control characters"):
+        check_device(device)
