@@ -147,8 +147,8 @@ class BundleBuilder:
             example = det_check if stem == "detector" else crop_check
             fp32 = export_onnx(module, torch.from_numpy(example), self.work / f"{stem}.fp32.onnx", outputs)
             tasks = [OUTPUT_TASK[name] for name in outputs]
-            for task, diff in zip(tasks, torch_vs_onnx(module, fp32, example), strict=True):
-                self.parity[task]["torch_onnx_max_abs"] = diff
+            for task, (diff, scale) in zip(tasks, torch_vs_onnx(module, fp32, example), strict=True):
+                self.parity[task].update(torch_onnx_max_abs=diff, torch_onnx_rel=diff / max(1.0, scale))
                 self.files[task] = (stem, outputs)
             self.quantize(stem, tasks)
 
@@ -261,7 +261,7 @@ class BundleBuilder:
         self.parity["embedder"].update(int8_mean_cosine=cosine, check_crops=len(crops))
         self._latency(det, cls, emb, crops)
         return [
-            *(gates.Gate(f"{t}.torch_onnx_max_abs", self.parity[t]["torch_onnx_max_abs"], gates.TORCH_ONNX_MAX_ABS, False)
+            *(gates.Gate(f"{t}.torch_onnx_rel", self.parity[t]["torch_onnx_rel"], gates.TORCH_ONNX_MAX_REL, False)
               for t in self.parity),
             gates.Gate("detector.int8_recall_of_fp32", recall, gates.DETECTOR_RECALL_MIN),
             *gates.bucket_gates(per_bucket),

@@ -13,7 +13,10 @@ from edge.runtime.yolox import box_iou
 from train.box_matching import matched_recall, recall_by_bucket
 
 # The thresholds an export must meet (issue: foundation bundle).
-TORCH_ONNX_MAX_ABS = 1e-3
+# ONNX Runtime fp32 against torch: the largest difference as a share of the output's own scale (max |torch|,
+# at least 1). An absolute 1e-3 refused a fine-tuned detector whose logits reach tens at 0.0015 on an AMD EPYC
+# (float32 summation order; the same model passed on a Xeon), while an export bug differs by tenths or more
+TORCH_ONNX_MAX_REL = 1e-3
 DETECTOR_RECALL_MIN = 0.95
 # a reference box counts as found by a candidate box scoring at most this much below the threshold:
 # boxes right at the threshold (0.250 in fp32) otherwise flip with any rounding

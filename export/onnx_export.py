@@ -33,11 +33,13 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, outpu
     return path
 
 
-def torch_vs_onnx(model: torch.nn.Module, path: Path, batch: np.ndarray) -> list[float]:
-    """Max absolute difference between torch eager and ONNX Runtime fp32 on one real batch, per output."""
+def torch_vs_onnx(model: torch.nn.Module, path: Path, batch: np.ndarray) -> list[tuple[float, float]]:
+    """(max absolute difference, max absolute torch value) between torch eager and ONNX Runtime fp32 on one
+    real batch, per output."""
     with torch.no_grad():
         expected = model(torch.from_numpy(batch))
     expected = expected if isinstance(expected, tuple) else (expected,)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     actual = session.run(None, {"images": batch})
-    return [float(np.abs(e.numpy() - a).max()) for e, a in zip(expected, actual, strict=True)]
+    pairs = [(e.numpy(), a) for e, a in zip(expected, actual, strict=True)]
+    return [(float(np.abs(e - a).max()), float(np.abs(e).max())) for e, a in pairs]
