@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from central.enroll import UNKNOWN_TIME
 from central.graph import Individuals, build
+from central.ingest import instant
 from central.review import image_view
 from central.store import CentralStore, ImageInfo
 
@@ -25,19 +26,18 @@ def _groups(store: CentralStore) -> tuple[Individuals, dict[str, list[ImageInfo]
     return individuals, groups
 
 
-def instant(text: str) -> datetime:
-    """When ``text`` (ISO 8601) was, for ordering: by its UTC offset, so 06:00+10:00 comes before 05:00Z the same
-    date (comparing the text put it after); an enrolled time without an offset is taken as UTC."""
+def _when(text: str) -> datetime:
+    """For ordering by the clock: 06:00+10:00 comes before 05:00Z the same date (compared as text, after). A
+    time stored before ingest checked times comes first."""
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:  # stored before ingest checked times: first
+        return instant(text)
+    except ValueError:
         return datetime.min.replace(tzinfo=timezone.utc)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _summary(root: str, images: list[ImageInfo]) -> dict:
     known = Counter(i.individual for i in images if i.individual)
-    times = sorted((i.frame_time for i in images if i.frame_time != UNKNOWN_TIME), key=instant)
+    times = sorted((i.frame_time for i in images if i.frame_time != UNKNOWN_TIME), key=_when)
     return {"id": root, "name": known.most_common(1)[0][0] if known else root, "count": len(images),
             "first_seen": times[0] if times else None, "last_seen": times[-1] if times else None,
             "devices": sorted({i.device for i in images}),
@@ -72,5 +72,5 @@ def individual_view(store: CentralStore, image_id: str, locations: dict[str, str
     members = {i.id for i in images}
     links = [{"anchor": d.anchor_id, "candidate": d.candidate_id, "verdict": d.verdict, "at": d.at}
              for d in store.decisions() if d.anchor_id in members or d.candidate_id in members]
-    ordered = sorted(images, key=lambda i: instant(i.frame_time))
+    ordered = sorted(images, key=lambda i: _when(i.frame_time))
     return _summary(root, images) | {"images": [image_view(i, locations or {}) for i in ordered], "decisions": links}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from central.config import ExportsConfig
 from central.exports import IdentifiedImage, csv_cell, identified, relative_path
-from central.ingest import Sighting
+from central.ingest import Sighting, instant
 from central.store import CentralStore
 
 VERSION_URL = "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/"
@@ -62,9 +62,7 @@ class ExportedImage:
 
 def camtrap_time(frame_time: str) -> str:
     """``YYYY-MM-DDThh:mm:ss±hh:mm`` (seconds, offset kept; no offset: UTC)."""
-    moment = datetime.fromisoformat(frame_time.replace("Z", "+00:00"))
-    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-    return moment.replace(microsecond=0).isoformat()
+    return instant(frame_time).replace(microsecond=0).isoformat()
 
 
 def media_path(device: str, source: str) -> str:

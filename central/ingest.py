@@ -4,8 +4,7 @@ Nothing raises: a payload larger than its kind's limit, not UTF-8, not strict JS
 number beyond float64 or an integer beyond 64 bits, text with a lone surrogate), nested too deep, not an
 object, on an unknown topic, against its schema (a time that is no real date included), with a vector
 too wide or a crop that does not decode as declared becomes a ``Rejected`` value carrying the reason,
-which the store logs. The
-limits are ``ingest`` in the central config (``central.config.IngestConfig``).
+which the store logs. The limits are ``ingest`` in the central config (``central.config.IngestConfig``).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from functools import cache
 
 import jsonschema
@@ -83,14 +82,25 @@ class Sighting:
         object.__setattr__(self, "vector", (vector / norm).astype(np.float32))
 
 
+def instant(text: str) -> datetime:
+    """The moment an ISO 8601 time names, with its UTC offset (none: an enrolled image's camera-local time,
+    taken as UTC), so times of cameras in different zones compare as the clock runs.
+
+    Raises:
+        ValueError: not a real time (2023-02-30, hour 99, year 0, offset +99:99).
+    """
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 TIMES = jsonschema.FormatChecker(formats=())
 
 
 @TIMES.checks("date-time", raises=ValueError)
 def _real_time(value: object) -> bool:
-    """A time the schema's pattern admits is also a real one (not 2023-02-30, hour 99, year 0 or offset +99:99):
-    stored, it stopped every Camtrap DP export once reviewed."""
-    return not isinstance(value, str) or isinstance(datetime.fromisoformat(value.replace("Z", "+00:00")), datetime)
+    """A time the schema's pattern admits is also a real one: stored, 2023-02-30 stopped every Camtrap DP
+    export once reviewed."""
+    return not isinstance(value, str) or isinstance(instant(value), datetime)
 
 
 @cache
@@ -164,18 +174,27 @@ def _decoded(kind: str, raw: bytes, limits: IngestConfig) -> dict | str:
         return f"payload is a JSON {type(payload).__name__}, not an object"
     if json_depth(payload, limits.max_json_depth) > limits.max_json_depth:
         return f"payload is nested deeper than ingest.max_json_depth ({limits.max_json_depth}); {RAISE_IF_RIGHT}"
-    if b"\\ud" in raw.lower() and _lone_surrogate(payload):  # only an escape can make one
+    if b"\\ud" in raw.lower() and not unicode_text(payload):  # only an escape can make one
         return "payload has text with a lone UTF-16 surrogate (\\ud800-\\udfff), which is not Unicode text"
     return payload
 
 
-def _lone_surrogate(payload: dict) -> bool:
-    """Whether any key or string holds half a surrogate pair (SQLite cannot store it: the message was lost)."""
-    try:
-        json.dumps(payload, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+def unicode_text(value: object) -> bool:
+    """Whether every string in a parsed JSON value (keys too) is Unicode text, with no half of a surrogate
+    pair (only a JSON escape makes one; SQLite cannot store it); walked without recursion, however deep."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                return False
+    return True
 
 
 def json_depth(value: object, limit: int) -> int:

@@ -151,13 +151,13 @@ class CentralStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        if problem := store_problem(self.path):
-            raise StoreError(problem)
+        if problem := store_path_problem(self.path):  # a folder, another program's file: before SQLite's words
+            raise StoreError(f"store.path: {problem}")
         try:
             self.conn = connect(self.path)
-            migrate(self.conn)
+            migrate(self.conn)  # refuses an edge store or a newer one before changing anything
         except sqlite3.Error as exc:
-            raise StoreError(f"store.path {self.path}: {exc}") from None
+            raise StoreError(f"store.path: {self.path}: {exc}") from None
         self.lock = threading.RLock()
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from central import browse, review
 from central.config import ExportsConfig
 from central.exports import EXPORTERS
+from central.ingest import unicode_text
 from central.keypoints import matched_pairs
 from central.matching import Matcher
 from central.store import CentralStore
@@ -183,25 +184,7 @@ async def _json(request: Request) -> dict:
         return {}
     if not isinstance(body, dict):
         return {}
-    if not _is_text(body):
+    if not unicode_text(body):
         raise BadRequest("the JSON body holds a string that is not UTF-8 text (a lone surrogate such as "
                          "\\ud800): send valid text")
     return body
-
-
-def _is_text(value: object) -> bool:
-    """Whether every string in a parsed JSON value (keys too) is encodable as UTF-8; walked without
-    recursion, however deep the value."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            pending += [*item.keys(), *item.values()]
-        elif isinstance(item, list):
-            pending += item
-        elif isinstance(item, str) and not item.isascii():
-            try:
-                item.encode()
-            except UnicodeEncodeError:
-                return False
-    return True

@@ -81,11 +81,13 @@ def quantize_int8(fp32: Path, int8: Path, task: str, batches: Iterator[np.ndarra
     prepared = int8.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
     excluded = fp32_nodes(prepared, task, extra_fp32)
+    reduced = task in REDUCED_RANGE
     with contextlib.redirect_stdout(io.StringIO()):  # onnxruntime prints its histogram settings per tensor
-        _quantize_static(prepared, int8, batches, method, excluded, task in REDUCED_RANGE)
+        _quantize_static(prepared, int8, batches, method, excluded, reduced)
     prepared.unlink()
     pixels = pixels and take_pixels(int8)
-    return {"format": "QDQ", "activations": "uint8", "weights": SEVEN_BIT if task in REDUCED_RANGE else FULL_RANGE,
+    return {"format": "QDQ", "activations": "uint8", "weights": SEVEN_BIT if reduced else FULL_RANGE,
+            "weight_bits": 7 if reduced else 8,
             "calibration": method, "fp32_nodes": len(excluded), "fp32_extra": list(extra_fp32 or []),
             "input": "uint8" if pixels else "float32"}
 

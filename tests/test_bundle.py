@@ -177,8 +177,8 @@ def test_int8_is_exact_on_every_x86(bundle_dir, data):
 
     bundle = load_bundle(bundle_dir)
     detector, embedder = Detector(bundle, "int8"), Embedder(bundle, "int8")
-    assert "7-bit" in bundle.manifest.models["detector"].quantization["weights"]
-    assert bundle.manifest.models["embedder"].quantization["weights"] == "int8 per-channel"
+    assert bundle.manifest.models["detector"].quantization["weight_bits"] == 7
+    assert bundle.manifest.models["embedder"].quantization["weight_bits"] == 8
     def exact(model) -> bool:
         try:
             return model.backend.session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"

@@ -179,7 +179,6 @@ def eight_bits(image: Image.Image) -> Image.Image:
 
 def list_images(root: str | Path) -> list[Path]:
     """Every file under ``root`` with an image suffix, sorted (recursive)."""
-    root = Path(root)
     return [p for p in files_under(root) if p.suffix.lower() in IMAGE_SUFFIXES]
 
 

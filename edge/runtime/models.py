@@ -34,8 +34,8 @@ def shared_backend(config: BaseModel, path: Path, outputs: list[str], precision:
 
 def full_range(quantization: dict[str, object]) -> bool:
     """Whether an INT8 graph's weights use all 8 bits (``export/quantize.py``): x86 without VNNI saturates
-    them unless told to multiply exactly. Bundles before the 7-bit detector said "int8 per-channel" for all."""
-    return "7-bit" not in str(quantization.get("weights", ""))
+    them unless told to multiply exactly. Bundles before the 7-bit detector say nothing: all 8."""
+    return quantization.get("weight_bits", 8) == 8
 
 
 class _BundleModel:
