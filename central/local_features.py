@@ -40,6 +40,26 @@ MIN_MATCHES = 8  # fewer putative matches are no evidence of a shared pattern
 RANSAC_PIXELS = 6.0
 _SIFT = cv2.SIFT_create(nfeatures=MAX_KEYPOINTS)
 _CLAHE = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+_blas_limited = False
+
+
+def one_blas_thread() -> None:
+    """Run this process's BLAS on one thread from now on (threadpoolctl; once a process).
+
+    A query's local matching is hundreds of small products (450 x 128 by 128 x 450 a pair). Shared out
+    among BLAS's threads they cost ~1.7x the CPU, and where other work holds a core (ingest, a training
+    run, another service) the threads wait on each other. Measured on a 2-core AMD EPYC, whole fused
+    top-5 at 10,000 images (``central bench --matching``): idle, median 472-480 ms with one thread against
+    351-552 ms with the default two (user CPU 31 s against 52 s a run); with one core held by a busy loop,
+    472 ms (p95 482) against 1,110 ms (p95 1,547), past the 1 s budget, so the shortlist was cut short. On
+    300 lion crop pairs: 0.77 ms a match against 1.2-6.3 ms beside a busy process. The central service,
+    ``central evaluate`` and ``central bench`` reach it through ``ratio_matches``."""
+    global _blas_limited
+    if not _blas_limited:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1, user_api="blas")
+        _blas_limited = True
 
 
 @dataclass(frozen=True)
@@ -129,7 +149,9 @@ def match(a: LocalFeatures, b: LocalFeatures) -> Matches:
 def ratio_matches(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Indices (into ``a``, into ``b``) of the descriptors of ``a`` whose nearest descriptor in ``b`` (Euclidean)
     is nearer than ``RATIO`` times the second nearest: Lowe's ratio test, as OpenCV's brute-force
-    ``knnMatch(k=2)`` gives it, computed as one matrix product (about 3x faster at 450 keypoints a crop)."""
+    ``knnMatch(k=2)`` gives it, computed as one matrix product (about 3x faster at 450 keypoints a crop) on one
+    BLAS thread (``one_blas_thread``)."""
+    one_blas_thread()
     a_, b_ = a.astype(np.float32), b.astype(np.float32)
     squared = (b_ * b_).sum(axis=1)[None, :] - 2.0 * (a_ @ b_.T)  # |b|^2 - 2ab: |a-b|^2 less |a|^2, a row's constant
     rows = np.arange(len(a_))
