@@ -49,7 +49,7 @@ EFFICIENTNET_FRONT = [r"^/conv_stem/", r"^/bn1/", r"^/blocks/blocks\.0/"]
 #   speed; its gates lose nothing (recall of fp32 1.0, box IoU 0.97 on that EPYC);
 # - the crop graphs keep 8-bit weights, since 7 bits cost their embedding 0.98 against 0.995 cosine to
 #   fp32, and the edge multiplies them exactly (ONNX Runtime's U8U8 path, `session.x64quantprecision`,
-#   which the edge asks for on x86 without VNNI only, at ~20 % more time a crop there; VNNI is exact
+#   which the edge asks for except on x86 with AVX-512 VNNI, at ~20 % more time a crop; AVX-512 VNNI is exact
 #   already and the path took it 1.8x the time) when the manifest says full range.
 SEVEN_BIT = "int8 per-channel, 7-bit range (no U8S8 saturation on x86 without VNNI)"
 FULL_RANGE = "int8 per-channel"

@@ -43,7 +43,7 @@ class Config(BaseModel):
                                 "so the arena holds one image's tensors, not a batch's (a GPU provider may want more)")
     spin: bool = Field(False, title="Let idle worker threads spin (steals the cores from the other models' sessions)")
     exact_int8: bool = Field(False, title="Multiply INT8 exactly on x86 without VNNI (ONNX Runtime's U8U8 path, ~20 % "
-                             "slower there; not taken on x86 with VNNI, which is exact already and where the path "
+                             "slower there; not taken on x86 with AVX-512 VNNI, which is exact already and where the path "
                              "took 1.8x the time): set for each graph whose manifest says its weights use all 8 bits, "
                              "which such CPUs would saturate")
 
@@ -91,17 +91,17 @@ class Backend:
 
 @functools.cache
 def has_vnni(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this CPU is x86 with VNNI (AVX-512 VNNI or AVX-VNNI), whose U8S8 kernels sum into 32 bits, so
-    INT8 is exact without the U8U8 path. ONNX Runtime takes that path wherever it is asked to, VNNI or not:
-    on an AMD EPYC with AVX-512 VNNI the default bundle's crop graph took 10.6 ms a crop with it against 5.9
-    without (fp32 10.9), one thread. False where it cannot tell (the path is then taken: right answers
-    first)."""
+    """Whether this CPU is x86 with AVX-512 VNNI, whose U8S8 kernels sum into 32 bits, so INT8 is exact without
+    the U8U8 path. ONNX Runtime takes that path wherever it is asked to, VNNI or not: on an AMD EPYC with
+    AVX-512 VNNI the default bundle's crop graph took 10.6 ms a crop with it against 5.9 without (fp32 10.9),
+    one thread, with the same outputs. False where it cannot tell, and for AVX-VNNI alone (no such CPU was
+    measured): the path is then taken, right answers first."""
     try:
         with open(cpuinfo, encoding="ascii", errors="replace") as lines:
             flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
     except OSError:
         return False
-    return bool({"avx512_vnni", "avx_vnni"} & set(flags))
+    return "avx512_vnni" in flags
 
 
 _arena_lock = threading.Lock()
