@@ -197,14 +197,15 @@ def test_int8_is_exact_on_every_x86(bundle_dir, data):
 
 
 @pytest.mark.parametrize("flags, vnni", [("fpu avx2 avx512f avx512_vnni", True), ("fpu avx2 avx_vnni", False),
-                                         ("fpu sse4_2 avx2 fma", False), (None, False)])
+                                         ("fpu sse4_2 avx2 fma", False), ("arm", False), (None, False)])
 def test_the_exact_int8_path_is_taken_only_without_vnni(tmp_path, flags, vnni):
     """AVX2 alone saturates U8S8 pair sums, so the U8U8 path; AVX-512 VNNI sums into 32 bits and the path would
     only cost time; AVX-VNNI alone (never measured), an ARM cpuinfo (no 'flags' line) or none at all keeps it."""
     from edge.runtime.backends.onnxruntime import has_vnni
 
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd\n" if flags is None else
-                       f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    cpuinfo = tmp_path / "cpuinfo"  # flags None: no file at all
+    if flags == "arm":
+        cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd\n")
+    elif flags is not None:
+        cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
     assert has_vnni.__wrapped__(str(cpuinfo)) is vnni
-    assert has_vnni.__wrapped__(str(tmp_path / "missing")) is False
