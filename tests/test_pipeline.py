@@ -14,7 +14,7 @@ from edge.app.config import EdgeConfig
 from edge.app.factory import build_analyzer
 from edge.capture.decode import list_images, read_frame
 from edge.capture.frame import Frame
-from edge.runtime import config as runtime_config
+from edge.runtime import machine
 from edge.runtime.config import BundleConfig
 
 T0 = datetime(2026, 3, 1, 21, 0, tzinfo=timezone.utc)
@@ -37,7 +37,7 @@ def test_frames_at_once_gives_what_one_frame_at_a_time_gives_in_order(data, bund
         with Pipeline(analyzer) as pipeline:
             runs[depth] = list(pipeline.results(frames))
         session = analyzer.detector.backend.session.get_session_options()
-        assert session.intra_op_num_threads == (0 if depth == 1 else max(1, runtime_config.cores() // 2))
+        assert session.intra_op_num_threads == (0 if depth == 1 else max(1, machine.cores() // 2))
     one, two = runs[1], runs[2]
     assert [f.key for f, _ in two] == [f.key for f, _ in one] == [f.key for f in frames]
     assert sum(len(r.detections) for _, r in one if isinstance(r, FrameAnalysis)) > 5
@@ -114,8 +114,8 @@ def test_abandoned_frames_come_back_oldest_first_and_their_results_are_dropped()
 ])
 def test_frames_at_once_auto_follows_cores_memory_and_backend(monkeypatch, cores, memory_mb, backend, setting,
                                                               expected):
-    monkeypatch.setattr(runtime_config, "cores", lambda: cores)
-    monkeypatch.setattr(runtime_config, "memory_mb", lambda: memory_mb)
+    monkeypatch.setattr(machine, "cores", lambda: cores)
+    monkeypatch.setattr(machine, "memory_mb", lambda: memory_mb)
     precision = "fp16" if backend["type"] == "tensorrt" else "int8"
     config = BundleConfig(backend=backend, precision=precision, frames_at_once=setting)
     assert config.frames_in_flight() == expected

@@ -11,6 +11,7 @@ the machine the report names.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -20,9 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.cli.bench import STAGES
-from edge.cli.options import at_least
-from edge.runtime.config import AUTO_MIN_MEMORY_MB, BundleConfig
+from edge.cli.argtypes import at_least
+from edge.runtime.machine import AUTO_MIN_MEMORY_MB, auto_frames_at_once
 
 MANY_ANIMALS = Path("../shared/data/boxes/wbia_voc/JPEGImages")
 ONE_FRAME = "int8 1 frame"  # INT8 with frames_at_once 1, run beside the default when that is more
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         sets["many animals"] = args.many
     configs: dict[str, tuple[Path, str, list[str]]] = {"int8": (args.bundle, "int8", []),
                                                          "fp32": (args.bundle, "fp32", [])}
-    if BundleConfig().frames_in_flight() > 1:  # what a device with less memory (a 512 MB Pi Zero 2 W) runs
+    if auto_frames_at_once() > 1:  # what a device with less memory (a 512 MB Pi Zero 2 W) runs
         configs[ONE_FRAME] = (args.bundle, "int8", ["--frames-at-once", "1"])
     if args.baseline is not None:
         configs["baseline int8"] = (args.baseline, "int8", [])
@@ -117,11 +117,11 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for package in ("onnxruntime", "numpy", "PIL"):
-        spec = importlib.util.find_spec(package)
-        if spec is not None:
-            module = importlib.import_module(package)
-            versions[package] = getattr(module, "__version__", "?")
+    for package, distribution in (("onnxruntime", "onnxruntime"), ("numpy", "numpy"), ("PIL", "pillow")):
+        try:  # read from the installed metadata: importing ONNX Runtime here would map it into this process
+            versions[package] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return {"arch": platform.machine(), "cpu": model or platform.processor(), "cores": os.cpu_count(),
             "system": f"{platform.system()} {platform.release()}", "python": platform.python_version(), **versions}
 
@@ -134,9 +134,10 @@ def report(results: dict[str, Any]) -> None:
     for name, one in results["sets"].items():
         runs = one["configurations"]
         print(f"\n{name} ({one['folder']})")
-        print(f"{'config':<14}{'fps':>7}{'CPU s/frame':>13}{'rss MB':>8}  " + "  ".join(f"{s:>15}" for s in STAGES))
+        names = list(dict.fromkeys(stage for r in runs.values() for stage in r["stages_ms"]))  # the workers' order
+        print(f"{'config':<14}{'fps':>7}{'CPU s/frame':>13}{'rss MB':>8}  " + "  ".join(f"{s:>15}" for s in names))
         for config, r in runs.items():
-            stages = [r["stages_ms"].get(s, {}) for s in STAGES]
+            stages = [r["stages_ms"].get(s, {}) for s in names]
             cells = "  ".join(f"{st.get('p50', 0):>6.1f}/{st.get('p95', 0):>6.1f}ms" for st in stages)
             print(f"{config:<14}{r['fps']:>7.2f}{r['cpu_s_per_frame']:>13.3f}{r['peak_rss_mb']:>8.1f}  {cells}")
         print("(stage cells: wall p50/p95; CPU is user + system time of the process, every thread)")

@@ -14,7 +14,7 @@ from edge.analysis.gate import MotionGate
 from edge.app.config import EdgeConfig
 from edge.runtime.backends import InferenceBackend
 from edge.runtime.bundle import Bundle, load_bundle
-from edge.runtime.config import cores
+from edge.runtime.machine import cores
 from edge.runtime.models import Classifier, Detector, Embedder
 from edge.storage.recorder import Identity, Recorder
 from edge.storage.store import Store

@@ -28,7 +28,8 @@ from edge.analysis.pipeline import Pipeline
 from edge.app.factory import build_analyzer, build_recorder
 from edge.app.memory import one_malloc_arena, release_start_up_memory
 from edge.capture.decode import DEFAULT_MAX_SIDE, list_images, read_ahead, read_frame
-from edge.cli.options import add_model_arguments, at_least, command_config, fail
+from edge.cli.argtypes import at_least
+from edge.cli.options import add_model_arguments, command_config, fail
 from edge.runtime.backends import BackendUnavailable, InferenceBackend
 from edge.runtime.bundle import BundleError, load_bundle
 from edge.runtime.preprocess import crop

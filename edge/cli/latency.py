@@ -47,7 +47,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from common.local_broker import BrokerMissing, Mosquitto
 from common.wire import topic
 from edge.capture.decode import list_images
-from edge.runtime.config import BundleConfig
+from edge.runtime.machine import auto_frames_at_once
 
 DEVICE, PREFIX, LABEL = "bench-latency", "trapedge", "bird"
 FRAMES = ["ena24_small/7951.jpg", "ena24_small/5840.jpg", "ena24_small/49.jpg", "ena24_small/8200.jpg"]  # crows, a chicken
@@ -328,7 +328,7 @@ def bench(bundle: Path, data: Path, alerts: int, frames: int = 0) -> dict[str, A
     if missing:
         raise LatencyError(f"{data / missing[0]} not found: pass the real frames folder (../shared/data/frames)")
     raw = [(data / rel).read_bytes() for rel in FRAMES]
-    auto = BundleConfig().frames_in_flight()
+    auto = auto_frames_at_once()  # the service's default backend, ONNX Runtime, runs frames at once
     with tempfile.TemporaryDirectory(prefix="trapedge-latency-") as tmp:
         broker = Mosquitto(Path(tmp) / "mosquitto")
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,15 +11,9 @@ from common.signing import DEV_PUBLIC_KEY
 from edge.runtime.backends import PLUGINS, BackendConfig
 from edge.runtime.backends.onnxruntime import Config as OnnxRuntimeConfig
 from edge.runtime.bundle import BundleTrust
+from edge.runtime.machine import AUTO_FRAMES, AUTO_MIN_MEMORY_MB, auto_frames_at_once
 
 DEFAULT_PATH = Path("/var/lib/trapedge/bundles/current")
-# frames_at_once: 0. On 2 x86 cores (INT8, `trapedge bench`, two runs) two frames at once with one thread
-# each ran 29.9-30.9 / 27.6-28.3 frames/s (shared / many-animal frames) against 22.2-23.0 / 19.3-20.4 for
-# one frame on two threads, at 9-12 % less CPU a frame: ONNX Runtime's INT8 kernels keep ~1.4 of 2 cores
-# busy, and a frame's small steps one. A third frame gained 4 % more; each frame in flight holds 20-30 MB
-# of its own (tensors, input, pixels), hence the memory floor (a Pi Zero 2 W has 512 MB in all).
-AUTO_FRAMES = 2
-AUTO_MIN_MEMORY_MB = 1024
 
 
 class BundleConfig(BaseModel):
@@ -64,9 +57,8 @@ class BundleConfig(BaseModel):
         """``frames_at_once``, with 0 resolved for this machine and this backend."""
         if self.frames_at_once:
             return self.frames_at_once
-        if not getattr(PLUGINS[self.backend.type], "CONCURRENT_FRAMES", False):  # type: ignore[attr-defined]
-            return 1
-        return AUTO_FRAMES if cores() >= AUTO_FRAMES and memory_mb() >= AUTO_MIN_MEMORY_MB else 1
+        backend = PLUGINS[self.backend.type]  # type: ignore[attr-defined]
+        return auto_frames_at_once(getattr(backend, "CONCURRENT_FRAMES", False))
 
     @property
     def trust(self) -> BundleTrust:
@@ -81,19 +73,3 @@ class BundleConfig(BaseModel):
             raise ValueError(f"backend {key} cannot run precision {self.precision}; it runs {' or '.join(runs)}")
         return self
 
-
-def cores() -> int:
-    """The cores this process may run on (its CPU affinity: a systemd CPUAffinity= or a container's
-    cpuset, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-def memory_mb() -> float:
-    """The machine's memory in MB (0 where the system does not say)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
-        return 0.0
