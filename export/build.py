@@ -125,7 +125,9 @@ class BundleBuilder:
         self.images = options.images or default_images(options.data)
         self.parity: dict[str, dict[str, float]] = {"detector": {}, "classifier": {}, "embedder": {}}
         self.quantization: dict[str, dict[str, object]] = {}
-        self.detector_input = detector_input(options.detector_size)
+        # the detector's ONNX takes any canvas size (dynamic_size below), so the edge fits the canvas to the frame:
+        # a 16:9 frame on 384 x 640, a square one on 480 x 480, where the padding was computed and ignored before
+        self.detector_input = detector_input(options.detector_size, fit=True)
         self.files: dict[str, tuple[str, list[str]]] = {}  # task -> (file stem, outputs of that file)
         self._checked: tuple | None = None  # the detectors' pass over the check frames (_check_frames)
 
@@ -145,7 +147,8 @@ class BundleBuilder:
         crop_check = np.concatenate(list(calibration_samples(self.images.check_crops[:8], CROP_INPUT)))
         for stem, module, outputs in self.graphs():
             example = det_check if stem == "detector" else crop_check
-            fp32 = export_onnx(module, torch.from_numpy(example), self.work / f"{stem}.fp32.onnx", outputs)
+            fp32 = export_onnx(module, torch.from_numpy(example), self.work / f"{stem}.fp32.onnx", outputs,
+                               dynamic_size=stem == "detector")
             tasks = [OUTPUT_TASK[name] for name in outputs]
             for task, (diff, scale) in zip(tasks, torch_vs_onnx(module, fp32, example), strict=True):
                 self.parity[task].update(torch_onnx_max_abs=diff, torch_onnx_rel=diff / max(1.0, scale))
@@ -241,6 +244,9 @@ class BundleBuilder:
         wide = [k for k, (h, w) in enumerate(shapes) if w * self.detector_input.size[0] >= h * self.detector_input.size[1]]
         native_recall, n_native = gates.recall_within_tolerance([found["native"][k] for k in wide],
                                                                 [found["fp32"][k] for k in wide], threshold)
+        # the canvas fitted to each frame against the whole input size: the boxes of the one are the other's
+        fit_recall, _ = gates.recall_within_tolerance(found["full"], found["fp32"], threshold)
+        full_recall, _ = gates.recall_within_tolerance(found["fp32"], found["full"], threshold)
         probs = {p: cls[p].run_crops(crops) for p in cls}
         # the boxes fp32 makes people or vehicles, found by INT8 whatever the detector's class (a one-class
         # detector's people sit inside "animal"): the crops of the check frames' boxes are the last ones
@@ -253,7 +259,8 @@ class BundleBuilder:
         self.parity["detector"].update(int8_recall_of_fp32=recall, int8_recall_of_fp32_strict=strict,
                                        int8_box_iou=box_iou, check_boxes=n_boxes,
                                        check_frames=len(found["fp32"]), fp32_recall_of_native=native_recall,
-                                       native_boxes=n_native)
+                                       native_boxes=n_native, fitted_recall_of_full_canvas=fit_recall,
+                                       full_canvas_recall_of_fitted=full_recall)
         for key, (bucket_recall, n) in per_bucket.items():
             self.parity["detector"][f"int8_recall_of_fp32.{key}"] = bucket_recall
             self.parity["detector"][f"check_boxes.{key}"] = n
@@ -267,6 +274,7 @@ class BundleBuilder:
             *gates.bucket_gates(per_bucket),
             gates.Gate("detector.int8_box_iou", box_iou, gates.DETECTOR_BOX_IOU_MIN),
             gates.Gate("detector.fp32_recall_of_native", native_recall, gates.DETECTOR_RECALL_MIN),
+            gates.Gate("detector.fitted_recall_of_full_canvas", min(fit_recall, full_recall), gates.DETECTOR_RECALL_MIN),
             gates.Gate("classifier.int8_top1_agreement", agreement if n_confident else 0.0, gates.CLASSIFIER_AGREEMENT_MIN),
             gates.Gate("embedder.int8_mean_cosine", cosine, gates.EMBEDDER_COSINE_MIN),
         ]
@@ -283,8 +291,9 @@ class BundleBuilder:
         threshold = self.options.detector_threshold
         # reference boxes at the threshold, candidates within the score tolerance below it (a box
         # at 0.26 in fp32 and 0.24 in INT8 is the same detection, not a miss); detectors run low
-        found: dict[str, list[Detections]] = {"fp32": [], "int8": [], "native": []}
+        found: dict[str, list[Detections]] = {"fp32": [], "int8": [], "native": [], "full": []}
         native = NativeDetector(self.models.detector, bundle.spec("detector"), self.models.detector_native_size)
+        full = Detector(bundle, "fp32", full_canvas=True)
         crops = [resize_whole(rgb, CROP_INPUT) for rgb in _frames(self.images.check_crops)]
         check_frames, shapes, kept = self.images.check_frames, [], []
         for rgb in progress(_frames(check_frames), total=len(check_frames), desc="check", unit="image"):
@@ -292,6 +301,7 @@ class BundleBuilder:
             for p in ("fp32", "int8"):
                 found[p].append(det[p].detect(rgb, threshold - gates.DETECTOR_SCORE_TOLERANCE))
             found["native"].append(native.detect(rgb, threshold))
+            found["full"].append(full.detect(rgb, threshold - gates.DETECTOR_SCORE_TOLERANCE))
             fp32 = found["fp32"][-1]
             kept.append(fp32[fp32.confidence >= threshold])
             crops += cls.crops_of(rgb, kept[-1])

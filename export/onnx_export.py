@@ -13,20 +13,24 @@ import torch
 OPSET = 17
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, output_names: str | list[str]) -> Path:
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, output_names: str | list[str],
+                dynamic_size: bool = False) -> Path:
     """Write ``model`` as ONNX with input ``images`` (dynamic batch) and the named outputs.
 
     Uses the TorchScript exporter: its node names (``/head/cls_preds.0/Conv``) are what
-    ``export.quantize`` uses to keep heads in fp32.
+    ``export.quantize`` uses to keep heads in fp32. ``dynamic_size``: the input's height and width are
+    free too, and so is the outputs' second axis (a detector's anchors), for a canvas fitted to the frame.
     """
     names = [output_names] if isinstance(output_names, str) else list(output_names)
+    image_axes, output_axes = ({0: "batch", 2: "height", 3: "width"}, {0: "batch", 1: "anchors"}) if dynamic_size \
+        else ({0: "batch"}, {0: "batch"})
     model.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model, (example,), str(path),
             input_names=["images"], output_names=names,
-            dynamic_axes={"images": {0: "batch"}, **{name: {0: "batch"} for name in names}},
+            dynamic_axes={"images": image_axes, **{name: output_axes for name in names}},
             opset_version=OPSET, dynamo=False,
         )
     onnx.checker.check_model(onnx.load(str(path)))

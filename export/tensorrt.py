@@ -70,6 +70,7 @@ class EngineBuild:
     engine: Path
     sidecar: Path
     needs_build: bool
+    fit_multiple: int | None = None  # the manifest's input.fit_multiple: canvases from this square up to input_size
 
     @property
     def calibration_cache(self) -> Path:
@@ -77,9 +78,13 @@ class EngineBuild:
         return self.engine.with_suffix(".calib")
 
     def shapes(self) -> dict[str, Shape]:
-        """The ``min``/``opt``/``max`` input shapes of the engine's optimisation profile."""
+        """The ``min``/``opt``/``max`` input shapes of the engine's optimisation profile (tuned for the whole
+        input size; a fitted canvas, as small as ``fit_multiple`` a side, runs on the same engine)."""
         height, width = self.input_size
-        return {name: (batch, 3, height, width) for name, batch in zip(("min", "opt", "max"), BATCH_RANGE[self.task])}
+        shapes = {name: (batch, 3, height, width) for name, batch in zip(("min", "opt", "max"), BATCH_RANGE[self.task])}
+        if self.fit_multiple:
+            shapes["min"] = (shapes["min"][0], 3, min(height, self.fit_multiple), min(width, self.fit_multiple))
+        return shapes
 
 
 def plan_builds(bundle: Bundle, cache: Path, device: str, trt_version: str,
@@ -109,7 +114,8 @@ def plan_builds(bundle: Bundle, cache: Path, device: str, trt_version: str,
             engine, sidecar = engine_paths(cache, key)
             cached = engine.is_file() and sidecar.is_file()
             builds.append(EngineBuild(task, precision, bundle.model_path(task, "fp32"), onnx_sha256, device,
-                                      trt_version, tuple(spec.input.size), key, engine, sidecar, force or not cached))
+                                      trt_version, tuple(spec.input.size), key, engine, sidecar, force or not cached,
+                                      spec.input.fit_multiple))
     return builds
 
 

@@ -85,6 +85,33 @@ def test_int8_and_fp32_agree_on_a_real_frame(models, data):
     assert matched_recall([det32], [det8])[0] == 1.0
 
 
+@pytest.mark.parametrize("precision", ["int8", "fp32"])
+def test_a_wide_frame_runs_on_a_canvas_fitted_to_it_with_the_boxes_of_the_whole_input(models, bundle_dir, data,
+                                                                                       precision):
+    """The exported detector takes any canvas size and the manifest fits the canvas to the frame: a 1920 x 1080
+    frame runs on 384 x 640 (a fifth less of the detector's work) with the boxes of the 480 x 640 canvas; in a
+    batch with a 4:3 frame it is padded to the batch's canvas, which moves none of its boxes."""
+    assert load_bundle(bundle_dir).manifest.models["detector"].input.fit_multiple == 32
+    wide = decode_image(data / "frames" / "ena24_small" / "2480.jpg", max_side=960).rgb
+    four_three = decode_image(data / "frames" / "autofocus_gallery" / "buck.jpeg", max_side=960).rgb[:, :684]
+    assert wide.shape[:2] == (540, 960) and four_three.shape[:2] == (512, 684)
+    fitted, full = models[precision][0], Detector(load_bundle(bundle_dir), precision, full_canvas=True)
+    shapes: list[tuple[int, ...]] = []
+    run = fitted.backend.run
+    fitted.backend.run = lambda batch: shapes.append(batch.shape) or run(batch)
+    try:
+        alone, (in_batch, other) = fitted.detect(wide, 0.15), fitted.detect_batch([wide, four_three], 0.15)
+    finally:
+        fitted.backend.run = run
+    assert shapes == [(1, 3, 384, 640), (2, 3, 480, 640)]
+    reference = full.detect(wide, 0.15)
+    assert len(reference) >= 1
+    for found in (alone, in_batch):
+        assert matched_recall([reference], [found], iou=0.9)[0] == 1.0
+        assert matched_recall([found], [reference], iou=0.9)[0] == 1.0
+    assert matched_recall([full.detect(four_three, 0.15)], [other], iou=0.99)[0] == 1.0
+
+
 def test_the_int8_detector_takes_the_letterboxed_pixels_as_uint8(models, bundle_dir):
     """Export gives the INT8 detector a uint8 input (its input quantization maps each pixel to itself); the
     fp32 one and the crop graphs keep float32, and the manifest says which."""

@@ -28,6 +28,25 @@ def test_letterbox_geometry(hw, size, anchor, ratio, pad, placed):
     assert (canvas == 7).sum() == 3 * (size[0] * size[1] - placed[0] * placed[1])
 
 
+@pytest.mark.parametrize(
+    ("hw", "canvas_hw", "placed"),
+    [
+        ((1080, 1920), (384, 640), (360, 640)),  # 16:9: 96 rows of padding fewer
+        ((1944, 2592), (480, 640), (480, 640)),  # 4:3 fills the input: nothing changes
+        ((640, 640), (480, 480), (480, 480)),  # square
+        ((1920, 1080), (480, 288), (480, 270)),  # portrait
+        ((10, 2000), (32, 640), (3, 640)),  # a sliver: one step high
+    ],
+)
+def test_a_fitted_letterbox_keeps_the_scale_and_drops_the_padding_beyond_the_step(hw, canvas_hw, placed):
+    image = np.full((*hw, 3), 200, np.uint8)
+    full, full_box = letterbox(image, (480, 640), pad_value=7)
+    fitted, box = letterbox(image, (480, 640), pad_value=7, fit_multiple=32)
+    assert fitted.shape == (*canvas_hw, 3) and box == full_box
+    np.testing.assert_array_equal(fitted, full[: canvas_hw[0], : canvas_hw[1]])
+    assert (fitted == 200).all(axis=2).sum() == placed[0] * placed[1]
+
+
 def test_letterbox_boxes_map_back_to_source():
     image = np.zeros((1080, 1920, 3), np.uint8)
     _, box = letterbox(image, (640, 640), anchor="center")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -151,6 +152,13 @@ def test_sidecar_describes_the_engine(bundle, tmp_path):
 def test_crop_models_get_a_chunk_sized_batch_range(bundle, tmp_path):
     classifier = export_trt.plan_builds(bundle, tmp_path, DEVICE, TRT_VERSION)[2]
     assert classifier.shapes() == {"min": (1, 3, 32, 32), "opt": (8, 3, 32, 32), "max": (16, 3, 32, 32)}
+
+
+def test_a_detector_fitted_to_each_frame_gets_a_profile_down_to_the_fitting_step(bundle, tmp_path):
+    """A manifest that fits the canvas to the frame (``input.fit_multiple``) sends the engine canvases from one
+    step square up to the input size: the profile's minimum says so, its optimum stays the whole size."""
+    detector = dataclasses.replace(export_trt.plan_builds(bundle, tmp_path, DEVICE, TRT_VERSION)[0], fit_multiple=32)
+    assert detector.shapes() == {"min": (1, 3, 32, 32), "opt": (1, 3, 64, 96), "max": (4, 3, 64, 96)}
 
 
 def test_write_atomic_leaves_no_partial_file(tmp_path):

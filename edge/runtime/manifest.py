@@ -53,6 +53,10 @@ class InputSpec(_Strict):
     interpolation: Literal["area", "linear", "cubic"] = "linear"
     pad_value: float = Field(0.0, title="Letterbox padding, in raw pixel units")
     pad_anchor: Literal["top_left", "center"] = "top_left"
+    fit_multiple: int | None = Field(None, ge=1, title="Letterbox: the canvas is only as large as the resized image, "
+                                     "each side rounded up to a multiple of this (the model's largest stride), at most "
+                                     "size: a 16:9 frame runs on 384 x 640, a square one on 480 x 480. None: always size "
+                                     "(the model file then takes that size alone)")
     crop_margin: float = Field(0.0, title="Crop rule: box grown by this fraction of its size per side")
     crop_square: bool = Field(True, title="Crop rule: box made square (longer side) before cutting")
 

@@ -79,34 +79,52 @@ class Detector(_BundleModel):
 
     task = "detector"
 
-    def __init__(self, bundle: Bundle, precision: str = "int8", backend: BaseModel | None = None):
+    def __init__(self, bundle: Bundle, precision: str = "int8", backend: BaseModel | None = None,
+                 full_canvas: bool = False):
+        """``full_canvas``: letterbox to the whole input size even where the manifest fits the canvas to the
+        frame (``input.fit_multiple``), as a reference for the fitted one."""
         super().__init__(bundle, precision, backend)
         strides = self.spec.decode["strides"]
         if not isinstance(strides, list):
             raise BundleError(f"detector decode.strides must be a list, got {strides!r}")
-        self.grid, self.strides = make_grid(self.spec.input.size, [int(s) for s in strides])
+        self.head_strides = [int(s) for s in strides]
+        self.fit_multiple = None if full_canvas else self.spec.input.fit_multiple
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def grid(self, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The anchor grid and strides of a canvas of ``size`` (h, w), made once per size."""
+        if size not in self._grids:
+            self._grids[size] = make_grid(size, self.head_strides)
+        return self._grids[size]
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-        """Letterbox one RGB image as the manifest says."""
+        """Letterbox one RGB image as the manifest says (onto a canvas fitted to it, where it says so)."""
         spec = self.spec.input
-        return letterbox(image, spec.size, spec.pad_value, spec.pad_anchor, spec.interpolation)
+        return letterbox(image, spec.size, spec.pad_value, spec.pad_anchor, spec.interpolation, self.fit_multiple)
 
-    def raw_batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox]]:
-        """Undecoded head output (B, A, 5 + C) and each image's letterbox."""
+    def raw_batch(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Letterbox], tuple[int, int]]:
+        """Undecoded head output (B, A, 5 + C) for one canvas size, the batch's largest (fitted canvases of
+        other sizes padded at the bottom and right, which moves nothing), each image's letterbox and that size."""
         boxed = [self.preprocess(image) for image in images]
-        (raw,) = self.backend.run(to_tensor([canvas for canvas, _ in boxed], self.spec.input, input_dtype(self.backend)))
-        return raw, [box for _, box in boxed]
+        canvases = [canvas for canvas, _ in boxed]
+        size = max(c.shape[0] for c in canvases), max(c.shape[1] for c in canvases)
+        if any(c.shape[:2] != size for c in canvases):
+            pad = self.spec.input.pad_value
+            canvases = [np.pad(c, ((0, size[0] - c.shape[0]), (0, size[1] - c.shape[1]), (0, 0)), constant_values=pad)
+                        for c in canvases]
+        (raw,) = self.backend.run(to_tensor(canvases, self.spec.input, input_dtype(self.backend)))
+        return raw, [box for _, box in boxed], size
 
     def detect_batch(self, images: list[np.ndarray], confidence: float | None = None) -> list[Detections]:
         """Boxes in source pixels for each image, at ``confidence`` (default: the manifest's)."""
         if not images:
             return []
         threshold = self.spec.thresholds["confidence"] if confidence is None else confidence
-        raw, boxes = self.raw_batch(images)
+        raw, boxes, size = self.raw_batch(images)
+        grid, strides = self.grid(size)
         results = []
         for image, out, box in zip(images, raw, boxes):
-            xyxy, scores, class_ids = postprocess(out, self.grid, self.strides, threshold,
-                                                  self.spec.thresholds["nms_iou"])
+            xyxy, scores, class_ids = postprocess(out, grid, strides, threshold, self.spec.thresholds["nms_iou"])
             h, w = image.shape[:2]
             xyxy = np.clip(box.to_source(xyxy), 0, [w, h, w, h]).astype(np.float32)
             results.append(Detections(xyxy, scores, class_ids))

@@ -60,6 +60,7 @@ def letterbox(
     pad_value: float = 0.0,
     anchor: str = "top_left",
     interpolation: str = "linear",
+    fit_multiple: int | None = None,
 ) -> tuple[np.ndarray, Letterbox]:
     """Resize keeping the aspect ratio so the image fits ``size`` (h, w), then pad.
 
@@ -70,6 +71,8 @@ def letterbox(
         anchor: ``top_left`` puts the image at the origin (padding right/bottom, as the YOLOX
             camera-trap detector was trained); ``center`` pads evenly.
         interpolation: ``area``, ``linear`` or ``cubic``.
+        fit_multiple: the canvas shrinks to the resized image, each side rounded up to a multiple of
+            this (never beyond ``size``): the padding a model would compute and ignore is left out.
 
     Returns:
         The (h, w, 3) uint8 canvas and the ``Letterbox`` that maps boxes back.
@@ -78,6 +81,9 @@ def letterbox(
     src_h, src_w = image.shape[:2]
     ratio = min(out_h / src_h, out_w / src_w)
     new_w, new_h = max(1, round(src_w * ratio)), max(1, round(src_h * ratio))
+    if fit_multiple:
+        step = fit_multiple
+        out_h, out_w = min(out_h, -(-new_h // step) * step), min(out_w, -(-new_w // step) * step)  # rounded up
     resized = resize(image, (new_w, new_h), interpolation)
     pad_x, pad_y = ((out_w - new_w) // 2, (out_h - new_h) // 2) if anchor == "center" else (0, 0)
     canvas = np.full((out_h, out_w, 3), pad_value, dtype=np.uint8)

@@ -27,13 +27,16 @@ DETECTION_THRESHOLD = 0.25  # the bundle manifest's detection threshold
 NMS_IOU = 0.45
 
 
-def detector_input(size: tuple[int, int] = DEFAULT_SIZE) -> InputSpec:
+def detector_input(size: tuple[int, int] = DEFAULT_SIZE, fit: bool = False) -> InputSpec:
     """The detector's input at ``size`` (h, w): raw 0-255 pixels, letterboxed from the top left with
-    bilinear resizing, as YOLOX's own preprocessing trained it (and 5x cheaper than area averaging)."""
+    bilinear resizing, as YOLOX's own preprocessing trained it (and 5x cheaper than area averaging).
+    ``fit``: the canvas shrinks to the frame in steps of the largest stride (a model file that takes
+    any size: ``export.onnx_export``'s ``dynamic_size``)."""
     if any(side % STRIDES[-1] for side in size):
         raise ValueError(f"detector input size {size} must be multiples of {STRIDES[-1]} (the head's largest stride)")
-    return InputSpec(size=size, scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                     resize="letterbox", interpolation="linear", pad_value=0.0, pad_anchor="top_left")
+    return InputSpec(size=size, scale=1.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize="letterbox",
+                     interpolation="linear", pad_value=0.0, pad_anchor="top_left",
+                     fit_multiple=STRIDES[-1] if fit else None)
 
 
 class BaseConv(nn.Module):
