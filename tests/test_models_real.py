@@ -139,6 +139,29 @@ def test_a_uint8_detector_whose_manifest_normalises_its_input_is_refused_at_load
     Detector(dataclasses.replace(bundle, manifest=manifest), "fp32")  # the fp32 graph takes floats: nothing to refuse
 
 
+def test_a_fitted_canvas_the_detector_cannot_take_is_refused_at_load(bundle_dir, tmp_path):
+    """A manifest whose fitting step the head cannot tile, or that fits the canvas for a graph exported at one
+    size (a bundle of before): one line at load, not a failure on every frame that is not 4:3."""
+    import dataclasses
+
+    import onnx
+
+    from edge.runtime.bundle import BundleError
+
+    bundle = load_bundle(bundle_dir)
+    spec = bundle.manifest.models["detector"]
+    odd = spec.model_copy(update={"input": spec.input.model_copy(update={"fit_multiple": 48})})
+    manifest = bundle.manifest.model_copy(update={"models": {**bundle.manifest.models, "detector": odd}})
+    with pytest.raises(BundleError, match="fit_multiple 48 must be a multiple of the largest stride 32"):
+        Detector(dataclasses.replace(bundle, manifest=manifest))
+    fixed = onnx.load(str(bundle_dir / "detector.int8.onnx"))
+    for dim, value in zip(fixed.graph.input[0].type.tensor_type.shape.dim[2:], (480, 640), strict=True):
+        dim.dim_value = value
+    onnx.save(fixed, str(tmp_path / "detector.int8.onnx"))
+    with pytest.raises(BundleError, match="takes 480 x 640 alone but the manifest fits the canvas"):
+        Detector(dataclasses.replace(bundle, root=tmp_path))
+
+
 def test_classifier_and_embedder_of_one_graph_share_a_session_and_one_run(bundle_dir, data):
     """The pretrained bundle exports them as one graph: one session, one run per crop batch."""
     from datetime import datetime

@@ -60,7 +60,7 @@ class _BundleModel:
         sources = plugin(config.type).PRECISIONS  # type: ignore[attr-defined]
         if precision not in sources:
             raise BundleError(f"backend {config.type} runs {', '.join(sources)}, not {precision}")  # type: ignore[attr-defined]
-        path = bundle.model_path(self.task, sources[precision])
+        path = self.path = bundle.model_path(self.task, sources[precision])
         if precision == "int8" and isinstance(config, OnnxRuntimeConfig) and full_range(self.spec.quantization):
             config = config.model_copy(update={"exact_int8": True})
         self.backend: InferenceBackend = shared_backend(config, path, self.spec.outputs, precision)
@@ -90,6 +90,14 @@ class Detector(_BundleModel):
         self.head_strides = [int(s) for s in strides]
         self.fit_multiple = None if full_canvas else self.spec.input.fit_multiple
         self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        fit, size = self.spec.input.fit_multiple, tuple(self.spec.input.size)
+        if fit and (fit % max(self.head_strides) or any(side % fit for side in size)):
+            raise BundleError(f"detector input.fit_multiple {fit} must be a multiple of the largest stride "
+                              f"{max(self.head_strides)} that divides the input size {size[0]} x {size[1]}")
+        session = getattr(self.backend, "session", None)  # ONNX Runtime says which sizes the graph takes
+        if fit and session is not None and tuple(session.get_inputs()[0].shape[2:]) == size:  # a graph of before
+            raise BundleError(f"{self.path.name} takes {size[0]} x {size[1]} alone but the manifest "
+                              "fits the canvas to each frame (input.fit_multiple): export the bundle again")
 
     def grid(self, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """The anchor grid and strides of a canvas of ``size`` (h, w), made once per size."""
