@@ -9,9 +9,9 @@ Start-up touches more than the frames use. Once the INT8 service has started, 46
 set are clean pages of shared objects (ONNX Runtime's alone 27 MB of its 36 MB file: import, kernel
 registration, graph optimisation) and glibc's heap holds what parsing the models freed. The service
 hands both back (``release_start_up_memory``), as the kernel would under memory pressure; the frames
-read back what they use (~41 MB of files). Measured with ``trapedge bench``'s service on the shared
-frames, AMD EPYC, before and after: peak RSS one frame at a time 148 -> 140-143 MB, two at once
-167-172 -> 160-165 MB, at the same frames/s.
+read back what they use (~25 MB of files). Measured on the shared frames, AMD EPYC, the service started
+by a process that maps nothing of the project (as systemd starts it), before and after: peak RSS two
+frames at once 169-171 -> 146-148 MB, one at a time 148 -> 132-133 MB, at the same frames/s.
 """
 
 from __future__ import annotations
